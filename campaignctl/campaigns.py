@@ -1,0 +1,262 @@
+"""Campaigns: create, apply, list, show, delete; resolving devices and per-type values."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from campaignctl import db
+from campaignctl.errors import ConflictError, InputError, NotFoundError
+from campaignctl.values import canonical, mask
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+    from campaignctl.manifests import CampaignSpec
+
+#: Raised errors name the field; ``Fail`` builds an error for a spec path such as
+#: ("devices", "names") with the file and line when the spec came from a file.
+Fail = Callable[[str, tuple], Exception]
+
+
+def _fail_for(spec: "CampaignSpec") -> Fail:
+    from campaignctl.yamlfile import YamlDocument, read_text
+
+    def fail(message: str, path: tuple) -> Exception:
+        try:
+            return YamlDocument(read_text(spec.source), spec.source).error(message, path)
+        except Exception:  # the file is gone: still name the field
+            from campaignctl.yamlfile import format_path
+
+            return InputError(message, source=spec.source, field=format_path(path))
+
+    return fail
+
+
+def _fail_launched(name: str) -> Fail:
+    def fail(message: str, path: tuple) -> Exception:
+        from campaignctl.yamlfile import format_path
+
+        return InputError(message, source=f"campaign {name}", field=format_path(path))
+
+    return fail
+
+
+def resolve_devices(conn: "Connection", spec: "CampaignSpec", fail: Fail) -> list[tuple[int, int]]:
+    """The (device_id, device_type_id) pairs a campaign selects, sorted by id."""
+    selected: dict[int, int] = {}
+    names = spec.names
+    if names:
+        found: dict[str, tuple[int, int]] = {}
+        for start in range(0, len(names), 500):
+            part = names[start : start + 500]
+            for r in conn.exec_driver_sql(
+                f"SELECT name, id, device_type_id FROM device WHERE name IN ({','.join('?' * len(part))})", tuple(part)
+            ):
+                found[r[0]] = (r[1], r[2])
+        missing = [n for n in names if n not in found]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise fail(f"unknown device(s): {shown}", ("devices", "names", names.index(missing[0])))
+        selected.update(found.values())
+    if spec.selector is not None:
+        from campaignctl.fleet import _device_filter
+
+        sel = spec.selector
+        if sel.get("type") is not None and conn.exec_driver_sql(
+            "SELECT 1 FROM device_type WHERE name = ?", (sel["type"],)
+        ).first() is None:
+            raise fail(f"unknown device type {sel['type']!r}", ("devices", "selector", "type"))
+        where, params = _device_filter(type=sel.get("type"), tags=sel.get("tags"))
+        selected.update(conn.exec_driver_sql(f"SELECT d.id, d.device_type_id FROM device d {where}", tuple(params)).all())
+    if not selected:
+        raise fail("the campaign selects no device", ("devices",))
+    return sorted(selected.items())
+
+
+def build_plan(conn: "Connection", spec: "CampaignSpec", type_ids: set[int], fail: Fail) -> dict[str, Any]:
+    """The values per device type: the campaign's, plus the firmware registry's.
+
+    Returns ``{type_id: {"type", "configurations": {key: json}, "expected_state": {key: json},
+    "secret": [keys]}}`` with canonical JSON texts, ready for SQL comparisons.
+    """
+    plan: dict[str, Any] = {}
+    secret_config = {k.split(".", 1)[1] for k in spec.secret_keys if k.startswith("configurations.")}
+    secret_state = {k.split(".", 1)[1] for k in spec.secret_keys if k.startswith("expected_state.")}
+    types = dict(conn.exec_driver_sql("SELECT id, name FROM device_type").all())
+    for type_id in sorted(type_ids):
+        configurations = {k: canonical(v) for k, v in spec.configurations.items()}
+        expected = {k: canonical(v) for k, v in spec.expected_state.items()}
+        secret = set(secret_config) | secret_state
+        if spec.firmware:
+            fw_type, version = spec.firmware["type"], spec.firmware["version"]
+            keys = conn.exec_driver_sql(
+                "SELECT version_key, url_key, token_key FROM firmware_type WHERE device_type_id = ? AND name = ?",
+                (type_id, fw_type)).first()
+            if keys is None:
+                raise fail(f"device type {types[type_id]!r} has no firmware type {fw_type!r}", ("firmware", "type"))
+            fw = conn.exec_driver_sql(
+                "SELECT url, token FROM firmware WHERE device_type_id = ? AND firmware_type = ? AND version = ?",
+                (type_id, fw_type, version)).first()
+            if fw is None:
+                raise fail(f"no {fw_type} firmware {version!r} for device type {types[type_id]!r} in the registry "
+                           "(campaignctl firmwares add)", ("firmware", "version"))
+            filled = {keys.version_key: version, keys.url_key: fw.url}
+            if keys.token_key and fw.token is not None:
+                filled[keys.token_key] = fw.token
+                secret.add(keys.token_key)
+            for key, value in filled.items():
+                if key in configurations:
+                    raise fail(f"{key} is set both here and by the firmware {fw_type} {version}",
+                               ("configurations", key))
+                configurations[key] = canonical(value)
+            if keys.version_key in expected and expected[keys.version_key] != canonical(version):
+                raise fail(f"{keys.version_key} must be the firmware version {version!r}",
+                           ("expected_state", keys.version_key))
+            expected[keys.version_key] = canonical(version)
+        plan[str(type_id)] = {"type": types[type_id], "configurations": configurations,
+                              "expected_state": expected, "secret": sorted(secret)}
+    return plan
+
+
+def _validate(conn: "Connection", spec: "CampaignSpec", fail: Fail) -> list[tuple[int, int]]:
+    devices = resolve_devices(conn, spec, fail)
+    build_plan(conn, spec, {t for _, t in devices}, fail)
+    return devices
+
+
+@dataclass
+class ApplyResult:
+    name: str
+    action: str  # created | updated | unchanged
+    changes: list[str]
+
+
+def create(engine: "Engine", spec: "CampaignSpec") -> ApplyResult:
+    now = db.utcnow()
+    with db.write(engine) as conn:
+        if _row(conn, spec.name, required=False) is not None:
+            raise ConflictError(f"a campaign named {spec.name!r} already exists (use apply to update a draft)")
+        _validate(conn, spec, _fail_for(spec))
+        _insert(conn, spec, now)
+    return ApplyResult(spec.name, "created", [])
+
+
+def _insert(conn: "Connection", spec: "CampaignSpec", now: str) -> None:
+    conn.exec_driver_sql(
+        "INSERT INTO campaign (name, description, status, spec, secret_keys, created_at, updated_at) "
+        "VALUES (?, ?, 'draft', ?, ?, ?, ?)",
+        (spec.name, spec.description, spec.to_json(), json.dumps(spec.secret_keys), now, now))
+
+
+def apply(engine: "Engine", spec: "CampaignSpec") -> ApplyResult:
+    """Create the campaign, or update it while it is a draft; ``unchanged`` when identical."""
+    from campaignctl.manifests import CampaignSpec
+
+    now = db.utcnow()
+    with db.write(engine) as conn:
+        row = _row(conn, spec.name, required=False)
+        if row is None:
+            _validate(conn, spec, _fail_for(spec))
+            _insert(conn, spec, now)
+            return ApplyResult(spec.name, "created", [])
+        current = CampaignSpec.from_json(row.spec, json.loads(row.secret_keys))
+        changes = _diff(current, spec)
+        if row.status != "draft":
+            if not changes:
+                return ApplyResult(spec.name, "unchanged", [])
+            raise ConflictError(
+                f"campaign {spec.name!r} was launched ({row.status}) and can no longer be changed "
+                f"(would change: {', '.join(changes)}); create a campaign with a new name")
+        if not changes:
+            return ApplyResult(spec.name, "unchanged", [])
+        _validate(conn, spec, _fail_for(spec))
+        conn.exec_driver_sql(
+            "UPDATE campaign SET description = ?, spec = ?, secret_keys = ?, updated_at = ? WHERE id = ?",
+            (spec.description, spec.to_json(), json.dumps(spec.secret_keys), now, row.id))
+    return ApplyResult(spec.name, "updated", changes)
+
+
+def _diff(old: "CampaignSpec", new: "CampaignSpec") -> list[str]:
+    changes = []
+    if old.description != new.description:
+        changes.append("description")
+    if old.names != new.names:
+        changes.append("devices.names")
+    if old.selector != new.selector:
+        changes.append("devices.selector")
+    for section in ("configurations", "expected_state"):
+        a, b = getattr(old, section), getattr(new, section)
+        for key in sorted(set(a) | set(b)):
+            if key not in a or key not in b or canonical(a[key]) != canonical(b[key]):
+                changes.append(f"{section}.{key}")
+    if old.firmware != new.firmware:
+        changes.append("firmware")
+    if sorted(old.secret_keys) != sorted(new.secret_keys):
+        changes.extend(k for k in sorted(set(old.secret_keys) ^ set(new.secret_keys)) if k not in changes)
+    return changes
+
+
+def _row(conn: "Connection", name: str, *, required: bool = True) -> Any:
+    row = conn.exec_driver_sql(
+        "SELECT id, name, description, status, spec, secret_keys, created_at, updated_at, launched_at, completed_at "
+        "FROM campaign WHERE name = ?", (name,)).one_or_none()
+    if row is None and required:
+        raise NotFoundError(f"no campaign named {name!r}")
+    return row
+
+
+def get_spec(conn: "Connection", name: str) -> tuple[Any, "CampaignSpec"]:
+    from campaignctl.manifests import CampaignSpec
+
+    row = _row(conn, name)
+    return row, CampaignSpec.from_json(row.spec, json.loads(row.secret_keys))
+
+
+def delete(engine: "Engine", name: str) -> None:
+    with db.write(engine) as conn:
+        row = _row(conn, name)
+        if row.status != "draft":
+            raise ConflictError(f"campaign {name!r} was launched ({row.status}); only drafts can be deleted")
+        conn.exec_driver_sql("DELETE FROM campaign WHERE id = ?", (row.id,))
+
+
+def list_campaigns(engine: "Engine") -> list[dict[str, Any]]:
+    with db.read(engine) as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT c.name, c.status, c.description, c.created_at, c.launched_at, c.completed_at, "
+            "j.id, j.status, j.total FROM campaign c "
+            "LEFT JOIN job j ON j.id = (SELECT max(id) FROM job WHERE campaign_id = c.id) ORDER BY c.created_at, c.id"
+        ).all()
+    return [{"name": r[0], "status": r[1], "description": r[2], "created_at": r[3], "launched_at": r[4],
+             "completed_at": r[5], "job": None if r[6] is None else {"id": r[6], "status": r[7]},
+             "devices": r[8]} for r in rows]
+
+
+def show(engine: "Engine", name: str, *, show_secrets: bool = False) -> dict[str, Any]:
+    with db.read(engine) as conn:
+        row, spec = get_spec(conn, name)
+        jobs = [{"id": r[0], "status": r[1], "total": r[2]} for r in conn.exec_driver_sql(
+            "SELECT id, status, total FROM job WHERE campaign_id = ? ORDER BY id", (row.id,))]
+        try:
+            devices = len(resolve_devices(conn, spec, _fail_launched(name))) if not jobs else jobs[-1]["total"]
+        except InputError:
+            devices = 0
+    secret = set(spec.secret_keys)
+    return {
+        "name": row.name,
+        "description": row.description,
+        "status": row.status,
+        "devices": {"names": spec.names, "selector": spec.selector, "count": devices},
+        "configurations": {k: mask(v, f"configurations.{k}" in secret, show_secrets=show_secrets)
+                           for k, v in spec.configurations.items()},
+        "expected_state": {k: mask(v, f"expected_state.{k}" in secret, show_secrets=show_secrets)
+                           for k, v in spec.expected_state.items()},
+        "firmware": spec.firmware,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "launched_at": row.launched_at,
+        "completed_at": row.completed_at,
+        "jobs": jobs,
+    }

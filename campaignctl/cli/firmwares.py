@@ -1,0 +1,47 @@
+"""``campaignctl firmwares ...``"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from campaignctl.cli.common import Output, OutputOption, engine, info, print_json, show_table
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("add")
+def add(ctx: typer.Context,
+        device_type: str = typer.Option(..., "--device-type", help="Device type the firmware is built for."),
+        firmware_type: str = typer.Option(..., "--firmware-type", help="Firmware type of that device type (e.g. app)."),
+        version: str = typer.Option(..., "--version"),
+        url: str = typer.Option(..., "--url", help="Where devices download it."),
+        token_env: Optional[str] = typer.Option(None, "--token-env", metavar="VAR",
+                                                help="Environment variable holding the download token (secret)."),
+        sha256: Optional[str] = typer.Option(None, "--sha256", metavar="HEX"),
+        size: Optional[int] = typer.Option(None, "--size", metavar="BYTES"),
+        description: Optional[str] = typer.Option(None, "--description")) -> None:
+    """Add a firmware version to the registry."""
+    from campaignctl import firmwares
+
+    firmwares.add(engine(ctx), device_type=device_type, firmware_type=firmware_type, version=version, url=url,
+                  token_env=token_env, sha256=sha256, size=size, description=description)
+    info(f"firmware {device_type} {firmware_type} {version} added")
+
+
+@app.command("list")
+def list_(ctx: typer.Context,
+          device_type: Optional[str] = typer.Option(None, "--device-type"),
+          show_secrets: bool = typer.Option(False, "--show-secrets", help="Print tokens instead of ***."),
+          output: Output = OutputOption) -> None:
+    """List the registry."""
+    from campaignctl import firmwares
+
+    rows = firmwares.list_firmwares(engine(ctx), device_type=device_type, show_secrets=show_secrets)
+    if output is Output.json:
+        print_json(rows)
+        return
+    show_table(["device type", "firmware type", "version", "url", "token", "sha256", "size", "description"],
+               [(r["device_type"], r["firmware_type"], r["version"], r["url"], r["token"],
+                 (r["sha256"] or "")[:12], r["size"], r["description"]) for r in rows])

@@ -1,0 +1,57 @@
+"""``campaignctl jobs ...``"""
+
+from __future__ import annotations
+
+import typer
+
+from campaignctl.cli.common import Output, OutputOption, engine, print_json, show_table
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("list")
+def list_(ctx: typer.Context, output: Output = OutputOption) -> None:
+    """List launch jobs."""
+    from campaignctl import jobs
+
+    rows = jobs.list_jobs(engine(ctx))
+    if output is Output.json:
+        print_json(rows)
+        return
+    show_table(["id", "campaign", "status", "step", "devices", "delivered", "failed", "started", "finished"],
+               [(j["id"], j["campaign"], j["status"] + (" (running)" if j["running"] else ""), j["step"], j["total"],
+                 j["counts"]["delivered"], j["counts"]["failed"], j["started_at"], j["finished_at"]) for j in rows])
+
+
+@app.command("show")
+def show(ctx: typer.Context, job_id: int = typer.Argument(..., metavar="ID"),
+         output: Output = OutputOption) -> None:
+    """A job: status, counters and the error of every failed device."""
+    from campaignctl import jobs
+
+    job = jobs.show(engine(ctx), job_id)
+    if output is Output.json:
+        print_json(job)
+        return
+    c = job["counts"]
+    typer.echo(f"job {job['id']}  campaign {job['campaign']}  {job['status']}"
+               f"{' (running)' if job['running'] else ''}  step {job['step']}")
+    typer.echo(f"devices: {job['total']}  pending {c['pending']}  syncing {c['syncing']}  "
+               f"delivered {c['delivered']}  failed {c['failed']}")
+    typer.echo(f"started {job['started_at'] or '-'}  finished {job['finished_at'] or '-'}")
+    if job["errors"]:
+        show_table(["device", "attempts", "error", "at"],
+                   [(e["device"], e["attempts"], e["error"], e["at"]) for e in job["errors"]])
+
+
+@app.command("resume")
+def resume(ctx: typer.Context, job_id: int = typer.Argument(..., metavar="ID"),
+           output: Output = OutputOption) -> None:
+    """Finish a job whose process died (it is never run by two processes at once)."""
+    from campaignctl import jobs
+    from campaignctl.cli.campaigns import _run_job
+
+    db = engine(ctx)
+    owner = jobs.acquire(db, job_id)
+    typer.echo(f"job {job_id}: resuming", err=True)
+    _run_job(lambda progress: jobs.run(db, job_id, owner, progress=progress), job_id, output)

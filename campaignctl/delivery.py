@@ -1,0 +1,147 @@
+"""Turning desired entries into documents and handing them to interface drivers."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+
+from campaignctl import db, interfaces
+from campaignctl.interfaces.base import Delivery, DeliveryPolicy, Failure, deliver, document
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+CHUNK = 2000
+
+
+def load_documents(conn: "Connection", devices: Sequence[tuple[int, str]]) -> list[Delivery]:
+    """The current desired document of each (device_id, name), in the given order.
+
+    ``devices`` must be sorted by id; they are read with one range query.
+    """
+    if not devices:
+        return []
+    rows = conn.exec_driver_sql(
+        "SELECT device_id, key, desired, desired_revision FROM device_config "
+        "WHERE device_id BETWEEN ? AND ? AND desired IS NOT NULL ORDER BY device_id, key",
+        (devices[0][0], devices[-1][0]),
+    ).all()
+    by_device = {k: list(g) for k, g in itertools.groupby(rows, key=lambda r: r[0])}
+    out = []
+    for device_id, name in devices:
+        entries = by_device.get(device_id, ())
+        version = max((e[3] or 0 for e in entries), default=0)
+        out.append(Delivery(device_id, name, version, document(version, ((e[1], e[2]) for e in entries))))
+    return out
+
+
+@dataclass
+class Outcome:
+    delivered: set[int] = field(default_factory=set)
+    failed: dict[int, str] = field(default_factory=dict)
+    deferred: set[int] = field(default_factory=set)  # polling interfaces: the device fetches
+
+
+def deliver_devices(engine: "Engine", device_ids: Iterable[int], *, policy: DeliveryPolicy | None = None) -> Outcome:
+    """Deliver the current document of a few devices now (``devices set-config``)."""
+    policy = policy or DeliveryPolicy(attempts=3, backoff=0.5)
+    outcome = Outcome()
+    ids = sorted(set(device_ids))
+    with db.read(engine) as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT d.id, d.name, i.name, i.type, i.settings FROM device d JOIN interface i ON i.id = d.interface_id "
+            f"WHERE d.id IN ({','.join('?' * len(ids))}) ORDER BY d.id", tuple(ids)).all()
+        groups = itertools.groupby(sorted(rows, key=lambda r: (r[2], r[0])), key=lambda r: r[2:])
+        work = [(key, load_documents(conn, [(r[0], r[1]) for r in group])) for key, group in groups]
+    for (name, kind, settings), deliveries in work:
+        driver = interfaces.driver(name, kind, json.loads(settings))
+        if not driver.pushes:
+            outcome.deferred.update(d.device_id for d in deliveries)
+            continue
+        deliver(driver, deliveries, policy, lambda d: outcome.delivered.add(d.device_id),
+                lambda f: outcome.failed.__setitem__(f.delivery.device_id, f.error))
+    return outcome
+
+
+class JobRecorder:
+    """Records job item outcomes in batches: one write transaction per ``batch`` results
+    or per ``interval`` seconds, whichever comes first."""
+
+    def __init__(self, engine: "Engine", job_id: int, *, batch: int = 2000, interval: float = 0.25,
+                 on_flush: Callable[[int, int], None] | None = None) -> None:
+        self.engine, self.job_id = engine, job_id
+        self.batch, self.interval = batch, interval
+        self.on_flush = on_flush or (lambda _ok, _ko: None)
+        self._delivered: list[tuple] = []
+        self._failed: list[tuple] = []
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def delivered(self, delivery: Delivery) -> None:
+        with self._lock:
+            self._delivered.append((delivery.attempts, delivery.device_id))
+        self._maybe_flush()
+
+    def failed(self, failure: Failure) -> None:
+        with self._lock:
+            self._failed.append((failure.delivery.attempts, failure.error[:1000], failure.delivery.device_id))
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        if len(self._delivered) + len(self._failed) >= self.batch or time.monotonic() - self._last >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            delivered, self._delivered = self._delivered, []
+            failed, self._failed = self._failed, []
+            self._last = time.monotonic()
+        if not delivered and not failed:
+            return
+        now = db.utcnow()
+        with db.write(self.engine) as conn:
+            # `status = 'syncing'` keeps a result from a stale run from overwriting a final one.
+            if delivered:
+                conn.exec_driver_sql(
+                    "UPDATE job_item SET status = 'delivered', attempts = ?, error = NULL, updated_at = ? "
+                    "WHERE job_id = ? AND device_id = ? AND status = 'syncing'",
+                    [(a, now, self.job_id, d) for a, d in delivered])
+            if failed:
+                conn.exec_driver_sql(
+                    "UPDATE job_item SET status = 'failed', attempts = ?, error = ?, updated_at = ? "
+                    "WHERE job_id = ? AND device_id = ? AND status = 'syncing'",
+                    [(a, e, now, self.job_id, d) for a, e, d in failed])
+        self.on_flush(len(delivered), len(failed))
+
+
+def job_deliveries(engine: "Engine", job_id: int, interface_id: int, chunk: int = CHUNK) -> Iterator[Delivery]:
+    """The job's devices on one interface that still await delivery, read chunk by chunk
+    so that memory stays flat whatever the fleet size."""
+    last = 0
+    while True:
+        with db.read(engine) as conn:
+            devices = conn.exec_driver_sql(
+                "SELECT ji.device_id, d.name FROM job_item ji JOIN device d ON d.id = ji.device_id "
+                "WHERE ji.job_id = ? AND ji.device_id > ? AND ji.status = 'syncing' AND d.interface_id = ? "
+                "ORDER BY ji.device_id LIMIT ?", (job_id, last, interface_id, chunk)).all()
+            if not devices:
+                return
+            deliveries = load_documents(conn, [(r[0], r[1]) for r in devices])
+        last = devices[-1][0]
+        yield from deliveries
+
+
+def run_interface(engine: "Engine", job_id: int, interface: Any, policy: DeliveryPolicy,
+                  recorder: JobRecorder) -> bool:
+    """Deliver a job's pending documents on one interface; False when the interface is
+    one the devices poll (nothing to push)."""
+    driver = interfaces.driver(interface.name, interface.type, json.loads(interface.settings))
+    if not driver.pushes:
+        return False
+    deliver(driver, job_deliveries(engine, job_id, interface.id), policy, recorder.delivered, recorder.failed)
+    recorder.flush()
+    return True

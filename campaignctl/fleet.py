@@ -1,0 +1,278 @@
+"""Devices, interfaces and device types: import, listing, desired and reported configuration."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from campaignctl import db, store
+from campaignctl.errors import InputError
+from campaignctl.values import canonical, check_key, mask
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+    from campaignctl.manifests import Fleet
+
+
+@dataclass
+class Counts:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"created": self.created, "updated": self.updated, "unchanged": self.unchanged}
+
+
+@dataclass
+class ImportResult:
+    devices: Counts = field(default_factory=Counts)
+    interfaces: Counts = field(default_factory=Counts)
+    device_types: Counts = field(default_factory=Counts)
+
+    def to_dict(self) -> dict[str, dict[str, int]]:
+        return {"devices": self.devices.to_dict(), "interfaces": self.interfaces.to_dict(),
+                "device_types": self.device_types.to_dict()}
+
+
+def import_fleet(engine: "Engine", path: str) -> ImportResult:
+    """Upsert interfaces, device types and devices from a YAML or CSV fleet manifest.
+
+    Everything happens in one transaction: a bad entry anywhere leaves the database as it was.
+    """
+    from campaignctl.manifests import load_fleet
+
+    fleet = load_fleet(path)
+    result = ImportResult()
+    now = db.utcnow()
+    with db.write(engine) as conn:
+        _upsert_interfaces(conn, fleet, now, result.interfaces)
+        _upsert_device_types(conn, fleet, now, result.device_types, path)
+        _upsert_devices(conn, fleet, now, result.devices, path)
+    return result
+
+
+def _upsert_interfaces(conn: "Connection", fleet: "Fleet", now: str, counts: Counts) -> None:
+    existing = {r.name: r for r in conn.exec_driver_sql("SELECT id, name, type, settings FROM interface")}
+    for name, spec in fleet.interfaces.items():
+        settings = canonical(spec["settings"])
+        row = existing.get(name)
+        if row is None:
+            conn.exec_driver_sql(
+                "INSERT INTO interface (name, type, settings, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (name, spec["type"], settings, now, now),
+            )
+            counts.created += 1
+        elif row.type != spec["type"] or row.settings != settings:
+            conn.exec_driver_sql("UPDATE interface SET type = ?, settings = ?, updated_at = ? WHERE id = ?",
+                                 (spec["type"], settings, now, row.id))
+            counts.updated += 1
+        else:
+            counts.unchanged += 1
+
+
+def _upsert_device_types(conn: "Connection", fleet: "Fleet", now: str, counts: Counts, source: str) -> None:
+    types = {r.name: r.id for r in conn.exec_driver_sql("SELECT id, name FROM device_type")}
+    for name, spec in fleet.device_types.items():
+        type_id = types.get(name)
+        is_new, changed = type_id is None, False
+        if is_new:
+            type_id = conn.exec_driver_sql(
+                "INSERT INTO device_type (name, created_at) VALUES (?, ?) RETURNING id", (name, now)
+            ).scalar_one()
+            counts.created += 1
+        current = {r.name: r for r in conn.exec_driver_sql(
+            "SELECT id, name, version_key, url_key, token_key FROM firmware_type WHERE device_type_id = ?", (type_id,))}
+        for fw_name, fw in spec.firmware_types.items():
+            row = current.get(fw_name)
+            wanted = (fw.version_key, fw.url_key, fw.token_key)
+            if row is None:
+                conn.exec_driver_sql(
+                    "INSERT INTO firmware_type (device_type_id, name, version_key, url_key, token_key) "
+                    "VALUES (?, ?, ?, ?, ?)", (type_id, fw_name, *wanted))
+                changed = True
+            elif (row.version_key, row.url_key, row.token_key) != wanted:
+                conn.exec_driver_sql(
+                    "UPDATE firmware_type SET version_key = ?, url_key = ?, token_key = ? WHERE id = ?",
+                    (*wanted, row.id))
+                changed = True
+        # Firmware types kept from earlier imports must not share keys with the new ones.
+        owners: dict[str, str] = {}
+        for r in conn.exec_driver_sql(
+            "SELECT name, version_key, url_key, token_key FROM firmware_type WHERE device_type_id = ? ORDER BY name",
+            (type_id,),
+        ):
+            for key in (r.version_key, r.url_key, r.token_key):
+                if key is None:
+                    continue
+                if key in owners:
+                    raise _fleet_error(fleet, f"key {key!r} is used by firmware types {owners[key]!r} and {r.name!r}",
+                                       ("device_types", name, "firmware_types"), source)
+                owners[key] = r.name
+        if not is_new:
+            if changed:
+                counts.updated += 1
+            else:
+                counts.unchanged += 1
+
+
+def _fleet_error(fleet: "Fleet", message: str, path: tuple, source: str) -> InputError:
+    return fleet.doc.error(message, path) if fleet.doc else InputError(message, source=source)
+
+
+def _upsert_devices(conn: "Connection", fleet: "Fleet", now: str, counts: Counts, source: str) -> None:
+    if not fleet.devices:
+        return
+    types = {r.name: r.id for r in conn.exec_driver_sql("SELECT id, name FROM device_type")}
+    ifaces = {r.name: r.id for r in conn.exec_driver_sql("SELECT id, name FROM interface")}
+    existing = {r[0]: r[1:] for r in conn.exec_driver_sql(
+        "SELECT name, id, device_type_id, interface_id, tags FROM device")}
+    inserts: list[tuple] = []
+    updates: list[tuple] = []
+    for index, device in enumerate(fleet.devices):
+        type_id = types.get(device.type)
+        if type_id is None:
+            raise fleet.error(f"unknown device type {device.type!r} (declare it under device_types)",
+                              index, "type", source)
+        iface_id = ifaces.get(device.interface)
+        if iface_id is None:
+            raise fleet.error(f"unknown interface {device.interface!r} (declare it under interfaces)",
+                              index, "interface", source)
+        tags = canonical(device.tags)
+        row = existing.get(device.name)
+        if row is None:
+            inserts.append((device.name, type_id, iface_id, tags, now, now))
+        elif (row[1], row[2], row[3]) != (type_id, iface_id, tags):
+            updates.append((type_id, iface_id, tags, now, row[0]))
+        else:
+            counts.unchanged += 1
+    if inserts:
+        conn.exec_driver_sql(
+            "INSERT INTO device (name, device_type_id, interface_id, tags, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)", inserts)
+    if updates:
+        conn.exec_driver_sql(
+            "UPDATE device SET device_type_id = ?, interface_id = ?, tags = ?, updated_at = ? WHERE id = ?", updates)
+    counts.created += len(inserts)
+    counts.updated += len(updates)
+
+
+def list_devices(engine: "Engine", *, type: str | None = None, tags: dict[str, str] | None = None,
+                 interface: str | None = None) -> list[dict[str, Any]]:
+    where, params = _device_filter(type=type, tags=tags, interface=interface)
+    with db.read(engine) as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT d.name, t.name, i.name, d.tags, d.updated_at FROM device d "
+            "JOIN device_type t ON t.id = d.device_type_id JOIN interface i ON i.id = d.interface_id "
+            f"{where} ORDER BY d.name", tuple(params)).all()
+    return [{"name": r[0], "type": r[1], "interface": r[2], "tags": json.loads(r[3]), "updated_at": r[4]}
+            for r in rows]
+
+
+def _device_filter(*, type: str | None, tags: dict[str, str] | None, interface: str | None = None,
+                   alias: str = "d") -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if type is not None:
+        clauses.append(f"{alias}.device_type_id = (SELECT id FROM device_type WHERE name = ?)")
+        params.append(type)
+    if interface is not None:
+        clauses.append(f"{alias}.interface_id = (SELECT id FROM interface WHERE name = ?)")
+        params.append(interface)
+    for key, value in (tags or {}).items():
+        clauses.append(f"json_extract({alias}.tags, ?) = ?")
+        params += [f'$."{key}"', value]
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def show_device(engine: "Engine", name: str, *, show_secrets: bool = False) -> dict[str, Any]:
+    with db.read(engine) as conn:
+        device = store.device_row(conn, name)
+        entries = conn.exec_driver_sql(
+            "SELECT key, desired, desired_at, desired_revision, desired_by, secret, reported, reported_at "
+            "FROM device_config WHERE device_id = ? ORDER BY key", (device.id,)).all()
+    version = max((e.desired_revision or 0 for e in entries), default=0)
+    return {
+        "name": device.name,
+        "type": device.type,
+        "interface": device.interface,
+        "tags": json.loads(device.tags),
+        "version": version,
+        "created_at": device.created_at,
+        "updated_at": device.updated_at,
+        "configuration": [
+            {
+                "key": e.key,
+                "desired": mask(store.loads(e.desired), bool(e.secret) and e.desired is not None,
+                                show_secrets=show_secrets),
+                "desired_at": e.desired_at,
+                "desired_by": e.desired_by,
+                "reported": mask(store.loads(e.reported), bool(e.secret) and e.reported is not None,
+                                 show_secrets=show_secrets),
+                "reported_at": e.reported_at,
+                "secret": bool(e.secret),
+            }
+            for e in entries
+        ],
+    }
+
+
+@dataclass
+class SetConfigResult:
+    device: str
+    version: int
+    delivered: bool
+    error: str | None = None
+
+
+def set_config(engine: "Engine", name: str, values: dict[str, Any], *, secret: bool = False,
+               deliver: bool = True, policy: Any = None) -> SetConfigResult:
+    """A user's change of desired configuration: written, then delivered like a campaign's."""
+    from campaignctl import delivery
+
+    texts = {check_key(k): canonical(v) for k, v in values.items()}
+    now = db.utcnow()
+    with db.write(engine) as conn:
+        device = store.device_row(conn, name)
+        revision = store.next_revision(conn)
+        store.write_desired(conn, [(device.id, k, v, now, revision, "user", secret) for k, v in texts.items()])
+    result = SetConfigResult(device=name, version=revision, delivered=False)
+    if deliver:
+        outcome = delivery.deliver_devices(engine, [device.id], policy=policy)
+        result.delivered = device.id in outcome.delivered
+        result.error = outcome.failed.get(device.id)
+        if outcome.deferred:
+            result.error = None  # a polling interface: the device fetches it itself
+    return result
+
+
+def report_state(engine: "Engine", name: str, values: dict[str, Any]) -> None:
+    """Record reported state as if the device had sent it."""
+    texts = {check_key(k): canonical(v) for k, v in values.items()}
+    now = db.utcnow()
+    with db.write(engine) as conn:
+        device = store.device_row(conn, name)
+        store.write_reported(conn, [(device.id, k, v, now) for k, v in texts.items()])
+
+
+def parse_state_payload(payload: bytes | str) -> dict[str, str]:
+    """A device's state message: a JSON object of valid keys → canonical JSON texts.
+
+    Raises InputError naming the problem; the caller writes nothing for such a message.
+    """
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"state is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"state must be a JSON object, not {type(data).__name__}")
+    if not data:
+        raise InputError("state is an empty object")
+    for key in data:
+        check_key(key, field=key)
+    try:
+        return {k: canonical(v) for k, v in data.items()}
+    except ValueError as exc:
+        raise InputError(f"state holds a value that is not JSON: {exc}") from None

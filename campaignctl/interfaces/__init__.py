@@ -1,0 +1,29 @@
+"""Interfaces: how devices are reached. One module per type, imported only when used.
+
+A type module provides ``Settings`` (a pydantic model of the manifest's settings) and
+``Driver`` (see ``campaignctl.interfaces.base.Driver``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+TYPES = ("mqtt",)
+
+
+def module(kind: str) -> ModuleType:
+    if kind not in TYPES:
+        raise ValueError(f"unknown interface type {kind!r}")
+    return importlib.import_module(f"campaignctl.interfaces.{kind}")
+
+
+def settings_model(kind: str) -> Any:
+    return module(kind).Settings
+
+
+def driver(name: str, kind: str, settings: dict[str, Any]) -> Any:
+    """The delivery driver of interface ``name``."""
+    mod = module(kind)
+    return mod.Driver(name, mod.Settings.model_validate(settings))

@@ -1,0 +1,257 @@
+"""MQTT interface: retained QoS 1 desired documents, device state from ``<prefix>/<device>/state``.
+
+Publishing follows the measured fast path for paho-mqtt (see docs/performance.md): one
+client driven from this thread, paho's own in-flight limit disabled (it rescans every
+in-flight message on each PUBACK), and our own window so that the 16-bit packet ids
+never run out.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Any, Callable, Iterable, Optional
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from campaignctl.errors import CampaignctlError
+from campaignctl.interfaces.base import Delivery, DeliveryPolicy, Failure, OnDelivered
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    url: str = "mqtt://127.0.0.1:1883"
+    topic_prefix: str = "campaignctl"
+    username_env: Optional[str] = None
+    password_env: Optional[str] = None
+    ca: Optional[str] = None  # CA bundle to verify the broker (mqtts://)
+    cert: Optional[str] = None  # client certificate, for brokers that require one
+    key: Optional[str] = None
+    keepalive: int = 60
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError("url must start with mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError("url has no host")
+        try:
+            parts.port
+        except ValueError:
+            raise ValueError("url has an invalid port") from None
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or value.startswith("/") or value.endswith("/") or "+" in value or "#" in value:
+            raise ValueError("topic_prefix must be non-empty, without wildcards or leading/trailing '/'")
+        return value
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    def config_topic(self, device: str) -> str:
+        return f"{self.topic_prefix}/{device}/config"
+
+    def state_topic(self, device: str = "+") -> str:
+        return f"{self.topic_prefix}/{device}/state"
+
+
+class ConnectError(Exception):
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def _env(name: str | None, interface: str, what: str) -> str | None:
+    if name is None:
+        return None
+    value = os.environ.get(name)
+    if value is None:
+        raise ConnectError(f"environment variable {name} ({what} of interface {interface}) is not set", permanent=True)
+    return value
+
+
+def new_client(interface: str, settings: Settings, *, purpose: str) -> Any:
+    """A configured, not yet connected paho client (credentials, TLS)."""
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id=f"campaignctl-{purpose}-{uuid.uuid4().hex[:12]}",
+        protocol=mqtt.MQTTv311,
+    )
+    username = _env(settings.username_env, interface, "username")
+    password = _env(settings.password_env, interface, "password")
+    if username is not None or password is not None:
+        client.username_pw_set(username, password)
+    if urlsplit(settings.url).scheme == "mqtts":
+        client.tls_set(ca_certs=settings.ca, certfile=settings.cert, keyfile=settings.key)
+    return client
+
+
+def connect(client: Any, settings: Settings, timeout: float) -> None:
+    """Connect and wait for the broker's CONNACK, driving the client from this thread."""
+    result: dict[str, Any] = {}
+    client.on_connect = lambda _c, _u, _f, reason, _p: result.setdefault("reason", reason)
+    client.connect_timeout = timeout
+    try:
+        client.connect(settings.host, settings.port, keepalive=settings.keepalive)
+    except OSError as exc:
+        raise ConnectError(f"cannot connect to {settings.host}:{settings.port}: {exc.strerror or exc}") from None
+    deadline = time.monotonic() + timeout
+    while "reason" not in result:
+        if time.monotonic() > deadline:
+            client.disconnect()
+            raise ConnectError(f"no CONNACK from {settings.host}:{settings.port} within {timeout:g}s")
+        rc = client.loop(timeout=0.05)
+        if rc and "reason" not in result:
+            raise ConnectError(f"connection to {settings.host}:{settings.port} lost during CONNECT")
+    reason = result["reason"]
+    if reason.is_failure:
+        client.disconnect()
+        # Refused credentials or client id do not get better by retrying.
+        raise ConnectError(f"broker {settings.host}:{settings.port} refused the connection: {reason}", permanent=True)
+
+
+class Driver:
+    pushes = True
+
+    def __init__(self, name: str, settings: Settings) -> None:
+        self.name, self.settings = name, settings
+
+    def deliver_round(self, deliveries: Iterable[Delivery], policy: DeliveryPolicy,
+                      on_delivered: OnDelivered) -> list[Failure]:
+        import paho.mqtt.client as mqtt
+
+        settings = self.settings
+        failures: list[Failure] = []
+        try:
+            client = new_client(self.name, settings, purpose="push")
+            client.max_inflight_messages_set(0)  # ours is the window below
+            connect(client, settings, policy.timeout)
+        except (ConnectError, ValueError, OSError) as exc:
+            permanent = getattr(exc, "permanent", False)
+            return [Failure(d, str(exc), permanent) for d in deliveries]
+
+        inflight: dict[int, tuple[Delivery, float]] = {}
+        lost: list[str] = []
+
+        def on_publish(_c: Any, _u: Any, mid: int, _reason: Any, _props: Any) -> None:
+            entry = inflight.pop(mid, None)
+            if entry is not None:
+                on_delivered(entry[0])
+
+        def on_disconnect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+            lost.append(f"connection to {settings.host}:{settings.port} lost: {reason}")
+
+        client.on_publish = on_publish
+        client.on_disconnect = on_disconnect
+        window = max(1, min(policy.window, 60000))
+        timeout = policy.timeout
+
+        def pump() -> None:
+            rc = client.loop(timeout=0.01)
+            if rc != mqtt.MQTT_ERR_SUCCESS and not lost:
+                lost.append(f"connection to {settings.host}:{settings.port} lost: {mqtt.error_string(rc)}")
+            # Dicts keep insertion order: the first entry is the oldest in flight.
+            now = time.monotonic()
+            while inflight:
+                mid, (delivery, sent) = next(iter(inflight.items()))
+                if now - sent < timeout:
+                    break
+                del inflight[mid]
+                failures.append(Failure(delivery, f"no PUBACK within {timeout:g}s"))
+
+        iterator = iter(deliveries)
+        for delivery in iterator:
+            while len(inflight) >= window and not lost:
+                pump()
+            if lost:
+                failures.append(Failure(delivery, lost[0]))
+                break
+            info = client.publish(settings.config_topic(delivery.device), delivery.payload, qos=1, retain=True)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                failures.append(Failure(delivery, f"publish failed: {mqtt.error_string(info.rc)}"))
+                if info.rc == mqtt.MQTT_ERR_NO_CONN:
+                    lost.append(f"connection to {settings.host}:{settings.port} lost")
+                    break
+                continue
+            inflight[info.mid] = (delivery, time.monotonic())
+        while inflight and not lost:
+            pump()
+        if lost:
+            # Whatever was in flight or not yet sent is retried in the next round.
+            failures.extend(Failure(d, lost[0]) for d, _ in inflight.values())
+            failures.extend(Failure(d, lost[0]) for d in iterator)
+            inflight.clear()
+        client.disconnect()
+        return failures
+
+
+class StateListener:
+    """Subscribes to ``<prefix>/+/state`` and hands each message to ``on_state``.
+
+    paho runs the network loop in its own thread and reconnects by itself; ``on_state``
+    is called from that thread and must be quick (the caller queues and batches).
+    """
+
+    def __init__(self, name: str, settings: Settings,
+                 on_state: Callable[[str, str, bytes], None],
+                 on_event: Callable[[str], None] | None = None) -> None:
+        self.name, self.settings = name, settings
+        self.on_state, self.on_event = on_state, on_event or (lambda _m: None)
+        self.client: Any = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        settings = self.settings
+        try:
+            client = new_client(self.name, settings, purpose="listen")
+        except ConnectError as exc:
+            raise CampaignctlError(str(exc)) from None
+        prefix_parts = settings.topic_prefix.count("/") + 1
+
+        def on_connect(c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+            if reason.is_failure:
+                self.on_event(f"{self.name}: broker refused the connection: {reason}")
+                return
+            c.subscribe(settings.state_topic(), qos=1)
+            self.on_event(f"{self.name}: subscribed to {settings.state_topic()} on {settings.host}:{settings.port}")
+
+        def on_disconnect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+            self.on_event(f"{self.name}: disconnected ({reason}); reconnecting")
+
+        def on_message(_c: Any, _u: Any, message: Any) -> None:
+            parts = message.topic.split("/")
+            if len(parts) == prefix_parts + 2:
+                self.on_state(self.name, parts[prefix_parts], message.payload)
+
+        client.on_connect, client.on_disconnect, client.on_message = on_connect, on_disconnect, on_message
+        client.reconnect_delay_set(1, 30)
+        client.connect_timeout = timeout
+        try:
+            client.connect(settings.host, settings.port, keepalive=settings.keepalive)
+        except OSError as exc:
+            raise CampaignctlError(
+                f"interface {self.name}: cannot connect to {settings.host}:{settings.port}: {exc.strerror or exc}"
+            ) from None
+        client.loop_start()
+        self.client = client
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.client = None

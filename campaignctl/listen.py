@@ -1,0 +1,136 @@
+"""Ingesting reported state from the MQTT interfaces."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from campaignctl import db, store
+from campaignctl.errors import CampaignctlError, InputError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+
+@dataclass
+class ListenStats:
+    messages: int = 0
+    recorded: int = 0
+    rejected: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"messages": self.messages, "recorded": self.recorded, "rejected": self.rejected}
+
+
+class StateIngest:
+    """Buffers state messages and writes them in batches (one transaction per flush).
+
+    A message that is not a JSON object of valid keys, or that comes from a device that
+    is not provisioned on that interface, is rejected whole and reported to ``warn``.
+    """
+
+    def __init__(self, engine: "Engine", warn: Callable[[str], None]) -> None:
+        self.engine, self.warn = engine, warn
+        self.stats = ListenStats()
+        self._ids: dict[tuple[str, str], int] = {}
+        self._rows: list[tuple] = []
+
+    def _device_id(self, interface: str, device: str) -> int | None:
+        key = (interface, device)
+        if key not in self._ids:
+            with db.read(self.engine) as conn:
+                found = conn.exec_driver_sql(
+                    "SELECT d.id FROM device d JOIN interface i ON i.id = d.interface_id WHERE d.name = ? AND i.name = ?",
+                    (device, interface)).scalar()
+            if found is None:
+                return None
+            self._ids[key] = found
+        return self._ids[key]
+
+    def add(self, interface: str, device: str, payload: bytes) -> None:
+        self.stats.messages += 1
+        try:
+            values = _parse(payload)
+        except InputError as exc:
+            self.stats.rejected += 1
+            self.warn(f"{interface}: state of {device} rejected: {exc.message}")
+            return
+        device_id = self._device_id(interface, device)
+        if device_id is None:
+            self.stats.rejected += 1
+            self.warn(f"{interface}: state from unknown device {device!r} ignored")
+            return
+        now = db.utcnow()
+        self._rows.extend((device_id, k, v, now) for k, v in values.items())
+        self.stats.recorded += 1
+
+    def flush(self) -> None:
+        if self._rows:
+            rows, self._rows = self._rows, []
+            with db.write(self.engine) as conn:
+                store.write_reported(conn, rows)
+
+
+def _parse(payload: bytes) -> dict[str, str]:
+    from campaignctl.fleet import parse_state_payload
+
+    return parse_state_payload(payload)
+
+
+def mqtt_interfaces(engine: "Engine", names: list[str] | None = None) -> list[tuple[str, dict]]:
+    with db.read(engine) as conn:
+        rows = conn.exec_driver_sql("SELECT name, settings FROM interface WHERE type = 'mqtt' ORDER BY name").all()
+    found = [(r[0], json.loads(r[1])) for r in rows]
+    if names:
+        missing = set(names) - {n for n, _ in found}
+        if missing:
+            raise CampaignctlError(f"no MQTT interface named {', '.join(sorted(missing))}")
+        found = [f for f in found if f[0] in names]
+    return found
+
+
+def listen(engine: "Engine", *, timeout: float | None = None, interfaces: list[str] | None = None,
+           info: Callable[[str], None] = lambda _m: None, warn: Callable[[str], None] = lambda _m: None,
+           stop: threading.Event | None = None, flush_interval: float = 0.2) -> ListenStats:
+    """Subscribe to the state topic of every MQTT interface and record reported state
+    until ``timeout`` seconds have passed or ``stop`` is set."""
+    from campaignctl.interfaces.mqtt import Settings, StateListener
+
+    targets = mqtt_interfaces(engine, interfaces)
+    if not targets:
+        raise CampaignctlError("there is no MQTT interface to listen to (import a fleet manifest first)")
+    inbox: queue.Queue[tuple[str, str, bytes]] = queue.Queue()
+    ingest = StateIngest(engine, warn)
+    listeners = [StateListener(name, Settings.model_validate(s), lambda i, d, p: inbox.put((i, d, p)), info)
+                 for name, s in targets]
+    stop = stop or threading.Event()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        for listener in listeners:
+            listener.start()
+        next_flush = time.monotonic() + flush_interval
+        while not stop.is_set():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            wait = min(next_flush, deadline or next_flush) - now
+            try:
+                ingest.add(*inbox.get(timeout=max(0.0, wait)))
+                for _ in range(5000):  # drain what is queued, then flush on time
+                    ingest.add(*inbox.get_nowait())
+            except queue.Empty:
+                pass
+            if time.monotonic() >= next_flush:
+                ingest.flush()
+                next_flush = time.monotonic() + flush_interval
+    finally:
+        for listener in listeners:
+            listener.stop()
+        while not inbox.empty():
+            ingest.add(*inbox.get_nowait())
+        ingest.flush()
+    return ingest.stats

@@ -1,0 +1,325 @@
+"""Fleet and campaign manifests: parsing and validation into plain specs.
+
+Nothing here touches the database; ``campaignctl.fleet`` and ``campaignctl.campaigns``
+check the references (device types, interfaces, devices) inside their transactions.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Optional
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from campaignctl import interfaces
+from campaignctl.errors import InputError
+from campaignctl.names import check_name
+from campaignctl.values import MissingVariable, canonical, expand_env, key_problem
+from campaignctl.yamlfile import YamlDocument, format_path, read_text
+
+
+def _check_key(value: str) -> str:
+    problem = key_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+Name = Annotated[str, AfterValidator(check_name)]
+Key = Annotated[str, AfterValidator(_check_key)]
+
+
+def _tag_value(value: Any) -> str:
+    # Tags are strings; YAML turns `floor: 3` into an int, which users mean as "3".
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise ValueError("tag values must be strings or numbers")
+
+
+Tags = dict[Annotated[str, AfterValidator(_check_key)], Annotated[Any, AfterValidator(_tag_value)]]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class FirmwareTypeSpec(_Strict):
+    version_key: Key
+    url_key: Key
+    token_key: Optional[Key] = None
+
+
+class DeviceTypeSpec(_Strict):
+    firmware_types: dict[Name, FirmwareTypeSpec] = Field(default_factory=dict)
+
+    @field_validator("firmware_types")
+    @classmethod
+    def _keys_unique(cls, value: dict[str, FirmwareTypeSpec]) -> dict[str, FirmwareTypeSpec]:
+        seen: dict[str, str] = {}
+        for name, spec in value.items():
+            for key in (spec.version_key, spec.url_key, spec.token_key):
+                if key is None:
+                    continue
+                if key in seen:
+                    raise ValueError(f"key {key!r} is used by firmware types {seen[key]!r} and {name!r}")
+                seen[key] = name
+        return value
+
+
+class DeviceSpec(_Strict):
+    name: Name
+    type: Name
+    interface: Name
+    tags: Tags = Field(default_factory=dict)
+
+
+class FleetManifest(_Strict):
+    interfaces: dict[Name, dict[str, Any]] = Field(default_factory=dict)
+    device_types: dict[Name, DeviceTypeSpec] = Field(default_factory=dict)
+    devices: list[DeviceSpec] = Field(default_factory=list)
+
+
+class Selector(_Strict):
+    type: Optional[Name] = None
+    tags: Tags = Field(default_factory=dict)
+
+
+class DeviceSelection(_Strict):
+    names: list[Name] = Field(default_factory=list)
+    selector: Optional[Selector] = None
+
+
+class FirmwareRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Name
+    version: str
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        # `version: 1.1` is a float to YAML but a version to the user.
+        return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+class CampaignManifest(_Strict):
+    name: Name
+    description: Optional[str] = None
+    devices: DeviceSelection
+    configurations: dict[Key, Any] = Field(default_factory=dict)
+    expected_state: dict[Key, Any] = Field(default_factory=dict)
+    firmware: Optional[FirmwareRef] = None
+
+
+@dataclass
+class CampaignSpec:
+    """A validated campaign manifest, with ``${VAR}`` expanded."""
+
+    name: str
+    description: str | None
+    names: list[str]
+    selector: dict[str, Any] | None
+    configurations: dict[str, Any]
+    expected_state: dict[str, Any]
+    firmware: dict[str, str] | None
+    secret_keys: list[str] = field(default_factory=list)  # "configurations.<key>" / "expected_state.<key>"
+    source: str = "<manifest>"
+
+    def to_json(self) -> str:
+        return canonical(
+            {
+                "name": self.name,
+                "description": self.description,
+                "devices": {"names": self.names, "selector": self.selector},
+                "configurations": self.configurations,
+                "expected_state": self.expected_state,
+                "firmware": self.firmware,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str, secret_keys: list[str]) -> "CampaignSpec":
+        import json
+
+        data = json.loads(text)
+        return cls(
+            name=data["name"],
+            description=data["description"],
+            names=data["devices"]["names"],
+            selector=data["devices"]["selector"],
+            configurations=data["configurations"],
+            expected_state=data["expected_state"],
+            firmware=data["firmware"],
+            secret_keys=secret_keys,
+        )
+
+
+def _validate(model: type[BaseModel], data: Any, doc: YamlDocument, prefix: tuple = ()) -> Any:
+    if data is None:
+        raise InputError("the manifest is empty", source=doc.source)
+    if not isinstance(data, dict) and not prefix:
+        raise InputError(f"the manifest must be a YAML mapping, not {type(data).__name__}", source=doc.source)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _input_error(exc, doc, prefix) from None
+
+
+def _input_error(exc: ValidationError, doc: YamlDocument, prefix: tuple = ()) -> InputError:
+    err = exc.errors(include_url=False)[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))  # drop union tags
+    path = prefix + loc
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        msg = "unknown field"
+    elif kind == "missing":
+        msg = "required field is missing"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    elif kind.endswith("_type"):
+        msg = f"{msg[0].lower()}{msg[1:]} (got {type(err.get('input')).__name__})"
+    if kind == "extra_forbidden" and loc and isinstance(loc[-1], str) and len(loc) >= 1:
+        msg = f"unknown field {loc[-1]!r}"
+    return doc.error(msg, path)
+
+
+def load_fleet(path: str) -> "Fleet":
+    """Read a fleet manifest: YAML (interfaces, device types, devices) or CSV (devices only)."""
+    text = read_text(path)
+    if path.lower().endswith(".csv"):
+        return Fleet(interfaces={}, device_types={}, devices=_parse_csv(text, path))
+    doc = YamlDocument(text, path)
+    manifest: FleetManifest = _validate(FleetManifest, doc.data, doc)
+    validated_interfaces: dict[str, dict[str, Any]] = {}
+    for name, raw in manifest.interfaces.items():
+        validated_interfaces[name] = _validate_interface(raw, doc, ("interfaces", name))
+    seen: dict[str, int] = {}
+    for index, device in enumerate(manifest.devices):
+        if device.name in seen:
+            raise doc.error(f"device {device.name!r} is listed twice (also at devices[{seen[device.name]}])",
+                            ("devices", index, "name"))
+        seen[device.name] = index
+    return Fleet(interfaces=validated_interfaces, device_types=manifest.device_types,
+                 devices=manifest.devices, doc=doc)
+
+
+def _validate_interface(raw: dict[str, Any], doc: YamlDocument, path: tuple) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise doc.error("an interface is a mapping with a 'type' and its settings", path)
+    kind = raw.get("type")
+    if kind not in interfaces.TYPES:
+        raise doc.error(f"type must be one of {', '.join(interfaces.TYPES)}, not {kind!r}", path + ("type",))
+    settings_model = interfaces.settings_model(kind)
+    settings = {k: v for k, v in raw.items() if k != "type"}
+    validated = _validate(settings_model, settings, doc, path)
+    return {"type": kind, "settings": validated.model_dump(exclude_none=True)}
+
+
+@dataclass
+class Fleet:
+    interfaces: dict[str, dict[str, Any]]
+    device_types: dict[str, DeviceTypeSpec]
+    devices: list[DeviceSpec]
+    doc: YamlDocument | None = None
+    # CSV: line number of each device, for errors about references.
+    lines: dict[int, int] = field(default_factory=dict)
+
+    def error(self, message: str, index: int, fieldname: str, source: str) -> InputError:
+        if self.doc is not None:
+            return self.doc.error(message, ("devices", index, fieldname))
+        return InputError(message, source=source, field=fieldname, line=self.lines.get(index))
+
+
+CSV_COLUMNS = ("name", "type", "interface", "tags")
+
+
+def _parse_csv(text: str, source: str) -> list[DeviceSpec]:
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    missing = [c for c in CSV_COLUMNS[:3] if c not in header]
+    unknown = [c for c in header if c not in CSV_COLUMNS]
+    if missing or unknown:
+        problem = "; ".join(
+            p for p in (
+                f"missing column(s) {', '.join(missing)}" if missing else "",
+                f"unknown column(s) {', '.join(unknown)}" if unknown else "",
+            ) if p
+        )
+        raise InputError(f"{problem} (expected header: {','.join(CSV_COLUMNS)})", source=source, line=1)
+    devices: list[DeviceSpec] = []
+    seen: dict[str, int] = {}
+    for row in reader:
+        line = reader.line_num
+        if None in row:
+            raise InputError("more fields than columns", source=source, line=line)
+        tags: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in (row.get("tags") or "").split(";"))):
+            k, sep, v = part.partition("=")
+            if not sep:
+                raise InputError(f"tag {part!r} is not written k=v", source=source, field="tags", line=line)
+            tags[k.strip()] = v.strip()
+        data = {"name": row["name"], "type": row["type"], "interface": row["interface"], "tags": tags}
+        try:
+            spec = DeviceSpec.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            msg = err["msg"].removeprefix("Value error, ")
+            raise InputError(msg, source=source, field=format_path(err["loc"]), line=line) from None
+        if spec.name in seen:
+            raise InputError(f"device {spec.name!r} is listed twice (also on line {seen[spec.name]})",
+                             source=source, field="name", line=line)
+        seen[spec.name] = line
+        devices.append(spec)
+    return devices
+
+
+def load_campaign(path: str, environ: dict[str, str] | None = None) -> CampaignSpec:
+    text = read_text(path)
+    doc = YamlDocument(text, path)
+    manifest: CampaignManifest = _validate(CampaignManifest, doc.data, doc)
+    if not manifest.devices.names and manifest.devices.selector is None:
+        raise doc.error("select devices with names and/or a selector", ("devices",))
+    if not manifest.configurations and not manifest.expected_state and manifest.firmware is None:
+        raise doc.error("a campaign needs configurations, expected_state or a firmware", ())
+    secret_keys: list[str] = []
+    values: dict[str, dict[str, Any]] = {}
+    for section in ("configurations", "expected_state"):
+        values[section] = {}
+        for key, value in getattr(manifest, section).items():
+            try:
+                expanded, secret = _expand(value, environ)
+                canonical(expanded)
+            except MissingVariable as exc:
+                raise doc.error(f"environment variable {exc.args[0]} is not set", (section, key)) from None
+            except ValueError as exc:
+                raise doc.error(str(exc), (section, key)) from None
+            values[section][key] = expanded
+            if secret:
+                secret_keys.append(f"{section}.{key}")
+    return CampaignSpec(
+        name=manifest.name,
+        description=manifest.description,
+        names=list(dict.fromkeys(manifest.devices.names)),
+        selector=manifest.devices.selector.model_dump() if manifest.devices.selector else None,
+        configurations=values["configurations"],
+        expected_state=values["expected_state"],
+        firmware=manifest.firmware.model_dump() if manifest.firmware else None,
+        secret_keys=secret_keys,
+        source=path,
+    )
+
+
+def _expand(value: Any, environ: dict[str, str] | None) -> tuple[Any, bool]:
+    """Expand ``${VAR}`` in every string of a (nested) value; report whether any was used."""
+    if isinstance(value, str):
+        return expand_env(value, environ)
+    if isinstance(value, list):
+        pairs = [_expand(v, environ) for v in value]
+        return [v for v, _ in pairs], any(s for _, s in pairs)
+    if isinstance(value, dict):
+        items = {k: _expand(v, environ) for k, v in value.items()}
+        return {k: v for k, (v, _) in items.items()}, any(s for _, s in items.values())
+    return value, False

@@ -1,0 +1,149 @@
+"""Numbered schema migrations, tracked in ``PRAGMA user_version``.
+
+Append new migrations at the end; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from campaignctl.errors import CampaignctlError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+MIGRATIONS: list[str] = [
+    # 1: interfaces, device types, devices, configuration entries, firmwares, campaigns, jobs
+    """
+    CREATE TABLE interface (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        settings TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE device_type (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE firmware_type (
+        id INTEGER PRIMARY KEY,
+        device_type_id INTEGER NOT NULL REFERENCES device_type(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        version_key TEXT NOT NULL,
+        url_key TEXT NOT NULL,
+        token_key TEXT,
+        UNIQUE (device_type_id, name)
+    );
+    CREATE TABLE device (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        device_type_id INTEGER NOT NULL REFERENCES device_type(id),
+        interface_id INTEGER NOT NULL REFERENCES interface(id),
+        tags TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX ix_device_type ON device (device_type_id);
+    CREATE INDEX ix_device_interface ON device (interface_id);
+    CREATE TABLE device_config (
+        device_id INTEGER NOT NULL REFERENCES device(id) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        desired TEXT,
+        desired_at TEXT,
+        desired_revision INTEGER,
+        desired_by TEXT,
+        secret BOOLEAN NOT NULL DEFAULT 0,
+        reported TEXT,
+        reported_at TEXT,
+        PRIMARY KEY (device_id, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE firmware (
+        id INTEGER PRIMARY KEY,
+        device_type_id INTEGER NOT NULL REFERENCES device_type(id),
+        firmware_type TEXT NOT NULL,
+        version TEXT NOT NULL,
+        url TEXT NOT NULL,
+        token TEXT,
+        sha256 TEXT,
+        size INTEGER,
+        description TEXT,
+        created_at TEXT NOT NULL,
+        UNIQUE (device_type_id, firmware_type, version)
+    );
+    CREATE TABLE campaign (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        description TEXT,
+        status TEXT NOT NULL DEFAULT 'draft',
+        spec TEXT NOT NULL,
+        secret_keys TEXT NOT NULL DEFAULT '[]',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        launched_at TEXT,
+        completed_at TEXT
+    );
+    CREATE TABLE job (
+        id INTEGER PRIMARY KEY,
+        campaign_id INTEGER NOT NULL REFERENCES campaign(id),
+        status TEXT NOT NULL DEFAULT 'created',
+        step TEXT NOT NULL DEFAULT 'resolve',
+        plan TEXT NOT NULL DEFAULT '{}',
+        settings TEXT NOT NULL DEFAULT '{}',
+        total INTEGER NOT NULL DEFAULT 0,
+        lease_owner TEXT,
+        lease_expires_at REAL,
+        error TEXT,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT
+    );
+    CREATE INDEX ix_job_campaign ON job (campaign_id);
+    CREATE TABLE job_item (
+        job_id INTEGER NOT NULL REFERENCES job(id) ON DELETE CASCADE,
+        device_id INTEGER NOT NULL REFERENCES device(id),
+        status TEXT NOT NULL DEFAULT 'pending',
+        revision INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        updated_at TEXT,
+        PRIMARY KEY (job_id, device_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX ix_job_item_status ON job_item (job_id, status);
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO meta (key, value) VALUES ('revision', 0);
+    """,
+]
+
+
+def migrate(engine: "Engine") -> int:
+    """Bring the database to the latest schema; returns the version it is at."""
+    from campaignctl.db import write
+
+    with engine.connect() as conn:
+        if conn.exec_driver_sql("PRAGMA user_version").scalar() == len(MIGRATIONS):
+            return len(MIGRATIONS)  # the common case: no write lock taken
+    with write(engine) as conn:
+        raw = conn.connection.driver_connection
+        current = raw.execute("PRAGMA user_version").fetchone()[0]
+        if current > len(MIGRATIONS):
+            raise CampaignctlError(
+                f"the database is at schema version {current}, newer than this campaignctl "
+                f"knows ({len(MIGRATIONS)}); upgrade campaignctl"
+            )
+        for number in range(current + 1, len(MIGRATIONS) + 1):
+            for statement in _statements(MIGRATIONS[number - 1]):
+                raw.execute(statement)
+            raw.execute(f"PRAGMA user_version = {number}")
+        return len(MIGRATIONS)
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would COMMIT our transaction; split the script instead. Migration
+    # scripts hold no semicolons inside literals or triggers.
+    return [s.strip() for s in script.split(";") if s.strip()]

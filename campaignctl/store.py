@@ -1,0 +1,65 @@
+"""Small shared database helpers: revisions, lookups by name, configuration writes."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from campaignctl.errors import NotFoundError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+UPSERT_DESIRED = (
+    "INSERT INTO device_config (device_id, key, desired, desired_at, desired_revision, desired_by, secret) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (device_id, key) DO UPDATE SET desired = excluded.desired, desired_at = excluded.desired_at, "
+    "desired_revision = excluded.desired_revision, desired_by = excluded.desired_by, secret = excluded.secret"
+)
+UPSERT_REPORTED = (
+    "INSERT INTO device_config (device_id, key, reported, reported_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (device_id, key) DO UPDATE SET reported = excluded.reported, reported_at = excluded.reported_at"
+)
+
+
+def next_revision(conn: "Connection") -> int:
+    """The next value of the global revision counter; must run in a write transaction.
+
+    A device's document version is the highest revision among its desired entries, so
+    it only grows, whoever writes.
+    """
+    return conn.exec_driver_sql("UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value").scalar_one()
+
+
+def device_row(conn: "Connection", name: str) -> Any:
+    row = conn.exec_driver_sql(
+        "SELECT d.id, d.name, d.tags, d.created_at, d.updated_at, t.name AS type, i.name AS interface, "
+        "i.type AS interface_type, i.settings AS interface_settings "
+        "FROM device d JOIN device_type t ON t.id = d.device_type_id JOIN interface i ON i.id = d.interface_id "
+        "WHERE d.name = ?",
+        (name,),
+    ).one_or_none()
+    if row is None:
+        raise NotFoundError(f"no device named {name!r}")
+    return row
+
+
+def write_desired(conn: "Connection", rows: Sequence[tuple]) -> None:
+    """Bulk upsert of desired entries: (device_id, key, json, at, revision, by, secret)."""
+    if rows:
+        conn.exec_driver_sql(UPSERT_DESIRED, list(rows))
+
+
+def write_reported(conn: "Connection", rows: Sequence[tuple]) -> None:
+    """Bulk upsert of reported entries: (device_id, key, json, at)."""
+    if rows:
+        conn.exec_driver_sql(UPSERT_REPORTED, list(rows))
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,215 @@
+"""Shared fixtures: real SQLite files, a real mosquitto on a free loopback port, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from typer.testing import CliRunner
+
+from campaignctl.cli import app
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """A mosquitto process on 127.0.0.1, configured as the docs tell operators to."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> "Broker":
+        conf = self.workdir / f"mosquitto-{self.port}.conf"
+        conf.write_text(textwrap.dedent(f"""\
+            listener {self.port} 127.0.0.1
+            allow_anonymous true
+            persistence false
+            max_queued_messages 0
+            max_inflight_messages 0
+            """))
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mosquitto exited with {self.proc.returncode}")
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    b = Broker(tmp_path_factory.mktemp("mosquitto")).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A topic prefix of this test's own: the session broker keeps retained messages."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "campaignctl.db"
+
+
+class Cli:
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, code: int | None = 0, env: dict[str, str] | None = None, input: str | None = None):
+        result = self.runner.invoke(app, ["--db", str(self.db_path), *args], env=env, input=input,
+                                    catch_exceptions=False)
+        if code is not None:
+            assert result.exit_code == code, (
+                f"exit {result.exit_code} != {code}\nstdout: {result.stdout}\nstderr: {result.stderr}")
+        return result
+
+    def json(self, *args: str, **kwargs: Any) -> Any:
+        return json.loads(self(*args, "-o", "json", **kwargs).stdout)
+
+
+@pytest.fixture
+def cli(db_path: Path) -> Cli:
+    return Cli(db_path)
+
+
+def fleet_yaml(url: str, prefix: str, devices: int = 4, *, extra: str = "") -> str:
+    lines = [
+        "interfaces:",
+        "  broker:",
+        "    type: mqtt",
+        f"    url: {url}",
+        f"    topic_prefix: {prefix}",
+        "device_types:",
+        "  sensor-v2:",
+        "    firmware_types:",
+        "      app: {version_key: app_version, url_key: app_url, token_key: app_token}",
+        "devices:",
+    ]
+    for i in range(1, devices + 1):
+        site = "lyon" if i % 2 else "paris"
+        ring = "canary" if i <= 2 else "main"
+        lines.append(f"  - {{name: sensor-{i:04d}, type: sensor-v2, interface: broker, "
+                     f"tags: {{site: {site}, ring: {ring}}}}}")
+    return "\n".join(lines) + "\n" + extra
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, broker: Broker, prefix: str, cli: Cli) -> Path:
+    """Four sensors on the session broker, imported."""
+    path = tmp_path / "fleet.yaml"
+    path.write_text(fleet_yaml(broker.url, prefix))
+    cli("devices", "import", str(path))
+    return path
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+class Subscriber:
+    """A real MQTT client that collects messages (retained ones included)."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.messages: dict[str, list[Any]] = {}
+        self.retained: dict[str, bool] = {}
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2)
+        subscribed = threading.Event()
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert subscribed.wait(5)
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        with self._lock:
+            self.messages.setdefault(msg.topic, []).append(json.loads(msg.payload))
+            self.retained[msg.topic] = msg.retain
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> dict[str, list[Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.messages) >= count:
+                    return dict(self.messages)
+            time.sleep(0.02)
+        raise AssertionError(f"got {len(self.messages)} topics, wanted {count}")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def publish(port: int, topic: str, payload: bytes | str, *, retain: bool = False) -> None:
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+    client.disconnect()
+    client.loop_stop()
+
+
+def db_dump(db_path: Path) -> list[str]:
+    """Every row of every table, to check that a failed command changed nothing."""
+    import sqlite3
+
+    conn = sqlite3.connect(db_path)
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def campaignctl_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "campaignctl", *args]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("CAMPAIGNCTL_DB", None)
+    env.update(extra)
+    return env
