@@ -8,19 +8,18 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from campaignctl import db
 from campaignctl.errors import ConflictError, InputError, NotFoundError
+from campaignctl.spec import CampaignSpec
 from campaignctl.values import canonical, mask
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
-
-    from campaignctl.manifests import CampaignSpec
 
 #: Raised errors name the field; ``Fail`` builds an error for a spec path such as
 #: ("devices", "names") with the file and line when the spec came from a file.
 Fail = Callable[[str, tuple], Exception]
 
 
-def _fail_for(spec: "CampaignSpec") -> Fail:
+def _fail_for(spec: CampaignSpec) -> Fail:
     from campaignctl.yamlfile import YamlDocument, read_text
 
     def fail(message: str, path: tuple) -> Exception:
@@ -43,7 +42,7 @@ def _fail_launched(name: str) -> Fail:
     return fail
 
 
-def resolve_devices(conn: "Connection", spec: "CampaignSpec", fail: Fail) -> list[tuple[int, int]]:
+def resolve_devices(conn: "Connection", spec: CampaignSpec, fail: Fail) -> list[tuple[int, int]]:
     """The (device_id, device_type_id) pairs a campaign selects, sorted by id."""
     selected: dict[int, int] = {}
     names = spec.names
@@ -75,7 +74,7 @@ def resolve_devices(conn: "Connection", spec: "CampaignSpec", fail: Fail) -> lis
     return sorted(selected.items())
 
 
-def build_plan(conn: "Connection", spec: "CampaignSpec", type_ids: set[int], fail: Fail) -> dict[str, Any]:
+def build_plan(conn: "Connection", spec: CampaignSpec, type_ids: set[int], fail: Fail) -> dict[str, Any]:
     """The values per device type: the campaign's, plus the firmware registry's.
 
     Returns ``{type_id: {"type", "configurations": {key: json}, "expected_state": {key: json},
@@ -120,7 +119,7 @@ def build_plan(conn: "Connection", spec: "CampaignSpec", type_ids: set[int], fai
     return plan
 
 
-def _validate(conn: "Connection", spec: "CampaignSpec", fail: Fail) -> list[tuple[int, int]]:
+def _validate(conn: "Connection", spec: CampaignSpec, fail: Fail) -> list[tuple[int, int]]:
     devices = resolve_devices(conn, spec, fail)
     build_plan(conn, spec, {t for _, t in devices}, fail)
     return devices
@@ -133,7 +132,7 @@ class ApplyResult:
     changes: list[str]
 
 
-def create(engine: "Engine", spec: "CampaignSpec") -> ApplyResult:
+def create(engine: "Engine", spec: CampaignSpec) -> ApplyResult:
     now = db.utcnow()
     with db.write(engine) as conn:
         if _row(conn, spec.name, required=False) is not None:
@@ -143,17 +142,15 @@ def create(engine: "Engine", spec: "CampaignSpec") -> ApplyResult:
     return ApplyResult(spec.name, "created", [])
 
 
-def _insert(conn: "Connection", spec: "CampaignSpec", now: str) -> None:
+def _insert(conn: "Connection", spec: CampaignSpec, now: str) -> None:
     conn.exec_driver_sql(
         "INSERT INTO campaign (name, description, status, spec, secret_keys, created_at, updated_at) "
         "VALUES (?, ?, 'draft', ?, ?, ?, ?)",
         (spec.name, spec.description, spec.to_json(), json.dumps(spec.secret_keys), now, now))
 
 
-def apply(engine: "Engine", spec: "CampaignSpec") -> ApplyResult:
+def apply(engine: "Engine", spec: CampaignSpec) -> ApplyResult:
     """Create the campaign, or update it while it is a draft; ``unchanged`` when identical."""
-    from campaignctl.manifests import CampaignSpec
-
     now = db.utcnow()
     with db.write(engine) as conn:
         row = _row(conn, spec.name, required=False)
@@ -178,7 +175,7 @@ def apply(engine: "Engine", spec: "CampaignSpec") -> ApplyResult:
     return ApplyResult(spec.name, "updated", changes)
 
 
-def _diff(old: "CampaignSpec", new: "CampaignSpec") -> list[str]:
+def _diff(old: CampaignSpec, new: CampaignSpec) -> list[str]:
     changes = []
     if old.description != new.description:
         changes.append("description")
@@ -207,9 +204,7 @@ def _row(conn: "Connection", name: str, *, required: bool = True) -> Any:
     return row
 
 
-def get_spec(conn: "Connection", name: str) -> tuple[Any, "CampaignSpec"]:
-    from campaignctl.manifests import CampaignSpec
-
+def get_spec(conn: "Connection", name: str) -> tuple[Any, CampaignSpec]:
     row = _row(conn, name)
     return row, CampaignSpec.from_json(row.spec, json.loads(row.secret_keys))
 

@@ -131,15 +131,18 @@ def _upsert_devices(conn: "Connection", fleet: "Fleet", now: str, counts: Counts
         "SELECT name, id, device_type_id, interface_id, tags FROM device")}
     inserts: list[tuple] = []
     updates: list[tuple] = []
+
+    def hint(section: str) -> str:
+        return f" (declare it under {section})" if fleet.doc else " (import a YAML fleet manifest that declares it)"
+
     for index, device in enumerate(fleet.devices):
         type_id = types.get(device.type)
         if type_id is None:
-            raise fleet.error(f"unknown device type {device.type!r} (declare it under device_types)",
-                              index, "type", source)
+            raise fleet.error(f"unknown device type {device.type!r}" + hint("device_types"), index, "type", source)
         iface_id = ifaces.get(device.interface)
         if iface_id is None:
-            raise fleet.error(f"unknown interface {device.interface!r} (declare it under interfaces)",
-                              index, "interface", source)
+            raise fleet.error(f"unknown interface {device.interface!r}" + hint("interfaces"), index, "interface",
+                              source)
         tags = canonical(device.tags)
         row = existing.get(device.name)
         if row is None:

@@ -54,7 +54,8 @@ def _owner_alive(owner: str) -> bool:
     return True
 
 
-def launch(engine: "Engine", name: str, *, policy: DeliveryPolicy | None = None) -> tuple[int, str]:
+def launch(engine: "Engine", name: str, *, policy: DeliveryPolicy | None = None,
+           chunk_size: int = WRITE_CHUNK) -> tuple[int, str]:
     """Atomically move a draft campaign to ``running`` and create its job with every
     device as a pending item. Returns (job id, lease owner) for ``run``.
 
@@ -82,7 +83,7 @@ def launch(engine: "Engine", name: str, *, policy: DeliveryPolicy | None = None)
         job_id = conn.exec_driver_sql(
             "INSERT INTO job (campaign_id, status, step, plan, settings, total, lease_owner, lease_expires_at, "
             "created_at) VALUES (?, 'created', 'write', ?, ?, ?, ?, ?, ?) RETURNING id",
-            (row.id, json.dumps(plan), json.dumps(policy.to_dict()), len(devices), owner,
+            (row.id, json.dumps(plan), json.dumps({**policy.to_dict(), "chunk_size": chunk_size}), len(devices), owner,
              time.time() + LEASE_SECONDS, now)).scalar_one()
         _insert_items(conn, job_id, devices)
     return job_id, owner
@@ -180,6 +181,7 @@ def _write_step(engine: "Engine", job: Any, owner: str, heartbeat: _Heartbeat, p
     values = [(int(t), key, value, key in p["secret"]) for t, p in plan.items()
               for key, value in p["configurations"].items()]
     by = f"job:{job.id}"
+    chunk_size = json.loads(job.settings).get("chunk_size", WRITE_CHUNK)
     written = _count(engine, job.id, "pending", negate=True)
     progress("write", written, job.total)
     values_cte = ",".join("(?, ?, ?, ?)" for _ in values) or "(NULL, NULL, NULL, NULL)"
@@ -198,9 +200,10 @@ def _write_step(engine: "Engine", job: Any, owner: str, heartbeat: _Heartbeat, p
             _check_lease(conn, job.id, owner, heartbeat)
             bounds = conn.exec_driver_sql(
                 "SELECT min(device_id), max(device_id), count(*) FROM (SELECT device_id FROM job_item "
-                "WHERE job_id = ? AND status = 'pending' ORDER BY device_id LIMIT ?)", (job.id, WRITE_CHUNK)).one()
+                "WHERE job_id = ? AND status = 'pending' ORDER BY device_id LIMIT ?)", (job.id, chunk_size)).one()
             if not bounds[2]:
-                conn.exec_driver_sql("UPDATE job SET step = 'deliver' WHERE id = ?", (job.id,))
+                conn.exec_driver_sql("UPDATE job SET step = 'deliver', written_at = ? WHERE id = ?",
+                                     (db.utcnow(), job.id))
                 break
             lo, hi, count = bounds
             revision = store.next_revision(conn)
@@ -308,6 +311,7 @@ def summary(conn: "Connection", job_id: int) -> dict[str, Any]:
                         and _owner_alive(job.lease_owner)),
         "created_at": job.created_at,
         "started_at": job.started_at,
+        "written_at": job.written_at,
         "finished_at": job.finished_at,
     }
 

@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from campaignctl import interfaces
 from campaignctl.errors import InputError
 from campaignctl.names import check_name
+from campaignctl.spec import CampaignSpec
 from campaignctl.values import MissingVariable, canonical, expand_env, key_problem
 from campaignctl.yamlfile import YamlDocument, format_path, read_text
 
@@ -114,49 +115,6 @@ class CampaignManifest(_Strict):
     firmware: Optional[FirmwareRef] = None
 
 
-@dataclass
-class CampaignSpec:
-    """A validated campaign manifest, with ``${VAR}`` expanded."""
-
-    name: str
-    description: str | None
-    names: list[str]
-    selector: dict[str, Any] | None
-    configurations: dict[str, Any]
-    expected_state: dict[str, Any]
-    firmware: dict[str, str] | None
-    secret_keys: list[str] = field(default_factory=list)  # "configurations.<key>" / "expected_state.<key>"
-    source: str = "<manifest>"
-
-    def to_json(self) -> str:
-        return canonical(
-            {
-                "name": self.name,
-                "description": self.description,
-                "devices": {"names": self.names, "selector": self.selector},
-                "configurations": self.configurations,
-                "expected_state": self.expected_state,
-                "firmware": self.firmware,
-            }
-        )
-
-    @classmethod
-    def from_json(cls, text: str, secret_keys: list[str]) -> "CampaignSpec":
-        import json
-
-        data = json.loads(text)
-        return cls(
-            name=data["name"],
-            description=data["description"],
-            names=data["devices"]["names"],
-            selector=data["devices"]["selector"],
-            configurations=data["configurations"],
-            expected_state=data["expected_state"],
-            firmware=data["firmware"],
-            secret_keys=secret_keys,
-        )
-
-
 def _validate(model: type[BaseModel], data: Any, doc: YamlDocument, prefix: tuple = ()) -> Any:
     if data is None:
         raise InputError("the manifest is empty", source=doc.source)
@@ -190,7 +148,8 @@ def load_fleet(path: str) -> "Fleet":
     """Read a fleet manifest: YAML (interfaces, device types, devices) or CSV (devices only)."""
     text = read_text(path)
     if path.lower().endswith(".csv"):
-        return Fleet(interfaces={}, device_types={}, devices=_parse_csv(text, path))
+        devices, lines = _parse_csv(text, path)
+        return Fleet(interfaces={}, device_types={}, devices=devices, lines=lines)
     doc = YamlDocument(text, path)
     manifest: FleetManifest = _validate(FleetManifest, doc.data, doc)
     validated_interfaces: dict[str, dict[str, Any]] = {}
@@ -236,7 +195,8 @@ class Fleet:
 CSV_COLUMNS = ("name", "type", "interface", "tags")
 
 
-def _parse_csv(text: str, source: str) -> list[DeviceSpec]:
+def _parse_csv(text: str, source: str) -> tuple[list[DeviceSpec], dict[int, int]]:
+    """The devices of a CSV file, and the line each one stands on."""
     reader = csv.DictReader(io.StringIO(text))
     header = reader.fieldnames or []
     missing = [c for c in CSV_COLUMNS[:3] if c not in header]
@@ -250,6 +210,7 @@ def _parse_csv(text: str, source: str) -> list[DeviceSpec]:
         )
         raise InputError(f"{problem} (expected header: {','.join(CSV_COLUMNS)})", source=source, line=1)
     devices: list[DeviceSpec] = []
+    lines: dict[int, int] = {}
     seen: dict[str, int] = {}
     for row in reader:
         line = reader.line_num
@@ -272,8 +233,9 @@ def _parse_csv(text: str, source: str) -> list[DeviceSpec]:
             raise InputError(f"device {spec.name!r} is listed twice (also on line {seen[spec.name]})",
                              source=source, field="name", line=line)
         seen[spec.name] = line
+        lines[len(devices)] = line
         devices.append(spec)
-    return devices
+    return devices, lines
 
 
 def load_campaign(path: str, environ: dict[str, str] | None = None) -> CampaignSpec:

@@ -118,6 +118,10 @@ MIGRATIONS: list[str] = [
     );
     INSERT INTO meta (key, value) VALUES ('revision', 0);
     """,
+    # 2: when a job finished writing desired entries, so that jobs show how long each step took
+    """
+    ALTER TABLE job ADD COLUMN written_at TEXT;
+    """,
 ]
 
 

@@ -108,6 +108,7 @@ class Job(SQLModel, table=True):
     error: Optional[str] = None
     created_at: str
     started_at: Optional[str] = None
+    written_at: Optional[str] = None  # the write step finished
     finished_at: Optional[str] = None
 
 

@@ -29,6 +29,9 @@ DEVICE_STATES = ("pending", "syncing", "waiting", "valid", "invalid", "failed")
 
 
 def _values_cte(name: str, rows: list[tuple[int, str, str, int]]) -> tuple[str, list[Any]]:
+    # Rows in key order: the subqueries below take the first mismatch in scan order,
+    # which for a VALUES table is this order (an ORDER BY per device costs ~20% more).
+    rows = sorted(rows, key=lambda r: (r[0], r[1]))
     if not rows:
         return f"{name}(type_id, key, value, secret) AS (SELECT NULL, NULL, NULL, 0 WHERE 0)", []
     return (f"{name}(type_id, key, value, secret) AS (VALUES {','.join('(?, ?, ?, ?)' for _ in rows)})",
@@ -90,15 +93,16 @@ def _judge(conn: Any, job_id: int, plan: dict[str, Any]) -> list[dict[str, Any]]
         SELECT d.name, ji.status, ji.error, ji.attempts, ji.updated_at,
           (SELECT cfg.key || char(31) || coalesce(c.desired_by, '') || char(31) || coalesce(c.desired_at, '')
              FROM cfg JOIN device_config c ON c.device_id = ji.device_id AND c.key = cfg.key
-            WHERE cfg.type_id = d.device_type_id AND c.desired IS NOT cfg.value ORDER BY cfg.key LIMIT 1),
+            WHERE cfg.type_id = d.device_type_id AND c.desired IS NOT cfg.value LIMIT 1),
           (SELECT exp.key || char(31) || exp.secret || char(31) || coalesce(c.reported, '')
              FROM exp LEFT JOIN device_config c ON c.device_id = ji.device_id AND c.key = exp.key
-            WHERE exp.type_id = d.device_type_id AND c.reported IS NOT exp.value ORDER BY exp.key LIMIT 1)
+            WHERE exp.type_id = d.device_type_id AND c.reported IS NOT exp.value LIMIT 1)
         FROM job_item ji JOIN device d ON d.id = ji.device_id
         WHERE ji.job_id = ?
         ORDER BY d.name
     """
-    rows = conn.exec_driver_sql(sql, (*cfg_params, *exp_params, job_id)).all()
+    # Plain DB-API tuples: SQLAlchemy's row objects cost more than the query at 100k rows.
+    rows = conn.connection.driver_connection.execute(sql, (*cfg_params, *exp_params, job_id)).fetchall()
     devices = []
     for name, item, error, attempts, updated_at, changed, mismatch in rows:
         reason = None

@@ -120,7 +120,7 @@ def fleet_yaml(url: str, prefix: str, devices: int = 4, *, extra: str = "") -> s
         "  sensor-v2:",
         "    firmware_types:",
         "      app: {version_key: app_version, url_key: app_url, token_key: app_token}",
-        "devices:",
+        "devices:" if devices else "devices: []",
     ]
     for i in range(1, devices + 1):
         site = "lyon" if i % 2 else "paris"

@@ -100,6 +100,8 @@ def launch(ctx: typer.Context, name: str = typer.Argument(...),
            max_backoff: float = typer.Option(30.0, "--max-backoff", min=0.0, metavar="SECONDS"),
            window: int = typer.Option(1000, "--window", min=1, max=60000,
                                       help="Deliveries in flight at once per interface."),
+           chunk_size: int = typer.Option(5000, "--chunk-size", min=1, metavar="N",
+                                          help="Devices written per database transaction."),
            output: Output = OutputOption) -> None:
     """Launch a campaign: write the desired configurations, then deliver them."""
     from campaignctl import jobs
@@ -108,7 +110,7 @@ def launch(ctx: typer.Context, name: str = typer.Argument(...),
     policy = DeliveryPolicy(attempts=attempts, timeout=timeout, backoff=backoff, max_backoff=max_backoff,
                             window=window)
     db = engine(ctx)
-    job_id, owner = jobs.launch(db, name, policy=policy)
+    job_id, owner = jobs.launch(db, name, policy=policy, chunk_size=chunk_size)
     info(f"campaign {name}: launched, job {job_id}")
     _run_job(lambda progress: jobs.run(db, job_id, owner, progress=progress), job_id, output)
 

@@ -37,7 +37,9 @@ def engine(ctx: typer.Context) -> "Engine":
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2))
+    # Indented for a person at a terminal; compact for pipes, where json's C encoder
+    # (which indent disables) makes 100k-device documents several times faster.
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2 if sys.stdout.isatty() else None))
     sys.stdout.write("\n")
 
 

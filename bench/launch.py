@@ -1,0 +1,150 @@
+"""Benchmark of a campaign launch over MQTT, against the raw limits measured in the same run.
+
+    python bench/launch.py [--devices 100000] [--keys 3]
+
+Creates N devices on one MQTT interface (a private mosquitto on 127.0.0.1), launches a
+campaign with the real command and reports: the database (write) step, the delivery
+step, `status -o json`, peak memory, `campaignctl --help`; and, as references, plain
+sqlite3 executemany of the same rows and plain paho-mqtt QoS 1 publishes of the same
+payloads (one client, its own window of 1000, paho's in-flight limit off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import campaignctl, iso_seconds, start_mosquitto  # noqa: E402
+
+
+def raw_sqlite(path: Path, devices: int, values: dict[str, str]) -> float:
+    """The same rows as the write step (job items, desired entries), written by plain
+    sqlite3 executemany in one transaction with the same pragmas."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("CREATE TABLE job_item (job_id INTEGER, device_id INTEGER, status TEXT, revision INTEGER, "
+                 "updated_at TEXT, PRIMARY KEY (job_id, device_id)) WITHOUT ROWID")
+    conn.execute("CREATE TABLE device_config (device_id INTEGER, key TEXT, desired TEXT, desired_at TEXT, "
+                 "desired_revision INTEGER, desired_by TEXT, secret INTEGER, PRIMARY KEY (device_id, key)) WITHOUT ROWID")
+    now = "2026-11-25T00:00:00.000000Z"
+    started = time.perf_counter()
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO job_item VALUES (1, ?, 'syncing', 1, ?)", ((i, now) for i in range(devices)))
+    conn.executemany("INSERT INTO device_config VALUES (?, ?, ?, ?, 1, 'job:1', 0)",
+                     ((i, k, v, now) for i in range(devices) for k, v in values.items()))
+    conn.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return elapsed
+
+
+def raw_paho(port: int, payloads: list[tuple[str, bytes]], window: int = 1000) -> float:
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id="bench-raw")
+    client.max_inflight_messages_set(0)
+    inflight: set[int] = set()
+    client.on_publish = lambda _c, _u, mid, _r, _p: inflight.discard(mid)
+    connected = []
+    client.on_connect = lambda *_: connected.append(True)
+    client.connect("127.0.0.1", port)
+    while not connected:
+        client.loop(0.05)
+    started = time.perf_counter()
+    for topic, payload in payloads:
+        while len(inflight) >= window:
+            client.loop(0.01)
+        inflight.add(client.publish(topic, payload, qos=1, retain=True).mid)
+    while inflight:
+        client.loop(0.01)
+    elapsed = time.perf_counter() - started
+    client.disconnect()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=100_000)
+    parser.add_argument("--keys", type=int, default=3, help="configuration keys per device")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the database (path printed) for profiling")
+    args = parser.parse_args()
+    n = args.devices
+    work = Path(tempfile.mkdtemp(prefix="campaignctl-bench-"))
+    broker, port = start_mosquitto(work)
+    figures: dict[str, float] = {}
+    try:
+        db = work / "bench.db"
+        (work / "fleet.yaml").write_text(
+            f"interfaces:\n  broker: {{type: mqtt, url: 'mqtt://127.0.0.1:{port}', topic_prefix: bench}}\n"
+            "device_types:\n  sensor-v2: {}\ndevices: []\n")
+        with open(work / "devices.csv", "w") as f:
+            f.write("name,type,interface,tags\n")
+            f.writelines(f"sensor-{i:07d},sensor-v2,broker,site=s{i % 10};ring={'canary' if i < 100 else 'main'}\n"
+                         for i in range(n))
+        campaignctl("devices", "import", str(work / "fleet.yaml"), db=db)
+        figures["import_s"], _, _ = campaignctl("devices", "import", str(work / "devices.csv"), db=db)
+        values = {f"key_{k}": json.dumps(f"https://assets.example.com/fw/{k}/5.1.9_beta01.bin")
+                  for k in range(args.keys)}
+        (work / "campaign.yaml").write_text(
+            "name: bench\ndevices: {selector: {type: sensor-v2}}\nconfigurations:\n"
+            + "".join(f"  {k}: {v}\n" for k, v in values.items())
+            + f"expected_state: {{key_0: {values['key_0']}}}\n")
+        campaignctl("create", "-f", str(work / "campaign.yaml"), db=db)
+
+        figures["launch_wall_s"], rss, out = campaignctl("launch", "bench", "-o", "json", db=db)
+        job = json.loads(out)
+        assert job["status"] == "success" and job["counts"]["delivered"] == n, job["counts"]
+        figures["write_s"] = iso_seconds(job["created_at"], job["written_at"])  # items, then entries
+        figures["deliver_s"] = iso_seconds(job["written_at"], job["finished_at"])
+        figures["launch_peak_rss_mb"] = rss / 1024
+
+        runs = [campaignctl("status", "bench", "-o", "json", db=db)[0] for _ in range(3)]
+        figures["status_json_s"] = statistics.median(runs)
+        figures["help_s"] = min(campaignctl("--help", db=db)[0] for _ in range(5))
+
+        # The raw limits, same machine, same run.
+        figures["raw_sqlite_s"] = raw_sqlite(work / "raw.db", n, values)
+        payload_values = ",".join(f'"{k}":{v}' for k, v in sorted(values.items()))
+        payloads = [(f"raw/sensor-{i:07d}/config", f'{{"configuration":{{{payload_values}}},"version":7}}'.encode())
+                    for i in range(n)]
+        figures["raw_paho_s"] = raw_paho(port, payloads)
+    finally:
+        broker.terminate()
+        broker.wait()
+        if args.keep:
+            print(f"database kept: {work / 'bench.db'}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    figures["write_vs_raw"] = figures["write_s"] / figures["raw_sqlite_s"]
+    figures["deliver_vs_raw"] = figures["deliver_s"] / figures["raw_paho_s"]
+    if args.json:
+        print(json.dumps({"devices": n, "keys": args.keys, **figures}, indent=2))
+        return
+    rows = [
+        ("devices imported (CSV)", f"{figures['import_s']:.2f} s", ""),
+        ("write step (desired entries + job items)", f"{figures['write_s']:.2f} s",
+         f"{figures['write_vs_raw']:.2f}× raw sqlite3 ({figures['raw_sqlite_s']:.2f} s), target ≤ 3×"),
+        ("delivery step (QoS 1, retained)", f"{figures['deliver_s']:.2f} s",
+         f"{figures['deliver_vs_raw']:.2f}× raw paho ({figures['raw_paho_s']:.2f} s), target ≤ 2×"),
+        ("launch command, wall", f"{figures['launch_wall_s']:.2f} s", ""),
+        ("launch peak memory", f"{figures['launch_peak_rss_mb']:.0f} MB", "target < 500 MB"),
+        ("status -o json", f"{figures['status_json_s']:.2f} s", "target < 1 s"),
+        ("campaignctl --help", f"{figures['help_s'] * 1000:.0f} ms", "target < 200 ms"),
+    ]
+    print(f"campaign launch, {n} devices × {args.keys} keys, mosquitto on 127.0.0.1")
+    for name, value, note in rows:
+        print(f"  {name:<44} {value:>10}   {note}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""A validated campaign definition, as stored in the database (no validation library needed
+to read it back, which keeps ``status`` quick)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from campaignctl.values import canonical
+
+
+@dataclass
+class CampaignSpec:
+    """A validated campaign manifest, with ``${VAR}`` expanded."""
+
+    name: str
+    description: str | None
+    names: list[str]
+    selector: dict[str, Any] | None
+    configurations: dict[str, Any]
+    expected_state: dict[str, Any]
+    firmware: dict[str, str] | None
+    secret_keys: list[str] = field(default_factory=list)  # "configurations.<key>" / "expected_state.<key>"
+    source: str = "<manifest>"
+
+    def to_json(self) -> str:
+        return canonical(
+            {
+                "name": self.name,
+                "description": self.description,
+                "devices": {"names": self.names, "selector": self.selector},
+                "configurations": self.configurations,
+                "expected_state": self.expected_state,
+                "firmware": self.firmware,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str, secret_keys: list[str]) -> "CampaignSpec":
+        data = json.loads(text)
+        return cls(
+            name=data["name"],
+            description=data["description"],
+            names=data["devices"]["names"],
+            selector=data["devices"]["selector"],
+            configurations=data["configurations"],
+            expected_state=data["expected_state"],
+            firmware=data["firmware"],
+            secret_keys=secret_keys,
+        )

@@ -1,0 +1,183 @@
+"""Bad manifests, CSV files and flags: a clear error naming file, field and line, exit 1,
+and the database exactly as it was."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import db_dump, write
+
+FLEET_CASES = {
+    "yaml syntax": (
+        "interfaces:\n  broker: {type: mqtt\n",
+        "fleet.yaml:3: invalid YAML",
+    ),
+    "unknown top-level field": (
+        "interfaces: {}\ndevice: []\n",
+        "fleet.yaml:2: device: unknown field 'device'",
+    ),
+    "unknown device field": (
+        "devices:\n  - name: a\n    type: sensor-v2\n    interface: broker\n    colour: red\n",
+        "fleet.yaml:5: devices[0].colour: unknown field 'colour'",
+    ),
+    "wrong type": (
+        "devices:\n  - {name: a, type: sensor-v2, interface: broker, tags: [x]}\n",
+        "fleet.yaml:2: devices[0].tags: input should be a valid dictionary",
+    ),
+    "invalid device name": (
+        "devices:\n  - {name: 'a/b', type: sensor-v2, interface: broker}\n",
+        "fleet.yaml:2: devices[0].name: name 'a/b' is not valid",
+    ),
+    "unknown device type": (
+        "devices:\n  - {name: ok-1, type: sensor-v2, interface: broker}\n  - {name: ok-2, type: nope, interface: broker}\n",
+        "fleet.yaml:3: devices[1].type: unknown device type 'nope'",
+    ),
+    "unknown interface": (
+        "devices:\n  - {name: ok-1, type: sensor-v2, interface: elsewhere}\n",
+        "fleet.yaml:2: devices[0].interface: unknown interface 'elsewhere'",
+    ),
+    "invalid firmware key": (
+        "device_types:\n  t:\n    firmware_types:\n      app: {version_key: 'app version', url_key: u}\n",
+        "fleet.yaml:4: device_types.t.firmware_types.app.version_key: key 'app version' contains ' '",
+    ),
+    "keys shared by firmware types": (
+        "device_types:\n  t:\n    firmware_types:\n      app: {version_key: v, url_key: u}\n"
+        "      fw: {version_key: v, url_key: u2}\n",
+        "fleet.yaml:3: device_types.t.firmware_types: key 'v' is used by firmware types 'app' and 'fw'",
+    ),
+    "bad interface type": (
+        "interfaces:\n  x: {type: carrier-pigeon}\n",
+        "fleet.yaml:2: interfaces.x.type: type must be one of",
+    ),
+    "bad mqtt url": (
+        "interfaces:\n  x: {type: mqtt, url: 'http://broker'}\n",
+        "fleet.yaml:2: interfaces.x.url: url must start with mqtt:// or mqtts://",
+    ),
+    "unknown mqtt setting": (
+        "interfaces:\n  x:\n    type: mqtt\n    password: hunter2\n",
+        "fleet.yaml:4: interfaces.x.password: unknown field 'password'",
+    ),
+    "duplicate device": (
+        "devices:\n  - {name: d, type: sensor-v2, interface: broker}\n  - {name: d, type: sensor-v2, interface: broker}\n",
+        "fleet.yaml:3: devices[1].name: device 'd' is listed twice",
+    ),
+    "not a mapping": ("- a\n- b\n", "fleet.yaml: the manifest must be a YAML mapping"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FLEET_CASES))
+def test_bad_fleet_manifest(case, cli, fleet, tmp_path, db_path):
+    text, expected = FLEET_CASES[case]
+    path = write(tmp_path, "fleet.yaml", text)
+    before = db_dump(db_path)
+    result = cli("devices", "import", path, code=1)
+    assert result.stderr.startswith(f"Error: {tmp_path}/"), result.stderr
+    assert expected in result.stderr, result.stderr
+    assert result.stdout == ""
+    assert db_dump(db_path) == before
+
+
+CSV_CASES = {
+    "unknown column": ("name,type,interface,colour\n", "devices.csv:1: unknown column(s) colour"),
+    "missing column": ("name,type\n", "devices.csv:1: missing column(s) interface"),
+    "bad tag": ("name,type,interface,tags\nd1,sensor-v2,broker,site\n", "devices.csv:2: tags: tag 'site' is not written k=v"),
+    "unknown interface": ("name,type,interface,tags\nd1,sensor-v2,broker,\nd2,sensor-v2,nowhere,\n",
+                          "devices.csv:3: interface: unknown interface 'nowhere'"),
+    "bad name": ("name,type,interface\nd 1,sensor-v2,broker\n", "devices.csv:2: name: name 'd 1' is not valid"),
+    "extra field": ("name,type,interface\nd1,sensor-v2,broker,x\n", "devices.csv:2: more fields than columns"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CSV_CASES))
+def test_bad_csv(case, cli, fleet, tmp_path, db_path):
+    text, expected = CSV_CASES[case]
+    path = write(tmp_path, "devices.csv", text)
+    before = db_dump(db_path)
+    result = cli("devices", "import", path, code=1)
+    assert expected in result.stderr, result.stderr
+    assert db_dump(db_path) == before
+
+
+CAMPAIGN_CASES = {
+    "yaml syntax": ("name: x\ndevices: {names: [sensor-0001]\n", "c.yaml:3: invalid YAML"),
+    "unknown field": ("name: x\ndevices: {names: [sensor-0001]}\nconfigurations: {a: 1}\nrollout_plan: 3\n",
+                      "c.yaml:4: rollout_plan: unknown field"),
+    "wrong type": ("name: x\ndevices: {names: sensor-0001}\nconfigurations: {a: 1}\n",
+                   "c.yaml:2: devices.names: input should be a valid list"),
+    "invalid key": ("name: x\ndevices: {names: [sensor-0001]}\nconfigurations:\n  a.b: 1\n",
+                    "c.yaml:4: configurations.a.b: key 'a.b' contains '.'"),
+    "key with $": ("name: x\ndevices: {names: [sensor-0001]}\nexpected_state:\n  $v: 1\n",
+                   "c.yaml:4: expected_state.$v: key '$v' contains '$'"),
+    "unknown device": ("name: x\ndevices:\n  names: [sensor-0001, ghost-1]\nconfigurations: {a: 1}\n",
+                       "c.yaml:3: devices.names[1]: unknown device(s): ghost-1"),
+    "unknown device type": ("name: x\ndevices:\n  selector: {type: toaster}\nconfigurations: {a: 1}\n",
+                            "c.yaml:3: devices.selector.type: unknown device type 'toaster'"),
+    "empty device set": ("name: x\ndevices:\n  selector: {tags: {site: mars}}\nconfigurations: {a: 1}\n",
+                         "c.yaml:2: devices: the campaign selects no device"),
+    "no devices at all": ("name: x\ndevices: {}\nconfigurations: {a: 1}\n",
+                          "c.yaml:2: devices: select devices with names and/or a selector"),
+    "missing env var": ("name: x\ndevices: {names: [sensor-0001]}\nconfigurations:\n  token: ${NOT_SET_ANYWHERE}\n",
+                        "c.yaml:4: configurations.token: environment variable NOT_SET_ANYWHERE is not set"),
+    "missing name": ("devices: {names: [sensor-0001]}\nconfigurations: {a: 1}\n", "c.yaml:1: name: required field is missing"),
+    "nothing to do": ("name: x\ndevices: {names: [sensor-0001]}\n", "c.yaml:1: a campaign needs configurations"),
+    "firmware not in registry": ("name: x\ndevices: {names: [sensor-0001]}\nfirmware: {type: app, version: '9.9'}\n",
+                                 "c.yaml:3: firmware.version: no app firmware '9.9' for device type 'sensor-v2'"),
+    "unknown firmware type": ("name: x\ndevices: {names: [sensor-0001]}\nfirmware: {type: bootloader, version: '1'}\n",
+                              "c.yaml:3: firmware.type: device type 'sensor-v2' has no firmware type 'bootloader'"),
+    "empty file": ("", "c.yaml: the manifest is empty"),
+}
+
+
+@pytest.mark.parametrize("command", ["create", "apply"])
+@pytest.mark.parametrize("case", sorted(CAMPAIGN_CASES))
+def test_bad_campaign_manifest(case, command, cli, fleet, tmp_path, db_path):
+    text, expected = CAMPAIGN_CASES[case]
+    path = write(tmp_path, "c.yaml", text)
+    before = db_dump(db_path)
+    result = cli(command, "-f", path, code=1)
+    assert expected in result.stderr, result.stderr
+    assert db_dump(db_path) == before
+
+
+def test_missing_file(cli, tmp_path):
+    result = cli("create", "-f", str(tmp_path / "nope.yaml"), code=1)
+    assert result.stderr.strip() == f"Error: {tmp_path}/nope.yaml: no such file"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["devices", "set-config", "sensor-0001", "novalue"], "expected KEY=VALUE or KEY:=JSON, got 'novalue'"),
+    (["devices", "set-config", "sensor-0001", "a:={oops"], "a:= takes a JSON value"),
+    (["devices", "set-config", "sensor-0001", "a b=1"], "key 'a b' contains ' '"),
+    (["devices", "report", "sensor-0001", "=1"], "key must not be empty"),
+    (["devices", "report", "ghost", "a=1"], "no device named 'ghost'"),
+    (["devices", "set-config", "sensor-0001", "a:=NaN"], "a:= takes a JSON value"),
+    (["devices", "list", "--tag", "site"], "--tag: expected K=V"),
+    (["firmwares", "add", "--device-type", "sensor-v2", "--firmware-type", "app", "--version", "1",
+      "--url", "not a url"], "--url: 'not a url' is not a URL"),
+    (["firmwares", "add", "--device-type", "sensor-v2", "--firmware-type", "app", "--version", "1",
+      "--url", "https://x/y", "--token-env", "NOT_SET_ANYWHERE"], "environment variable NOT_SET_ANYWHERE is not set"),
+    (["firmwares", "add", "--device-type", "sensor-v2", "--firmware-type", "os", "--version", "1",
+      "--url", "https://x/y"], "device type 'sensor-v2' has no firmware type 'os'"),
+    (["firmwares", "add", "--device-type", "sensor-v2", "--firmware-type", "app", "--version", "1",
+      "--url", "https://x/y", "--sha256", "abc"], "--sha256: must be 64 hexadecimal digits"),
+    (["status", "x", "--status", "great"], "--status: must be one of"),
+])
+def test_bad_flags(args, expected, cli, fleet, db_path):
+    before = db_dump(db_path)
+    result = cli(*args, code=1)
+    assert result.stderr.startswith("Error: ") and expected in result.stderr, result.stderr
+    assert db_dump(db_path) == before
+
+
+def test_a_bad_state_payload_is_rejected_whole(cli, fleet, db_path):
+    from campaignctl import db, listen
+
+    warnings = []
+    ingest = listen.StateIngest(db.create_engine(db_path), warnings.append)
+    before = db_dump(db_path)
+    for payload in (b'{"ok": 1, "bad key": 2}', b"[1, 2]", b"\xff\xfe", b"{}", b'{"a": NaN}'):
+        ingest.add("broker", "sensor-0001", payload)
+    ingest.flush()
+    assert db_dump(db_path) == before
+    assert len(warnings) == 5 and all(w.startswith("broker: state of sensor-0001 rejected: ") for w in warnings)
+    assert "key 'bad key' contains ' '" in warnings[0]
