@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from campaignctl import db, interfaces
-from campaignctl.interfaces.base import Delivery, DeliveryPolicy, Failure, deliver, document
+from campaignctl.interfaces.base import Delivery, DeliveryPolicy, Failure, document
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -62,8 +62,8 @@ def deliver_devices(engine: "Engine", device_ids: Iterable[int], *, policy: Deli
         if not driver.pushes:
             outcome.deferred.update(d.device_id for d in deliveries)
             continue
-        deliver(driver, deliveries, policy, lambda d: outcome.delivered.add(d.device_id),
-                lambda f: outcome.failed.__setitem__(f.delivery.device_id, f.error))
+        driver.deliver(deliveries, policy, lambda d: outcome.delivered.add(d.device_id),
+                       lambda f: outcome.failed.__setitem__(f.delivery.device_id, f.error))
     return outcome
 
 
@@ -142,6 +142,6 @@ def run_interface(engine: "Engine", job_id: int, interface: Any, policy: Deliver
     driver = interfaces.driver(interface.name, interface.type, json.loads(interface.settings))
     if not driver.pushes:
         return False
-    deliver(driver, job_deliveries(engine, job_id, interface.id), policy, recorder.delivered, recorder.failed)
+    driver.deliver(job_deliveries(engine, job_id, interface.id), policy, recorder.delivered, recorder.failed)
     recorder.flush()
     return True

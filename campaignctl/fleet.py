@@ -31,10 +31,11 @@ class ImportResult:
     devices: Counts = field(default_factory=Counts)
     interfaces: Counts = field(default_factory=Counts)
     device_types: Counts = field(default_factory=Counts)
+    secrets: int = 0  # HTTP devices given a secret
 
-    def to_dict(self) -> dict[str, dict[str, int]]:
+    def to_dict(self) -> dict[str, Any]:
         return {"devices": self.devices.to_dict(), "interfaces": self.interfaces.to_dict(),
-                "device_types": self.device_types.to_dict()}
+                "device_types": self.device_types.to_dict(), "secrets_provisioned": self.secrets}
 
 
 def import_fleet(engine: "Engine", path: str) -> ImportResult:
@@ -51,6 +52,12 @@ def import_fleet(engine: "Engine", path: str) -> ImportResult:
         _upsert_interfaces(conn, fleet, now, result.interfaces)
         _upsert_device_types(conn, fleet, now, result.device_types, path)
         _upsert_devices(conn, fleet, now, result.devices, path)
+        if conn.exec_driver_sql(
+            "SELECT 1 FROM device d JOIN interface i ON i.id = d.interface_id "
+            "WHERE i.type = 'http' AND d.secret_hash IS NULL LIMIT 1").first():
+            from campaignctl import credentials
+
+            result.secrets = credentials.provision(conn, credentials.load_key(engine, create=True))
     return result
 
 
@@ -274,7 +281,7 @@ def parse_state_payload(payload: bytes | str) -> dict[str, str]:
     if not data:
         raise InputError("state is an empty object")
     for key in data:
-        check_key(key, field=key)
+        check_key(key)
     try:
         return {k: canonical(v) for k, v in data.items()}
     except ValueError as exc:

@@ -339,3 +339,21 @@ def list_jobs(engine: "Engine") -> list[dict[str, Any]]:
 def resume(engine: "Engine", job_id: int, *, progress: Progress | None = None) -> dict[str, Any]:
     owner = acquire(engine, job_id)
     return run(engine, job_id, owner, progress=progress)
+
+
+def complete_if_done(conn: "Connection", job_id: int) -> bool:
+    """Finish a ``waiting`` job once its last device has fetched its document (devices
+    on polling interfaces); called in the transaction that recorded the delivery."""
+    job = conn.exec_driver_sql("SELECT status FROM job WHERE id = ?", (job_id,)).scalar()
+    if job != "waiting":
+        return False  # still being run: its runner finishes it
+    counts = _counts(conn, job_id)
+    if counts["syncing"] or counts["pending"]:
+        return False
+    now = db.utcnow()
+    conn.exec_driver_sql("UPDATE job SET status = ?, step = 'done', finished_at = ? WHERE id = ?",
+                         ("failed" if counts["failed"] else "success", now, job_id))
+    conn.exec_driver_sql(
+        "UPDATE campaign SET status = 'completed', completed_at = ?, updated_at = ? "
+        "WHERE id = (SELECT campaign_id FROM job WHERE id = ?) AND status = 'running'", (now, now, job_id))
+    return True

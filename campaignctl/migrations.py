@@ -122,6 +122,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE job ADD COLUMN written_at TEXT;
     """,
+    # 3: device secrets for the HTTP device API (a salt to derive the secret from the key
+    # file, and its SHA-256 to check it), and per-device lookups of job items
+    """
+    ALTER TABLE device ADD COLUMN secret_salt TEXT;
+    ALTER TABLE device ADD COLUMN secret_hash TEXT;
+    CREATE INDEX ix_job_item_device ON job_item (device_id, status);
+    """,
 ]
 
 

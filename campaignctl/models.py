@@ -49,6 +49,8 @@ class Device(SQLModel, table=True):
     tags: str = "{}"  # JSON object of strings
     created_at: str
     updated_at: str
+    secret_salt: Optional[str] = None  # HTTP devices: the secret is derived from it and the key file
+    secret_hash: Optional[str] = None  # SHA-256 of the secret, to check a device's bearer token
 
 
 class DeviceConfig(SQLModel, table=True):

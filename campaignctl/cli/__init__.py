@@ -61,7 +61,7 @@ def _root(
 
 
 def _register() -> None:
-    from campaignctl.cli import campaigns, devices, firmwares, jobs, listen
+    from campaignctl.cli import campaigns, demo, devices, firmwares, jobs, listen, serve, simulate
 
     app.add_typer(devices.app, name="devices", help="Import, list and inspect devices; set and report values.")
     app.add_typer(firmwares.app, name="firmwares", help="The firmware registry.")
@@ -69,6 +69,9 @@ def _register() -> None:
     for command in campaigns.COMMANDS:
         app.command(command.__name__.rstrip("_").replace("_", "-"))(command)
     app.command("listen")(listen.listen)
+    app.command("serve")(serve.serve)
+    app.command("simulate")(simulate.simulate)
+    app.command("demo")(demo.demo)
 
 
 _register()

@@ -97,3 +97,20 @@ def report(ctx: typer.Context, name: str = typer.Argument(...),
 
     fleet.report_state(engine(ctx), name, parse_assignments(values))
     info(f"{name}: state recorded")
+
+
+@app.command("credentials")
+def credentials_(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME")) -> None:
+    """Print the secret of a device on an http interface (alone, on stdout)."""
+    from campaignctl import credentials
+
+    typer.echo(credentials.show_secret(engine(ctx), name))
+
+
+@app.command("rotate-secret")
+def rotate_secret(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME")) -> None:
+    """Replace the secret of a device on an http interface; the old one stops working."""
+    from campaignctl import credentials
+
+    credentials.rotate(engine(ctx), name)
+    info(f"{name}: secret replaced (campaignctl devices credentials {name} prints it)")

@@ -10,13 +10,15 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-TYPES = ("mqtt",)
+#: interface type → module (``http`` would shadow the standard library's name)
+_MODULES = {"mqtt": "mqtt", "http": "http_poll", "webhook": "webhook"}
+TYPES = tuple(_MODULES)
 
 
 def module(kind: str) -> ModuleType:
-    if kind not in TYPES:
+    if kind not in _MODULES:
         raise ValueError(f"unknown interface type {kind!r}")
-    return importlib.import_module(f"campaignctl.interfaces.{kind}")
+    return importlib.import_module(f"campaignctl.interfaces.{_MODULES[kind]}")
 
 
 def settings_model(kind: str) -> Any:

@@ -43,6 +43,10 @@ class DeliveryPolicy:
 
 
 OnDelivered = Callable[[Delivery], None]
+OnFailed = Callable[[Failure], None]
+#: Send each delivery once, many in flight; call ``on_delivered`` as each is
+#: acknowledged, and return the ones that were not.
+DeliverRound = Callable[[Iterable[Delivery], DeliveryPolicy, OnDelivered], "list[Failure]"]
 
 
 class Driver(Protocol):
@@ -51,10 +55,10 @@ class Driver(Protocol):
     #: its document, not when the job runs.
     pushes: bool
 
-    def deliver_round(self, deliveries: Iterable[Delivery], policy: DeliveryPolicy,
-                      on_delivered: OnDelivered) -> list[Failure]:
-        """Send each delivery once, many in flight; call ``on_delivered`` as each is
-        acknowledged and return the ones that were not."""
+    def deliver(self, deliveries: Iterable[Delivery], policy: DeliveryPolicy,
+                on_delivered: OnDelivered, on_failed: OnFailed) -> None:
+        """Deliver everything, retrying as ``policy`` says; every delivery ends in
+        exactly one of the two callbacks."""
         ...
 
 
@@ -79,12 +83,13 @@ class _Retry(Exception):
         self.failures = failures
 
 
-def deliver(driver: Driver, deliveries: Iterable[Delivery], policy: DeliveryPolicy,
-            on_delivered: OnDelivered, on_failed: Callable[[Failure], None],
-            sleep: Callable[[float], None] | None = None) -> None:
-    """Deliver with retries: each round sends what is still undelivered, rounds are
-    spaced by exponential backoff with jitter (tenacity), and what is left after
-    ``policy.attempts`` rounds, or fails permanently, goes to ``on_failed``."""
+def deliver_in_rounds(deliver_round: DeliverRound, deliveries: Iterable[Delivery], policy: DeliveryPolicy,
+                      on_delivered: OnDelivered, on_failed: OnFailed,
+                      sleep: Callable[[float], None] | None = None) -> None:
+    """Deliver with retries for pipelined transports (MQTT): each round sends what is
+    still undelivered, rounds are spaced by exponential backoff with jitter (tenacity),
+    and what is left after ``policy.attempts`` rounds, or fails permanently, goes to
+    ``on_failed``."""
     from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
 
     retrying = Retrying(
@@ -98,7 +103,7 @@ def deliver(driver: Driver, deliveries: Iterable[Delivery], policy: DeliveryPoli
     try:
         for attempt in retrying:
             with attempt:
-                failures = driver.deliver_round(_counted(pending), policy, on_delivered)
+                failures = deliver_round(_counted(pending), policy, on_delivered)
                 retry: list[Failure] = []
                 for failure in failures:
                     if failure.permanent:

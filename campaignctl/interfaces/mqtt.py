@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from campaignctl.errors import CampaignctlError
-from campaignctl.interfaces.base import Delivery, DeliveryPolicy, Failure, OnDelivered
+from campaignctl.interfaces.base import (Delivery, DeliveryPolicy, Failure, OnDelivered, OnFailed,
+                                        deliver_in_rounds)
 
 
 class Settings(BaseModel):
@@ -132,6 +133,10 @@ class Driver:
     def __init__(self, name: str, settings: Settings) -> None:
         self.name, self.settings = name, settings
 
+    def deliver(self, deliveries: Iterable[Delivery], policy: DeliveryPolicy, on_delivered: OnDelivered,
+                on_failed: OnFailed) -> None:
+        deliver_in_rounds(self.deliver_round, deliveries, policy, on_delivered, on_failed)
+
     def deliver_round(self, deliveries: Iterable[Delivery], policy: DeliveryPolicy,
                       on_delivered: OnDelivered) -> list[Failure]:
         import paho.mqtt.client as mqtt
@@ -231,27 +236,29 @@ class StateListener:
             self.on_event(f"{self.name}: subscribed to {settings.state_topic()} on {settings.host}:{settings.port}")
 
         def on_disconnect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-            self.on_event(f"{self.name}: disconnected ({reason}); reconnecting")
+            if self.client is not None:  # not our own stop()
+                self.on_event(f"{self.name}: disconnected ({reason}); reconnecting")
 
         def on_message(_c: Any, _u: Any, message: Any) -> None:
             parts = message.topic.split("/")
             if len(parts) == prefix_parts + 2:
                 self.on_state(self.name, parts[prefix_parts], message.payload)
 
+        def on_connect_fail(_c: Any, _u: Any) -> None:
+            self.on_event(f"{self.name}: cannot connect to {settings.host}:{settings.port}; retrying")
+
         client.on_connect, client.on_disconnect, client.on_message = on_connect, on_disconnect, on_message
+        client.on_connect_fail = on_connect_fail
         client.reconnect_delay_set(1, 30)
         client.connect_timeout = timeout
-        try:
-            client.connect(settings.host, settings.port, keepalive=settings.keepalive)
-        except OSError as exc:
-            raise CampaignctlError(
-                f"interface {self.name}: cannot connect to {settings.host}:{settings.port}: {exc.strerror or exc}"
-            ) from None
-        client.loop_start()
+        # Asynchronous connect: a broker that is down at start is retried in the
+        # background, as after any later disconnection.
         self.client = client
+        client.connect_async(settings.host, settings.port, keepalive=settings.keepalive)
+        client.loop_start()
 
     def stop(self) -> None:
-        if self.client is not None:
-            self.client.disconnect()
-            self.client.loop_stop()
-            self.client = None
+        client, self.client = self.client, None
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()

@@ -1,0 +1,33 @@
+"""``campaignctl serve``"""
+
+from __future__ import annotations
+
+import typer
+
+from campaignctl.cli.common import engine, info
+
+
+def serve(ctx: typer.Context,
+          host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
+          port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port to bind (0: any free port)."),
+          no_mqtt: bool = typer.Option(False, "--no-mqtt", help="Do not run the MQTT state listeners."),
+          access_log: bool = typer.Option(False, "--access-log", help="Log every request on stderr."),
+          openapi: bool = typer.Option(False, "--openapi", help="Print the OpenAPI description and exit.")) -> None:
+    """Run the HTTP device API and the MQTT state listeners until interrupted."""
+    db = engine(ctx)
+    if openapi:
+        import json
+
+        from campaignctl.server import create_app
+
+        typer.echo(json.dumps(create_app(db).openapi(), indent=2))
+        return
+    from campaignctl.server import Server
+
+    server = Server(db, host, port, listen_mqtt=not no_mqtt, info=info, warn=lambda m: info(f"warning: {m}"),
+                    access_log=access_log).start()
+    info(f"serving the device API on http://{host}:{server.port} (OpenAPI: /docs, /openapi.json); Ctrl-C stops")
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        info("stopped")

@@ -1,0 +1,121 @@
+"""Device secrets for the HTTP device API.
+
+A device's secret is HMAC-SHA256(key, salt): the salt is in the database, the key in a
+separate file (``<database>.key`` by default, or ``$CAMPAIGNCTL_KEY_FILE``), created
+0600 on first use. The database holds only the salt and the SHA-256 of the secret, so a
+leaked database hands out no working credentials, while ``devices credentials`` can
+still print a device's secret for whoever holds the key file.
+
+SHA-256 rather than a slow password hash: these secrets are 256-bit random values, not
+passwords a person chose, so there is nothing to brute-force, and every poll of every
+device checks one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from campaignctl import db, store
+from campaignctl.errors import CampaignctlError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+
+def key_path(engine: "Engine") -> Path:
+    env = os.environ.get("CAMPAIGNCTL_KEY_FILE")
+    return Path(env) if env else Path(f"{engine.url.database}.key")
+
+
+def load_key(engine: "Engine", *, create: bool = False) -> bytes:
+    path = key_path(engine)
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        if not create:
+            raise CampaignctlError(f"the device key file {path} is missing: device secrets cannot be shown "
+                                   "(rotate them with campaignctl devices rotate-secret)") from None
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            return load_key(engine)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+        return load_key(engine)
+    if len(key) != 32:
+        raise CampaignctlError(f"the device key file {path} is damaged")
+    return key
+
+
+def derive(key: bytes, salt: str) -> str:
+    return base64.urlsafe_b64encode(hmac.new(key, salt.encode(), hashlib.sha256).digest()).rstrip(b"=").decode()
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def matches(stored_hash: str | None, presented: str) -> bool:
+    return stored_hash is not None and hmac.compare_digest(stored_hash, digest(presented))
+
+
+def provision(conn: "Connection", key: bytes, *, rotate_ids: list[int] | None = None) -> int:
+    """Give a secret to every HTTP device that has none (or to ``rotate_ids``)."""
+    if rotate_ids is None:
+        ids = [r[0] for r in conn.exec_driver_sql(
+            "SELECT d.id FROM device d JOIN interface i ON i.id = d.interface_id "
+            "WHERE i.type = 'http' AND d.secret_hash IS NULL")]
+    else:
+        ids = rotate_ids
+    rows = []
+    for device_id in ids:
+        salt = secrets.token_hex(16)
+        rows.append((salt, digest(derive(key, salt)), device_id))
+    if rows:
+        conn.exec_driver_sql("UPDATE device SET secret_salt = ?, secret_hash = ? WHERE id = ?", rows)
+    return len(rows)
+
+
+def _http_device(conn: "Connection", name: str):  # noqa: ANN202
+    device = store.device_row(conn, name)
+    if device.interface_type != "http":
+        raise CampaignctlError(f"device {name!r} is on {device.interface_type} interface {device.interface!r}; "
+                               "only devices on http interfaces have secrets")
+    return device
+
+
+def show_secret(engine: "Engine", name: str) -> str:
+    with db.read(engine) as conn:
+        _http_device(conn, name)
+        salt = conn.exec_driver_sql("SELECT secret_salt FROM device WHERE name = ?", (name,)).scalar()
+    if salt is None:
+        raise CampaignctlError(f"device {name!r} has no secret yet (campaignctl devices rotate-secret {name})")
+    return derive(load_key(engine), salt)
+
+
+def rotate(engine: "Engine", name: str) -> None:
+    key = load_key(engine, create=True)
+    with db.write(engine) as conn:
+        device = _http_device(conn, name)
+        provision(conn, key, rotate_ids=[device.id])
+
+
+def secrets_of(engine: "Engine", names: list[str]) -> dict[str, str]:
+    """The secrets of many devices at once (the simulator's HTTP devices)."""
+    key = load_key(engine)
+    out: dict[str, str] = {}
+    with db.read(engine) as conn:
+        for start in range(0, len(names), 500):
+            part = names[start : start + 500]
+            for name, salt in conn.exec_driver_sql(
+                f"SELECT name, secret_salt FROM device WHERE secret_salt IS NOT NULL AND name IN "
+                f"({','.join('?' * len(part))})", tuple(part)):
+                out[name] = derive(key, salt)
+    return out

@@ -1,0 +1,245 @@
+"""``campaignctl serve``: the HTTP device API, and the MQTT state listeners, in one process.
+
+Devices on ``http`` interfaces poll ``GET /v1/devices/{name}/configuration`` with their
+secret as a bearer token, and report with ``PUT /v1/devices/{name}/state``. Serving a
+document counts as delivering it: the jobs that wrote it see the device move from
+``syncing`` to ``delivered``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Callable
+
+from fastapi import FastAPI, Header, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from campaignctl import __version__, credentials, db, store
+from campaignctl.errors import InputError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+MAX_BODY = 64 * 1024
+
+_ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
+_DOCUMENT = {
+    "content": {"application/json": {"schema": {
+        "type": "object", "required": ["configuration", "version"],
+        "properties": {"configuration": {"type": "object", "additionalProperties": True,
+                                         "description": "Every desired entry of the device: key → any JSON value."},
+                       "version": {"type": "integer", "description": "Only grows; also the ETag."}}}}},
+    "headers": {"ETag": {"schema": {"type": "string"}, "description": 'The version, quoted: "42".'}},
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status, self.message = status, message
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'Bearer realm="campaignctl"'} if status == 401 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _token(authorization: str | None) -> str:
+    if not authorization:
+        raise ApiError(401, "missing bearer token")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "expected Authorization: Bearer <device secret>")
+    return token.strip()
+
+
+def _etag_matches(if_none_match: str | None, version: int) -> bool:
+    if not if_none_match:
+        return False
+    tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+    return "*" in tags or f'"{version}"' in tags
+
+
+def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
+    app = FastAPI(
+        title="campaignctl device API",
+        version=__version__,
+        description="Devices on http interfaces fetch their desired configuration and report their state. "
+                    "Every /v1 call takes `Authorization: Bearer <device secret>` "
+                    "(`campaignctl devices credentials NAME`).",
+    )
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    def authenticate(conn: Any, name: str, token: str) -> int:
+        row = conn.exec_driver_sql("SELECT id, secret_hash FROM device WHERE name = ?", (name,)).first()
+        # Unknown device and wrong secret look the same: names are not disclosed.
+        if row is None or not credentials.matches(row[1], token):
+            raise ApiError(401, "invalid device secret")
+        return row[0]
+
+    @app.get("/healthz", summary="Liveness", responses={200: {"content": {"application/json": {}}}})
+    def healthz() -> dict[str, str]:
+        with db.read(engine) as conn:
+            conn.exec_driver_sql("SELECT 1").scalar()
+        return {"status": "ok"}
+
+    @app.get(
+        "/v1/devices/{name}/configuration",
+        summary="The device's desired configuration",
+        response_class=Response,
+        responses={200: _DOCUMENT, 304: {"description": "If-None-Match holds the current version"},
+                   401: _ERROR},
+    )
+    def get_configuration(name: str, authorization: str | None = Header(None),
+                          if_none_match: str | None = Header(None)) -> Response:
+        from campaignctl.delivery import load_documents
+
+        token = _token(authorization)
+        with db.read(engine) as conn:
+            device_id = authenticate(conn, name, token)
+            [document] = load_documents(conn, [(device_id, name)])
+            syncing = conn.exec_driver_sql(
+                "SELECT 1 FROM job_item WHERE device_id = ? AND status = 'syncing' AND revision <= ? LIMIT 1",
+                (device_id, document.version)).first()
+        if syncing:
+            _record_fetch(engine, device_id, document.version)
+        etag = f'"{document.version}"'
+        if _etag_matches(if_none_match, document.version):
+            return Response(status_code=304, headers={"ETag": etag})
+        return Response(document.payload, media_type="application/json", headers={"ETag": etag})
+
+    @app.put(
+        "/v1/devices/{name}/state",
+        summary="Report the device's state",
+        status_code=204,
+        response_class=Response,
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": True,
+            "description": "key → any JSON value; keys: 1-255 characters, no whitespace, '#', '$' or '.'"}}}}},
+        responses={204: {"description": "Recorded"}, 400: _ERROR, 401: _ERROR, 413: _ERROR},
+    )
+    async def put_state(name: str, request: Request, authorization: str | None = Header(None)) -> Response:
+        from campaignctl.fleet import parse_state_payload
+
+        token = _token(authorization)
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body:
+            raise ApiError(413, f"body larger than {max_body} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_body:
+                raise ApiError(413, f"body larger than {max_body} bytes")
+        device_id = await run_in_threadpool(_authenticate_only, name, token)
+        try:
+            values = parse_state_payload(bytes(body))
+        except InputError as exc:
+            raise ApiError(400, exc.message) from None
+        await run_in_threadpool(_record_state, device_id, values)
+        return Response(status_code=204)
+
+    def _authenticate_only(name: str, token: str) -> int:
+        with db.read(engine) as conn:
+            return authenticate(conn, name, token)
+
+    def _record_state(device_id: int, values: dict[str, str]) -> None:
+        now = db.utcnow()
+        with db.write(engine) as conn:
+            store.write_reported(conn, [(device_id, k, v, now) for k, v in values.items()])
+
+    return app
+
+
+def _record_fetch(engine: "Engine", device_id: int, version: int) -> None:
+    """The device now has every write up to ``version``: its job items are delivered."""
+    from campaignctl.jobs import complete_if_done
+
+    now = db.utcnow()
+    with db.write(engine) as conn:
+        jobs = [r[0] for r in conn.exec_driver_sql(
+            "UPDATE job_item SET status = 'delivered', attempts = attempts + 1, error = NULL, updated_at = ? "
+            "WHERE device_id = ? AND status = 'syncing' AND revision <= ? RETURNING job_id", (now, device_id, version))]
+        for job_id in set(jobs):
+            complete_if_done(conn, job_id)
+
+
+class Server:
+    """uvicorn in a thread, plus the MQTT state listeners: for ``serve``, the demo and tests."""
+
+    def __init__(self, engine: "Engine", host: str = "127.0.0.1", port: int = 8080, *,
+                 listen_mqtt: bool = True, info: Callable[[str], None] = lambda _m: None,
+                 warn: Callable[[str], None] = lambda _m: None, access_log: bool = False) -> None:
+        import uvicorn
+
+        self.engine, self.info, self.warn = engine, info, warn
+        config = uvicorn.Config(create_app(engine), host=host, port=port, log_level="warning",
+                                access_log=access_log, lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.listen_mqtt = listen_mqtt
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+
+    def start(self, timeout: float = 10.0) -> "Server":
+        import time
+
+        thread = threading.Thread(target=self._run_http, name="serve-http", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if self.errors or not thread.is_alive():
+                raise self.errors[0] if self.errors else RuntimeError("the HTTP server did not start")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the HTTP server did not start in time")
+            time.sleep(0.01)
+        if self.listen_mqtt:
+            self.start_listeners()
+        return self
+
+    def start_listeners(self) -> bool:
+        """Start ingesting state from the MQTT interfaces known now; False if there are none."""
+        from campaignctl.listen import mqtt_interfaces
+
+        if not mqtt_interfaces(self.engine):
+            return False
+        mqtt = threading.Thread(target=self._run_mqtt, name="serve-mqtt", daemon=True)
+        mqtt.start()
+        self._threads.append(mqtt)
+        return True
+
+    @property
+    def port(self) -> int:
+        return self.server.servers[0].sockets[0].getsockname()[1]
+
+    def _run_http(self) -> None:
+        try:
+            self.server.run()
+        except BaseException as exc:  # noqa: BLE001 - reported by start()
+            self.errors.append(exc)
+
+    def _run_mqtt(self) -> None:
+        from campaignctl.listen import listen
+
+        try:
+            listen(self.engine, stop=self._stop, info=self.info, warn=self.warn)
+        except Exception as exc:  # noqa: BLE001
+            self.errors.append(exc)
+            self.warn(f"MQTT listeners stopped: {exc}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.server.should_exit = True
+        for thread in self._threads:
+            thread.join(10)
+
+    def wait(self) -> None:
+        """Block until interrupted (Ctrl-C) or the HTTP server stops."""
+        try:
+            while any(t.is_alive() for t in self._threads[:1]):
+                self._threads[0].join(0.5)
+        finally:
+            self.stop()

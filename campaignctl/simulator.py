@@ -1,0 +1,310 @@
+"""``campaignctl simulate``: virtual devices that speak the real protocols.
+
+MQTT devices share one client per interface and subscribe to their own config topic
+when they come online, so the broker hands each its retained document exactly as it
+would a real device; HTTP devices poll ``campaignctl serve`` with their secret and
+ETag. Everything runs on one asyncio loop (plus paho's network thread), so a process
+holds many hundreds of devices.
+
+A device applies a new document after ``apply_delay`` and reports the applied values;
+for a firmware type, it reports the new version only after a second delay (the
+"install"), and never echoes URLs or tokens. ``fail_rate`` of the devices keep their
+old values and report ``last_error``; ``offline_rate`` of them come online only after
+up to ``offline_delay``. Which devices fail or come late, and their delays, depend only
+on ``seed`` and the device name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from campaignctl import db
+from campaignctl.errors import CampaignctlError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+ERROR_KEY = "last_error"
+
+
+@dataclass
+class Options:
+    apply_delay: float = 1.0
+    fail_rate: float = 0.0
+    offline_rate: float = 0.0
+    offline_delay: float = 5.0
+    seed: int | None = None
+    duration: float | None = None
+    poll_interval: float = 1.0
+
+
+@dataclass
+class Stats:
+    devices: int = 0
+    late: int = 0  # came online after a delay
+    failing: int = 0
+    documents: int = 0
+    applied: int = 0
+    failed: int = 0
+    reports: int = 0
+    errors: int = 0  # transport errors (HTTP status, connection)
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Device:
+    name: str
+    interface: str
+    version_keys: set[str]  # firmware version keys: reported after the install
+    hidden_keys: set[str]  # firmware URL and token keys: never reported
+    state: dict[str, Any]
+    rng: random.Random
+    fails: bool = False
+    online_after: float = 0.0
+    applied_version: int = -1
+    etag: str | None = None
+    secret: str | None = None
+    busy: asyncio.Task | None = field(default=None, repr=False)
+
+    def jitter(self, base: float) -> float:
+        return base * self.rng.uniform(0.5, 1.5)
+
+
+class Simulator:
+    def __init__(self, engine: "Engine", options: Options, *, interface: str | None = None,
+                 devices: int | None = None, server: str | None = None,
+                 info: Callable[[str], None] = lambda _m: None) -> None:
+        self.engine, self.options, self.info = engine, options, info
+        self.server = server
+        self.stats = Stats()
+        self.interfaces, self.devices = self._load(interface, devices)
+
+    def _load(self, interface: str | None, limit: int | None) -> tuple[dict[str, Any], list[Device]]:
+        with db.read(self.engine) as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT name, type, settings FROM interface WHERE type IN ('mqtt', 'http')"
+                + (" AND name = ?" if interface else "") + " ORDER BY name", (interface,) if interface else ()).all()
+            if interface and not rows:
+                kind = conn.exec_driver_sql("SELECT type FROM interface WHERE name = ?", (interface,)).scalar()
+                raise CampaignctlError(f"no interface named {interface!r}" if kind is None else
+                                       f"interface {interface!r} is a {kind} interface: only mqtt and http devices "
+                                       "can be simulated")
+            interfaces = {r[0]: {"type": r[1], "settings": json.loads(r[2])} for r in rows}
+            devices = conn.exec_driver_sql(
+                "SELECT d.id, d.name, i.name, d.device_type_id FROM device d JOIN interface i ON i.id = d.interface_id "
+                f"WHERE i.name IN ({','.join('?' * len(interfaces))}) ORDER BY d.name"
+                + (" LIMIT ?" if limit is not None else ""),
+                (*interfaces, *((limit,) if limit is not None else ()))).all() if interfaces else []
+            firmware: dict[int, tuple[set[str], set[str]]] = {}
+            for type_id, version_key, url_key, token_key in conn.exec_driver_sql(
+                    "SELECT device_type_id, version_key, url_key, token_key FROM firmware_type"):
+                versions, hidden = firmware.setdefault(type_id, (set(), set()))
+                versions.add(version_key)
+                hidden.update(k for k in (url_key, token_key) if k)
+            reported: dict[int, dict[str, Any]] = {}
+            for device_id, key, value in conn.exec_driver_sql(
+                    "SELECT device_id, key, reported FROM device_config WHERE reported IS NOT NULL"):
+                reported.setdefault(device_id, {})[key] = json.loads(value)
+        if not devices:
+            raise CampaignctlError("no device to simulate (mqtt and http interfaces only)")
+        seed = self.options.seed
+        out = []
+        for device_id, name, iface, type_id in devices:
+            versions, hidden = firmware.get(type_id, (set(), set()))
+            rng = random.Random(f"{seed}:{name}") if seed is not None else random.Random()
+            device = Device(name, iface, versions, hidden, reported.get(device_id, {}), rng)
+            device.fails = rng.random() < self.options.fail_rate
+            if rng.random() < self.options.offline_rate:
+                device.online_after = rng.uniform(0.5, 1.0) * self.options.offline_delay
+            out.append(device)
+        return interfaces, out
+
+    # -- the devices' behaviour ------------------------------------------------
+
+    def _document(self, device: Device, payload: bytes | str) -> None:
+        try:
+            doc = json.loads(payload)
+            version, configuration = int(doc["version"]), dict(doc["configuration"])
+        except (ValueError, KeyError, TypeError):
+            self.stats.errors += 1
+            return
+        if version <= device.applied_version:
+            return  # the same document again: already applied
+        device.applied_version = version
+        self.stats.documents += 1
+        if device.busy is not None:
+            device.busy.cancel()  # a newer document replaces the one being applied
+        device.busy = asyncio.get_running_loop().create_task(self._apply(device, configuration))
+
+    async def _apply(self, device: Device, configuration: dict[str, Any]) -> None:
+        await asyncio.sleep(device.jitter(self.options.apply_delay))
+        if device.fails:
+            self.stats.failed += 1
+            await self._report(device, {ERROR_KEY: "apply failed: simulated failure, old values kept"})
+            return
+        plain = {k: v for k, v in configuration.items()
+                 if k not in device.version_keys and k not in device.hidden_keys}
+        installs = {k: v for k, v in configuration.items()
+                    if k in device.version_keys and device.state.get(k) != v}
+        if plain:
+            await self._report(device, plain)
+        if installs:
+            await asyncio.sleep(device.jitter(self.options.apply_delay))  # download, install, reboot
+            await self._report(device, installs)
+        self.stats.applied += 1
+
+    async def _report(self, device: Device, values: dict[str, Any]) -> None:
+        device.state.update(values)
+        kind = self.interfaces[device.interface]["type"]
+        ok = await (self._mqtt_report(device, values) if kind == "mqtt" else self._http_report(device, values))
+        if ok:
+            self.stats.reports += 1
+        else:
+            self.stats.errors += 1
+
+    # -- MQTT ------------------------------------------------------------------
+
+    def _mqtt_start(self, name: str, settings: dict[str, Any], loop: asyncio.AbstractEventLoop) -> Any:
+        from campaignctl.interfaces.mqtt import Settings, connect, new_client
+
+        s = Settings.model_validate(settings)
+        client = new_client(name, s, purpose="simulate")
+        try:
+            connect(client, s, timeout=10)
+        except Exception as exc:
+            raise CampaignctlError(f"interface {name}: {exc}") from None
+        prefix = s.topic_prefix.count("/") + 1
+        by_name = {d.name: d for d in self.devices if d.interface == name}
+
+        def on_message(_c: Any, _u: Any, message: Any) -> None:
+            parts = message.topic.split("/")
+            device = by_name.get(parts[prefix]) if len(parts) == prefix + 2 else None
+            if device is not None:
+                loop.call_soon_threadsafe(self._document, device, message.payload)
+
+        client.on_message = on_message
+        client.loop_start()
+        return client, s
+
+    async def _mqtt_online(self, device: Device) -> None:
+        client, settings = self._clients[device.interface]
+        if device.state:  # a device that boots announces its state
+            await self._report(device, {})
+        client.subscribe(settings.config_topic(device.name), qos=1)
+
+    async def _mqtt_report(self, device: Device, values: dict[str, Any]) -> bool:
+        import paho.mqtt.client as mqtt
+
+        client, settings = self._clients[device.interface]
+        info = client.publish(settings.state_topic(device.name), json.dumps(device.state), qos=1, retain=True)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
+    # -- HTTP ------------------------------------------------------------------
+
+    def _base_url(self, device: Device) -> str:
+        return (self.server or self.interfaces[device.interface]["settings"].get("url")
+                or "http://127.0.0.1:8080").rstrip("/")
+
+    async def _http_device(self, device: Device) -> None:
+        import aiohttp
+
+        url = f"{self._base_url(device)}/v1/devices/{device.name}"
+        headers = {"Authorization": f"Bearer {device.secret}"}
+        if device.state:
+            await self._report(device, {})
+        # Spread the first polls so that a fleet does not knock all at once.
+        await asyncio.sleep(device.rng.uniform(0, self.options.poll_interval))
+        while True:
+            try:
+                extra = {"If-None-Match": device.etag} if device.etag else {}
+                async with self._session.get(f"{url}/configuration", headers={**headers, **extra}) as response:
+                    if response.status == 200:
+                        device.etag = response.headers.get("ETag")
+                        self._document(device, await response.read())
+                    elif response.status != 304:
+                        self.stats.errors += 1
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                self.stats.errors += 1
+            await asyncio.sleep(self.options.poll_interval)
+
+    async def _http_report(self, device: Device, values: dict[str, Any]) -> bool:
+        import aiohttp
+
+        url = f"{self._base_url(device)}/v1/devices/{device.name}/state"
+        try:
+            async with self._session.put(url, data=json.dumps(device.state),
+                                         headers={"Authorization": f"Bearer {device.secret}",
+                                                  "Content-Type": "application/json"}) as response:
+                return response.status == 204
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    # -- running -----------------------------------------------------------------
+
+    async def _device(self, device: Device) -> None:
+        if device.online_after:
+            await asyncio.sleep(device.online_after)
+        kind = self.interfaces[device.interface]["type"]
+        if kind == "mqtt":
+            await self._mqtt_online(device)
+        else:
+            await self._http_device(device)
+
+    async def run(self, stop: asyncio.Event | None = None) -> Stats:
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        self._clients: dict[str, Any] = {}
+        http_devices = [d for d in self.devices if self.interfaces[d.interface]["type"] == "http"]
+        if http_devices:
+            from campaignctl.credentials import secrets_of
+
+            found = secrets_of(self.engine, [d.name for d in http_devices])
+            for device in http_devices:
+                device.secret = found.get(device.name)
+            missing = [d.name for d in http_devices if d.secret is None]
+            if missing:
+                raise CampaignctlError(f"{len(missing)} http device(s) have no secret (first: {missing[0]})")
+        self.stats.devices = len(self.devices)
+        self.stats.late = sum(1 for d in self.devices if d.online_after)
+        self.stats.failing = sum(1 for d in self.devices if d.fails)
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64),
+                                              timeout=aiohttp.ClientTimeout(total=10))
+        tasks: list[asyncio.Task] = []
+        try:
+            for name, spec in self.interfaces.items():
+                if spec["type"] == "mqtt" and any(d.interface == name for d in self.devices):
+                    self._clients[name] = await loop.run_in_executor(None, self._mqtt_start, name, spec["settings"],
+                                                                     loop)
+            tasks = [loop.create_task(self._device(d)) for d in self.devices]
+            waiters = [loop.create_task(asyncio.sleep(self.options.duration if self.options.duration is not None
+                                                      else 1e9))]
+            if stop is not None:
+                waiters.append(loop.create_task(stop.wait()))
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            tasks += waiters
+        finally:
+            for task in tasks + [d.busy for d in self.devices if d.busy]:
+                task.cancel()
+            await asyncio.gather(*tasks, *(d.busy for d in self.devices if d.busy), return_exceptions=True)
+            await self._session.close()
+            for client, _ in self._clients.values():
+                client.disconnect()
+                client.loop_stop()
+        return self.stats
+
+
+def simulate(engine: "Engine", options: Options, **kwargs: Any) -> Stats:
+    started = time.monotonic()
+    simulator = Simulator(engine, options, **kwargs)
+    simulator.info(f"simulating {len(simulator.devices)} device(s)")
+    stats = asyncio.run(simulator.run())
+    simulator.info(f"simulated for {time.monotonic() - started:.1f}s")
+    return stats
