@@ -20,6 +20,7 @@ def test_import_is_an_upsert_with_counts(cli, broker, prefix, tmp_path):
         "devices": {"created": 1, "updated": 1, "unchanged": 2},
         "interfaces": {"created": 0, "updated": 0, "unchanged": 1},
         "device_types": {"created": 0, "updated": 0, "unchanged": 1},
+        "secrets_provisioned": 0,
     }
     assert cli.json("devices", "show", "sensor-0001")["tags"] == {"site": "nice", "ring": "canary"}
 
