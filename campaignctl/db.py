@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
 BUSY_TIMEOUT_MS = 30_000
+POOL_SIZE = 40
 
 
 def default_path() -> Path:
@@ -51,6 +52,11 @@ def create_engine(path: str | os.PathLike[str]) -> "Engine":
     engine = sa_create_engine(
         f"sqlite:///{path}",
         connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        # Enough pooled connections for a server's worker threads (anyio runs up to 40):
+        # past pool_size, SQLAlchemy closes returned connections and opens new ones,
+        # pragmas included, on every request.
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_SIZE,
     )
 
     @event.listens_for(engine, "connect")

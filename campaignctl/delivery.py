@@ -18,18 +18,20 @@ if TYPE_CHECKING:
 CHUNK = 2000
 
 
-def load_documents(conn: "Connection", devices: Sequence[tuple[int, str]]) -> list[Delivery]:
+def load_documents(conn: Any, devices: Sequence[tuple[int, str]]) -> list[Delivery]:
     """The current desired document of each (device_id, name), in the given order.
 
-    ``devices`` must be sorted by id; they are read with one range query.
+    ``devices`` must be sorted by id; they are read with one range query. ``conn`` is a
+    SQLAlchemy connection or a DB-API one (the device API's).
     """
     if not devices:
         return []
-    rows = conn.exec_driver_sql(
+    execute = conn.exec_driver_sql if hasattr(conn, "exec_driver_sql") else conn.execute
+    rows = execute(
         "SELECT device_id, key, desired, desired_revision FROM device_config "
         "WHERE device_id BETWEEN ? AND ? AND desired IS NOT NULL ORDER BY device_id, key",
         (devices[0][0], devices[-1][0]),
-    ).all()
+    ).fetchall()
     by_device = {k: list(g) for k, g in itertools.groupby(rows, key=lambda r: r[0])}
     out = []
     for device_id, name in devices:

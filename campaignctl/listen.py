@@ -97,7 +97,8 @@ def listen(engine: "Engine", *, timeout: float | None = None, interfaces: list[s
            info: Callable[[str], None] = lambda _m: None, warn: Callable[[str], None] = lambda _m: None,
            stop: threading.Event | None = None, flush_interval: float = 0.2) -> ListenStats:
     """Subscribe to the state topic of every MQTT interface and record reported state
-    until ``timeout`` seconds have passed or ``stop`` is set."""
+    until ``timeout`` seconds have passed, ``stop`` is set or the user presses Ctrl-C
+    (the normal way to end it: what was received is recorded, and the counts returned)."""
     from campaignctl.interfaces.mqtt import Settings, StateListener
 
     targets = mqtt_interfaces(engine, interfaces)
@@ -127,6 +128,8 @@ def listen(engine: "Engine", *, timeout: float | None = None, interfaces: list[s
             if time.monotonic() >= next_flush:
                 ingest.flush()
                 next_flush = time.monotonic() + flush_interval
+    except KeyboardInterrupt:
+        info("interrupted")
     finally:
         for listener in listeners:
             listener.stop()

@@ -73,8 +73,14 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.message)
 
-    def authenticate(conn: Any, name: str, token: str) -> int:
-        row = conn.exec_driver_sql("SELECT id, secret_hash FROM device WHERE name = ?", (name,)).first()
+    # Reads run on the event loop's thread with one connection of their own: a device
+    # poll is two index lookups, cheaper than handing it to a worker thread (which
+    # costs more than the queries). Writes, which may wait for SQLite's lock, go to
+    # worker threads.
+    reader = app.state.reader = engine.raw_connection()
+
+    def authenticate(name: str, token: str) -> int:
+        row = reader.execute("SELECT id, secret_hash FROM device WHERE name = ?", (name,)).fetchone()
         # Unknown device and wrong secret look the same: names are not disclosed.
         if row is None or not credentials.matches(row[1], token):
             raise ApiError(401, "invalid device secret")
@@ -93,19 +99,22 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
         responses={200: _DOCUMENT, 304: {"description": "If-None-Match holds the current version"},
                    401: _ERROR},
     )
-    def get_configuration(name: str, authorization: str | None = Header(None),
-                          if_none_match: str | None = Header(None)) -> Response:
+    async def get_configuration(name: str, authorization: str | None = Header(None),
+                                if_none_match: str | None = Header(None)) -> Response:
         from campaignctl.delivery import load_documents
 
         token = _token(authorization)
-        with db.read(engine) as conn:
-            device_id = authenticate(conn, name, token)
-            [document] = load_documents(conn, [(device_id, name)])
-            syncing = conn.exec_driver_sql(
+        reader.execute("BEGIN")
+        try:
+            device_id = authenticate(name, token)
+            [document] = load_documents(reader, [(device_id, name)])
+            syncing = reader.execute(
                 "SELECT 1 FROM job_item WHERE device_id = ? AND status = 'syncing' AND revision <= ? LIMIT 1",
-                (device_id, document.version)).first()
+                (device_id, document.version)).fetchone()
+        finally:
+            reader.execute("COMMIT")
         if syncing:
-            _record_fetch(engine, device_id, document.version)
+            await run_in_threadpool(_record_fetch, engine, device_id, document.version)
         etag = f'"{document.version}"'
         if _etag_matches(if_none_match, document.version):
             return Response(status_code=304, headers={"ETag": etag})
@@ -133,17 +142,17 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
             body += chunk
             if len(body) > max_body:
                 raise ApiError(413, f"body larger than {max_body} bytes")
-        device_id = await run_in_threadpool(_authenticate_only, name, token)
+        reader.execute("BEGIN")
+        try:
+            device_id = authenticate(name, token)
+        finally:
+            reader.execute("COMMIT")
         try:
             values = parse_state_payload(bytes(body))
         except InputError as exc:
             raise ApiError(400, exc.message) from None
         await run_in_threadpool(_record_state, device_id, values)
         return Response(status_code=204)
-
-    def _authenticate_only(name: str, token: str) -> int:
-        with db.read(engine) as conn:
-            return authenticate(conn, name, token)
 
     def _record_state(device_id: int, values: dict[str, str]) -> None:
         now = db.utcnow()
@@ -175,7 +184,8 @@ class Server:
         import uvicorn
 
         self.engine, self.info, self.warn = engine, info, warn
-        config = uvicorn.Config(create_app(engine), host=host, port=port, log_level="warning",
+        self.app = create_app(engine)
+        config = uvicorn.Config(self.app, host=host, port=port, log_level="warning",
                                 access_log=access_log, lifespan="off")
         self.server = uvicorn.Server(config)
         self.listen_mqtt = listen_mqtt
@@ -235,6 +245,7 @@ class Server:
         self.server.should_exit = True
         for thread in self._threads:
             thread.join(10)
+        self.app.state.reader.close()
 
     def wait(self) -> None:
         """Block until interrupted (Ctrl-C) or the HTTP server stops."""

@@ -52,6 +52,7 @@ class Stats:
     applied: int = 0
     failed: int = 0
     reports: int = 0
+    polls: int = 0  # HTTP devices: configuration requests answered (200 or 304)
     errors: int = 0  # transport errors (HTTP status, connection)
 
     def to_dict(self) -> dict[str, int]:
@@ -230,6 +231,8 @@ class Simulator:
                         self._document(device, await response.read())
                     elif response.status != 304:
                         self.stats.errors += 1
+                    if response.status in (200, 304):
+                        self.stats.polls += 1
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 self.stats.errors += 1
             await asyncio.sleep(self.options.poll_interval)
@@ -302,9 +305,14 @@ class Simulator:
 
 
 def simulate(engine: "Engine", options: Options, **kwargs: Any) -> Stats:
+    """Run the simulation until ``options.duration`` or Ctrl-C (a normal end: the
+    devices disconnect and the counts are returned)."""
     started = time.monotonic()
     simulator = Simulator(engine, options, **kwargs)
     simulator.info(f"simulating {len(simulator.devices)} device(s)")
-    stats = asyncio.run(simulator.run())
+    try:
+        asyncio.run(simulator.run())
+    except KeyboardInterrupt:
+        pass
     simulator.info(f"simulated for {time.monotonic() - started:.1f}s")
-    return stats
+    return simulator.stats

@@ -213,3 +213,30 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env.pop("CAMPAIGNCTL_DB", None)
     env.update(extra)
     return env
+
+
+def http(method: str, url: str, *, headers: dict[str, str] | None = None,
+         body: bytes | str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request with the standard library: (status, headers, body)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""),
+                     body=body.encode() if isinstance(body, str) else body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")

@@ -14,16 +14,8 @@ def listen(ctx: typer.Context,
                                                    help="Stop after this many seconds (default: until Ctrl-C)."),
            interface: Optional[List[str]] = typer.Option(None, "--interface", help="Only these MQTT interfaces.")) -> None:
     """Record the state devices publish on every MQTT interface."""
-    import threading
-
     from campaignctl import listen as listening
 
-    stop = threading.Event()
-    try:
-        stats = listening.listen(engine(ctx), timeout=timeout, interfaces=interface, info=info,
-                                 warn=lambda m: info(f"warning: {m}"), stop=stop)
-    except KeyboardInterrupt:
-        stop.set()
-        info("interrupted")
-        raise typer.Exit(130)
+    stats = listening.listen(engine(ctx), timeout=timeout, interfaces=interface, info=info,
+                             warn=lambda m: info(f"warning: {m}"))
     info(f"{stats.messages} message(s): {stats.recorded} recorded, {stats.rejected} rejected")

@@ -24,6 +24,12 @@ def serve(ctx: typer.Context,
         return
     from campaignctl.server import Server
 
+    import signal
+
+    def on_term(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # a service manager's stop: the same clean shutdown as Ctrl-C
+
+    signal.signal(signal.SIGTERM, on_term)
     server = Server(db, host, port, listen_mqtt=not no_mqtt, info=info, warn=lambda m: info(f"warning: {m}"),
                     access_log=access_log).start()
     info(f"serving the device API on http://{host}:{server.port} (OpenAPI: /docs, /openapi.json); Ctrl-C stops")

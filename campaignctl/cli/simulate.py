@@ -34,11 +34,7 @@ def simulate(ctx: typer.Context,
 
     options = Options(apply_delay=apply_delay, fail_rate=fail_rate, offline_rate=offline_rate,
                       offline_delay=offline_delay, seed=seed, duration=duration, poll_interval=poll_interval)
-    try:
-        stats = run(engine(ctx), options, interface=interface, devices=devices, server=server, info=info)
-    except KeyboardInterrupt:
-        info("interrupted")
-        raise typer.Exit(130)
+    stats = run(engine(ctx), options, interface=interface, devices=devices, server=server, info=info)
     if output is Output.json:
         print_json(stats.to_dict())
     else:

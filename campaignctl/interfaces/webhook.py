@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 from email.utils import parsedate_to_datetime
 from typing import Any, Iterable, Literal
@@ -125,22 +126,42 @@ class Driver:
 
     async def _one(self, session: Any, delivery: Delivery, policy: DeliveryPolicy, on_delivered: OnDelivered,
                    on_failed: OnFailed) -> None:
-        from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
+        # The first try runs outside tenacity: most requests succeed at once, and its
+        # per-call set-up costs ~10% of a 256-way delivery's CPU.
+        delivery.attempts = 1
+        try:
+            await self._send(session, delivery)
+        except Permanent as exc:
+            on_failed(Failure(delivery, str(exc), permanent=True))
+            return
+        except Retryable as exc:
+            if policy.attempts > 1:
+                await self._retry(session, delivery, policy, exc, on_delivered, on_failed)
+            else:
+                on_failed(Failure(delivery, str(exc)))
+            return
+        on_delivered(delivery)
 
-        backoff = wait_exponential(multiplier=policy.backoff, max=policy.max_backoff) + wait_random(0, policy.backoff)
+    async def _retry(self, session: Any, delivery: Delivery, policy: DeliveryPolicy, first: Retryable,
+                     on_delivered: OnDelivered, on_failed: OnFailed) -> None:
+        from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
-        def wait(state: Any) -> float:
-            delay = backoff(state)
-            exc = state.outcome.exception() if state.outcome else None
+        def delay(retry: int, exc: BaseException | None) -> float:
+            """Exponential backoff with jitter, as for MQTT rounds, never sooner than
+            the server's Retry-After."""
+            wait = min(policy.backoff * 2 ** (retry - 1), policy.max_backoff) + random.uniform(0, policy.backoff)
             after = getattr(exc, "retry_after", None)
-            return max(delay, after) if after is not None else delay
+            return max(wait, after) if after is not None else wait
 
-        retrying = AsyncRetrying(stop=stop_after_attempt(max(1, policy.attempts)), wait=wait,
-                                 retry=retry_if_exception_type(Retryable), reraise=True)
+        await asyncio.sleep(delay(1, first))
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(policy.attempts - 1),
+            wait=lambda state: delay(state.attempt_number + 1, state.outcome.exception()),
+            retry=retry_if_exception_type(Retryable), reraise=True)
         try:
             async for attempt in retrying:
                 with attempt:
-                    delivery.attempts = attempt.retry_state.attempt_number
+                    delivery.attempts = attempt.retry_state.attempt_number + 1
                     await self._send(session, delivery)
         except Retryable as exc:
             on_failed(Failure(delivery, str(exc)))

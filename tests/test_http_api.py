@@ -1,0 +1,178 @@
+"""The HTTP device API of `campaignctl serve`, against a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import db_dump, http, write
+
+FLEET = """\
+    interfaces:
+      devapi: {type: http, url: "http://127.0.0.1:1"}
+      broker: {type: mqtt, url: "mqtt://127.0.0.1:1", topic_prefix: x}
+    device_types:
+      cam: {}
+    devices:
+      - {name: cam-1, type: cam, interface: devapi}
+      - {name: cam-2, type: cam, interface: devapi}
+      - {name: cam-3, type: cam, interface: devapi}
+      - {name: plug-1, type: cam, interface: broker}
+    """
+
+
+@pytest.fixture
+def api(cli, tmp_path, db_path):
+    from campaignctl import db
+    from campaignctl.server import Server
+
+    assert cli.json("devices", "import", write(tmp_path, "fleet.yaml", FLEET))["secrets_provisioned"] == 3
+    engine = db.create_engine(db_path)
+    server = Server(engine, port=0, listen_mqtt=False).start()
+    base = f"http://127.0.0.1:{server.port}"
+    secrets = {n: cli("devices", "credentials", n).stdout.strip() for n in ("cam-1", "cam-2", "cam-3")}
+    yield base, secrets
+    server.stop()
+    engine.dispose()
+
+
+def _auth(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def test_credentials_are_printed_alone_and_not_stored(cli, api, db_path):
+    _, secrets = api
+    assert len(set(secrets.values())) == 3 and all(len(s) >= 40 for s in secrets.values())
+    assert cli("devices", "credentials", "cam-1").stdout == secrets["cam-1"] + "\n"
+    raw = Path(db_path).read_bytes() + b"".join(Path(f"{db_path}{s}").read_bytes() for s in ("-wal",)
+                                               if Path(f"{db_path}{s}").exists())
+    assert all(s.encode() not in raw for s in secrets.values())
+    assert "only devices on http interfaces have secrets" in cli("devices", "credentials", "plug-1", code=1).stderr
+    # Nothing else shows them.
+    assert secrets["cam-1"] not in cli("devices", "show", "cam-1", "-o", "json").stdout
+
+
+def test_authentication_and_isolation(api):
+    base, secrets = api
+    url = f"{base}/v1/devices/cam-1/configuration"
+    status, headers, body = http("GET", url)
+    assert status == 401 and headers["www-authenticate"].startswith("Bearer")
+    assert json.loads(body) == {"error": "missing bearer token"}
+    assert http("GET", url, headers={"Authorization": "Basic abc"})[0] == 401
+    assert http("GET", url, headers=_auth("not-the-secret"))[0] == 401
+    # Another device's valid secret opens nothing of cam-1, for reading or writing.
+    assert http("GET", url, headers=_auth(secrets["cam-2"]))[0] == 401
+    assert http("PUT", f"{base}/v1/devices/cam-1/state", headers=_auth(secrets["cam-2"]), body='{"a": 1}')[0] == 401
+    # Unknown devices look exactly like wrong secrets.
+    assert http("GET", f"{base}/v1/devices/ghost/configuration", headers=_auth(secrets["cam-1"]))[0] == 401
+    status, headers, body = http("GET", url, headers=_auth(secrets["cam-1"]))
+    assert status == 200 and json.loads(body) == {"configuration": {}, "version": 0} and headers["etag"] == '"0"'
+    assert http("GET", f"{base}/healthz")[:1] == (200,)
+
+
+def test_configuration_etag_and_304(cli, api):
+    base, secrets = api
+    url = f"{base}/v1/devices/cam-1/configuration"
+    cli("devices", "set-config", "cam-1", "mode=eco", "interval:=30")
+    status, headers, body = http("GET", url, headers=_auth(secrets["cam-1"]))
+    document = json.loads(body)
+    assert status == 200 and document["configuration"] == {"interval": 30, "mode": "eco"}
+    assert headers["etag"] == f'"{document["version"]}"'
+    status, headers, body = http("GET", url, headers={**_auth(secrets["cam-1"]), "If-None-Match": headers["etag"]})
+    assert status == 304 and body == b""
+    cli("devices", "set-config", "cam-1", "mode=boost")
+    status, _, body = http("GET", url, headers={**_auth(secrets["cam-1"]), "If-None-Match": f'"{document["version"]}"'})
+    assert status == 200 and json.loads(body)["version"] > document["version"]
+
+
+def test_state_is_recorded(cli, api):
+    base, secrets = api
+    status, _, body = http("PUT", f"{base}/v1/devices/cam-2/state", headers=_auth(secrets["cam-2"]),
+                           body='{"app_version": "1.2", "temp": 21.5}')
+    assert status == 204 and body == b""
+    entries = {e["key"]: e["reported"] for e in cli.json("devices", "show", "cam-2")["configuration"]}
+    assert entries == {"app_version": "1.2", "temp": 21.5}
+
+
+@pytest.mark.parametrize("body, status, error", [
+    ("{not json", 400, "state is not JSON"),
+    ("[1, 2]", 400, "state must be a JSON object, not list"),
+    ('{"bad key": 1}', 400, "key 'bad key' contains ' '"),
+    ('{"ok": 1, "a.b": 2}', 400, "key 'a.b' contains '.'"),
+    ("{}", 400, "state is an empty object"),
+    ('{"x": "' + "a" * 70_000 + '"}', 413, "body larger than 65536 bytes"),
+])
+def test_bad_bodies_write_nothing(api, db_path, body, status, error):
+    base, secrets = api
+    before = db_dump(db_path)
+    got, _, raw = http("PUT", f"{base}/v1/devices/cam-3/state", headers=_auth(secrets["cam-3"]), body=body)
+    assert got == status and error in json.loads(raw)["error"]
+    assert db_dump(db_path) == before
+
+
+def test_oversized_chunked_body_is_refused(api, db_path):
+    import http.client
+    from urllib.parse import urlsplit
+
+    base, secrets = api
+    parts = urlsplit(base)
+    before = db_dump(db_path)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    chunks = (b'{"x": "' + b"a" * 10_000 + b'"}' if i == 0 else b" " * 10_000 for i in range(8))
+    conn.request("PUT", "/v1/devices/cam-3/state", body=chunks, headers=_auth(secrets["cam-3"]),
+                 encode_chunked=True)
+    assert conn.getresponse().status == 413
+    conn.close()
+    assert db_dump(db_path) == before
+
+
+def test_serving_a_document_counts_as_delivery(cli, api, tmp_path):
+    base, secrets = api
+    cli("create", "-f", write(tmp_path, "c.yaml", """\
+        name: cams
+        devices: {selector: {type: cam, tags: {}}, names: [cam-1, cam-2, cam-3]}
+        configurations: {resolution: 1080p}
+        expected_state: {resolution: 1080p}
+        """))
+    launched = cli.json("launch", "cams", "--attempts", "1", "--timeout", "1")
+    # plug-1 (MQTT, broker down) is selected by the type selector: it fails; the cams wait.
+    assert launched["status"] == "waiting" or launched["counts"]["syncing"] == 3
+    status = {d["device"]: d["status"] for d in cli.json("status", "cams")["devices"]}
+    assert status["cam-1"] == status["cam-2"] == status["cam-3"] == "syncing"
+    for name in ("cam-1", "cam-2"):
+        got, _, body = http("GET", f"{base}/v1/devices/{name}/configuration", headers=_auth(secrets[name]))
+        assert json.loads(body)["configuration"] == {"resolution": "1080p"}
+    data = cli.json("status", "cams")
+    status = {d["device"]: d["status"] for d in data["devices"]}
+    assert status["cam-1"] == status["cam-2"] == "waiting" and status["cam-3"] == "syncing"
+    assert data["job"]["status"] == "waiting" and data["status"] == "running"
+    http("PUT", f"{base}/v1/devices/cam-1/state", headers=_auth(secrets["cam-1"]), body='{"resolution": "1080p"}')
+    http("GET", f"{base}/v1/devices/cam-3/configuration", headers=_auth(secrets["cam-3"]))
+    data = cli.json("status", "cams")
+    status = {d["device"]: d["status"] for d in data["devices"]}
+    assert status == {"cam-1": "valid", "cam-2": "waiting", "cam-3": "waiting", "plug-1": "failed"}
+    # The last fetch ended the job: one device failed delivery (its broker is down).
+    assert data["job"]["status"] == "failed" and data["status"] == "completed"
+
+
+def test_rotate_secret(cli, api):
+    base, secrets = api
+    url = f"{base}/v1/devices/cam-1/configuration"
+    cli("devices", "rotate-secret", "cam-1")
+    new = cli("devices", "credentials", "cam-1").stdout.strip()
+    assert new != secrets["cam-1"]
+    assert http("GET", url, headers=_auth(secrets["cam-1"]))[0] == 401
+    assert http("GET", url, headers=_auth(new))[0] == 200
+
+
+def test_openapi_description_is_published_and_in_docs(cli, api):
+    base, _ = api
+    status, _, body = http("GET", f"{base}/openapi.json")
+    spec = json.loads(body)
+    assert status == 200
+    assert {"/v1/devices/{name}/configuration", "/v1/devices/{name}/state", "/healthz"} <= set(spec["paths"])
+    printed = json.loads(cli("serve", "--openapi").stdout)
+    documented = json.loads((Path(__file__).parent.parent / "docs" / "openapi.json").read_text())
+    assert printed == documented, "docs/openapi.json is stale: campaignctl serve --openapi > docs/openapi.json"

@@ -1,0 +1,173 @@
+"""The webhook interface against a real local HTTP server that misbehaves on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import defaultdict
+
+import pytest
+
+from conftest import free_port, write
+
+
+class MisbehavingApi:
+    """An aiohttp server on 127.0.0.1 whose answer depends on the device in the URL:
+
+    ok-*     200 at once            flaky-*  503 twice, then 200
+    busy-*   429 Retry-After: 1, then 200
+    gone-*   404                    bad-*    400 with a body
+    slow-*   first request hangs past the client's timeout, then 200
+    down-*   500 always
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.requests: dict[str, list[dict]] = defaultdict(list)
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    async def _handle(self, request):  # noqa: ANN001, ANN202
+        from aiohttp import web
+
+        device = request.match_info["device"]
+        seen = self.requests[device]
+        seen.append({"at": time.monotonic(), "method": request.method, "headers": dict(request.headers),
+                     "body": await request.json()})
+        kind, n = device.split("-")[0], len(seen)
+        if kind == "flaky" and n <= 2:
+            return web.Response(status=503, text="try later")
+        if kind == "busy" and n == 1:
+            return web.Response(status=429, headers={"Retry-After": "1"})
+        if kind == "gone":
+            return web.Response(status=404, text="no such thing")
+        if kind == "bad":
+            return web.Response(status=400, text="unknown thing")
+        if kind == "slow" and n == 1:
+            await asyncio.sleep(3)
+        if kind == "down":
+            return web.Response(status=500, text="boom")
+        return web.json_response({"accepted": True})
+
+    def _run(self) -> None:
+        from aiohttp import web
+
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_route("*", "/things/{device}/desired", self._handle)
+        self._runner = web.AppRunner(app)
+        self._loop.run_until_complete(self._runner.setup())
+        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
+        self._started.set()
+        self._loop.run_forever()
+
+    def start(self) -> "MisbehavingApi":
+        self._thread.start()
+        assert self._started.wait(10)
+        return self
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def api():
+    server = MisbehavingApi().start()
+    yield server
+    server.stop()
+
+
+def _fleet(tmp_path, port: int, names: list[str], headers: str = "{Authorization: THINGS_TOKEN}") -> str:
+    devices = "\n".join(f"  - {{name: {n}, type: thing, interface: things}}" for n in names)
+    return write(tmp_path, "fleet.yaml", f"""\
+interfaces:
+  things:
+    type: webhook
+    url: http://127.0.0.1:{port}/things/{{device}}/desired
+    method: PUT
+    headers: {headers}
+    timeout: 0.5
+device_types:
+  thing: {{}}
+devices:
+{devices}
+""")
+
+
+def test_retry_classes_and_retry_after(cli, api, tmp_path):
+    names = ["ok-1", "flaky-1", "busy-1", "gone-1", "bad-1", "slow-1", "down-1"]
+    cli("devices", "import", _fleet(tmp_path, api.port, names))
+    cli("create", "-f", write(tmp_path, "c.yaml", """\
+        name: push
+        devices: {selector: {type: thing}}
+        configurations: {mode: eco}
+        expected_state: {mode: eco}
+        """))
+    env = {"THINGS_TOKEN": "Bearer api-5ecret"}
+    result = cli("launch", "push", "--attempts", "4", "--backoff", "0.1", "--max-backoff", "0.2", env=env, code=1)
+    assert "3 device(s) could not be delivered" in result.stderr
+    job = cli.json("jobs", "show", "1")
+    assert job["counts"] == {"pending": 0, "syncing": 0, "delivered": 4, "failed": 3}
+    errors = {e["device"]: e for e in job["errors"]}
+    # Other 4xx fail at once, with the status in the reason.
+    assert errors["gone-1"]["attempts"] == 1 and errors["gone-1"]["error"] == "HTTP 404 Not Found: no such thing"
+    assert errors["bad-1"]["attempts"] == 1 and errors["bad-1"]["error"].startswith("HTTP 400 Bad Request")
+    # 5xx is retried until the attempts run out.
+    assert errors["down-1"]["attempts"] == 4 and errors["down-1"]["error"] == "HTTP 500 Internal Server Error: boom"
+    assert len(api.requests["down-1"]) == 4 and len(api.requests["gone-1"]) == 1
+    # Retried, then delivered: 503s, a timeout, a 429.
+    assert len(api.requests["flaky-1"]) == 3 and len(api.requests["slow-1"]) == 2
+    busy = api.requests["busy-1"]
+    assert len(busy) == 2 and busy[1]["at"] - busy[0]["at"] >= 0.95  # Retry-After: 1 beats the 0.1 s backoff
+    # What the platform received: the document, with the header from the environment.
+    first = api.requests["ok-1"][0]
+    assert first["method"] == "PUT" and first["headers"]["Authorization"] == "Bearer api-5ecret"
+    assert first["body"]["configuration"] == {"mode": "eco"} and first["body"]["version"] > 0
+    supervision = {d["device"]: d for d in cli.json("status", "push")["devices"]}
+    assert supervision["gone-1"]["status"] == "failed" and "404" in supervision["gone-1"]["reason"]
+    assert supervision["flaky-1"]["status"] == "waiting"
+    assert "api-5ecret" not in json.dumps(cli.json("show", "push")) + json.dumps(job)
+
+
+def test_missing_header_variable_fails_every_device_clearly(cli, api, tmp_path):
+    cli("devices", "import", _fleet(tmp_path, api.port, ["ok-1", "ok-2"]))
+    cli("create", "-f", write(tmp_path, "c.yaml", "name: p\ndevices: {names: [ok-1, ok-2]}\nconfigurations: {a: 1}\n"))
+    cli("launch", "p", env={"THINGS_TOKEN": ""}, code=0)  # set, even empty: sent as is
+    cli("create", "-f", write(tmp_path, "d.yaml", "name: q\ndevices: {names: [ok-1, ok-2]}\nconfigurations: {a: 2}\n"))
+    import os
+
+    os.environ.pop("THINGS_TOKEN", None)
+    cli("launch", "q", code=1)
+    errors = cli.json("jobs", "show", "2")["errors"]
+    assert [e["error"] for e in errors] == [
+        "environment variable THINGS_TOKEN (header Authorization of interface things) is not set"] * 2
+    assert len(api.requests["ok-1"]) == 1  # only the first campaign reached the platform
+
+
+def test_deliveries_run_concurrently(cli, api, tmp_path):
+    names = [f"slow-{i}" for i in range(20)]
+    cli("devices", "import", _fleet(tmp_path, api.port, names, headers="{}").replace("timeout: 0.5", "timeout: 0.5"))
+    cli("create", "-f", write(tmp_path, "c.yaml", "name: many\ndevices: {selector: {type: thing}}\nconfigurations: {a: 1}\n"))
+    started = time.monotonic()
+    cli("launch", "many", "--attempts", "2", "--backoff", "0.1")
+    # Each device's first request hangs until the 0.5 s timeout: sequentially that is 10 s.
+    assert time.monotonic() - started < 4
+    assert all(len(api.requests[n]) == 2 for n in names)
+
+
+def test_bad_webhook_settings(cli, tmp_path, db_path):
+    from conftest import db_dump
+
+    before = db_dump(db_path) if db_path.exists() else None
+    bad = write(tmp_path, "f.yaml", "interfaces:\n  w: {type: webhook, url: 'https://api.example.com/things'}\n")
+    assert "interfaces.w.url: url must contain {device}" in cli("devices", "import", bad, code=1).stderr
+    bad = write(tmp_path, "g.yaml", "interfaces:\n  w:\n    type: webhook\n    url: 'https://x/{device}'\n"
+                                    "    headers: {Authorization: 'Bearer abc'}\n")
+    assert "is not an environment variable name" in cli("devices", "import", bad, code=1).stderr
+    if before is not None:
+        assert db_dump(db_path) == before
