@@ -27,17 +27,20 @@ def load_documents(conn: Any, devices: Sequence[tuple[int, str]]) -> list[Delive
     if not devices:
         return []
     execute = conn.exec_driver_sql if hasattr(conn, "exec_driver_sql") else conn.execute
+    # Entries whose desired value was withdrawn (a cancelled campaign's, with no value
+    # before it) keep their revision: the version still only grows.
     rows = execute(
         "SELECT device_id, key, desired, desired_revision FROM device_config "
-        "WHERE device_id BETWEEN ? AND ? AND desired IS NOT NULL ORDER BY device_id, key",
+        "WHERE device_id BETWEEN ? AND ? AND desired_revision IS NOT NULL ORDER BY device_id, key",
         (devices[0][0], devices[-1][0]),
     ).fetchall()
     by_device = {k: list(g) for k, g in itertools.groupby(rows, key=lambda r: r[0])}
     out = []
     for device_id, name in devices:
         entries = by_device.get(device_id, ())
-        version = max((e[3] or 0 for e in entries), default=0)
-        out.append(Delivery(device_id, name, version, document(version, ((e[1], e[2]) for e in entries))))
+        version = max((e[3] for e in entries), default=0)
+        out.append(Delivery(device_id, name, version,
+                            document(version, ((e[1], e[2]) for e in entries if e[2] is not None))))
     return out
 
 
@@ -97,7 +100,7 @@ class JobRecorder:
         if len(self._delivered) + len(self._failed) >= self.batch or time.monotonic() - self._last >= self.interval:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, *, notify: bool = True) -> None:
         with self._lock:
             delivered, self._delivered = self._delivered, []
             failed, self._failed = self._failed, []
@@ -109,15 +112,16 @@ class JobRecorder:
             # `status = 'syncing'` keeps a result from a stale run from overwriting a final one.
             if delivered:
                 conn.exec_driver_sql(
-                    "UPDATE job_item SET status = 'delivered', attempts = ?, error = NULL, updated_at = ? "
-                    "WHERE job_id = ? AND device_id = ? AND status = 'syncing'",
-                    [(a, now, self.job_id, d) for a, d in delivered])
+                    "UPDATE job_item SET status = 'delivered', attempts = attempts + ?, error = NULL, updated_at = ?, "
+                    "delivered_at = ? WHERE job_id = ? AND device_id = ? AND status = 'syncing'",
+                    [(a, now, now, self.job_id, d) for a, d in delivered])
             if failed:
                 conn.exec_driver_sql(
-                    "UPDATE job_item SET status = 'failed', attempts = ?, error = ?, updated_at = ? "
+                    "UPDATE job_item SET status = 'failed', attempts = attempts + ?, error = ?, updated_at = ? "
                     "WHERE job_id = ? AND device_id = ? AND status = 'syncing'",
                     [(a, e, now, self.job_id, d) for a, e, d in failed])
-        self.on_flush(len(delivered), len(failed))
+        if notify:
+            self.on_flush(len(delivered), len(failed))
 
 
 def job_deliveries(engine: "Engine", job_id: int, interface_id: int, chunk: int = CHUNK) -> Iterator[Delivery]:

@@ -122,11 +122,13 @@ class Demo:
 
         from campaignctl.cli.common import progress_bar
 
+        from campaignctl.engine import advance
+
         job_id, owner = jobs.launch(engine, spec.name)
         self._say(f"5. launch: job {job_id} writes the configuration of every device, then delivers it")
         with progress_bar(self.live) as progress:
-            job = jobs.run(engine, job_id, owner, progress=progress)
-        counts = job["counts"]
+            advance(engine, job_id, owner, progress=progress)
+        counts = jobs.show(engine, job_id)["counts"]
         if self.mqtt:
             self._say(f"   {counts['delivered']} retained documents acknowledged by the broker")
         else:

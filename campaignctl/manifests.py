@@ -9,13 +9,15 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      field_validator, model_validator)
 
 from campaignctl import interfaces
 from campaignctl.errors import InputError
 from campaignctl.names import check_name
+from campaignctl.rollout import Rollout, parse_duration, parse_percent, parse_time
 from campaignctl.spec import CampaignSpec
 from campaignctl.values import MissingVariable, canonical, expand_env, key_problem
 from campaignctl.yamlfile import YamlDocument, format_path, read_text
@@ -106,6 +108,73 @@ class FirmwareRef(BaseModel):
         return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
+class CanarySelector(_Strict):
+    names: list[Name] = Field(default_factory=list)
+    type: Optional[Name] = None
+    tags: Tags = Field(default_factory=dict)
+
+
+def _duration(value: Any) -> Any:
+    return None if value is None else parse_duration(value)
+
+
+def _percent(value: Any) -> Any:
+    return None if value is None else parse_percent(value)
+
+
+class RolloutManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batches: Optional[list[Any]] = None
+    batch_size: Optional[int] = Field(None, ge=1, strict=True)
+    canary: Optional[CanarySelector] = None
+    bake_time: Annotated[Optional[float], BeforeValidator(_duration)] = None
+    success_threshold: Annotated[Optional[float], BeforeValidator(_percent)] = None
+    error_threshold: Annotated[Optional[float], BeforeValidator(_percent)] = None
+    on_error: Literal["pause", "abort"] = "pause"
+    max_per_minute: Optional[int] = Field(None, ge=1, strict=True)
+    device_timeout: Annotated[Optional[float], BeforeValidator(_duration)] = None
+
+    @field_validator("batches")
+    @classmethod
+    def _batches(cls, value: Optional[list[Any]]) -> Optional[list[Any]]:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("give at least one batch")
+        out: list[int | float] = []
+        last = 0.0
+        for item in value:
+            if isinstance(item, int) and not isinstance(item, bool):
+                if item < 1:
+                    raise ValueError(f"a batch of {item} devices is empty")
+                out.append(item)
+            elif isinstance(item, str) and item.strip().endswith("%"):
+                share = parse_percent(item)
+                if share <= last:
+                    raise ValueError(f"percentages are cumulative and must grow: {item} after {last:.0%}")
+                last = share
+                out.append(share)
+            else:
+                raise ValueError(f"{item!r}: a batch is a number of devices (10) or a cumulative percentage (25%)")
+        return out
+
+    @model_validator(mode="after")
+    def _one_way(self) -> "RolloutManifest":
+        if self.batches is not None and self.batch_size is not None:
+            raise ValueError("give batches or batch_size, not both")
+        return self
+
+    def to_rollout(self) -> Rollout:
+        return Rollout(
+            batches=self.batches, batch_size=self.batch_size,
+            canary=self.canary.model_dump() if self.canary else None,
+            bake_time=self.bake_time or 0.0,
+            success_threshold=1.0 if self.success_threshold is None else self.success_threshold,
+            error_threshold=self.error_threshold, on_error=self.on_error,
+            max_per_minute=self.max_per_minute, device_timeout=self.device_timeout, explicit=True)
+
+
 class CampaignManifest(_Strict):
     name: Name
     description: Optional[str] = None
@@ -113,6 +182,8 @@ class CampaignManifest(_Strict):
     configurations: dict[Key, Any] = Field(default_factory=dict)
     expected_state: dict[Key, Any] = Field(default_factory=dict)
     firmware: Optional[FirmwareRef] = None
+    start_at: Annotated[Optional[str], BeforeValidator(lambda v: None if v is None else parse_time(v))] = None
+    rollout: Optional[RolloutManifest] = None
 
 
 def _validate(model: type[BaseModel], data: Any, doc: YamlDocument, prefix: tuple = ()) -> Any:
@@ -270,6 +341,8 @@ def load_campaign(path: str, environ: dict[str, str] | None = None) -> CampaignS
         expected_state=values["expected_state"],
         firmware=manifest.firmware.model_dump() if manifest.firmware else None,
         secret_keys=secret_keys,
+        start_at=manifest.start_at,
+        rollout=manifest.rollout.to_rollout().to_dict() if manifest.rollout else None,
         source=path,
     )
 

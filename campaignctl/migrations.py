@@ -129,6 +129,58 @@ MIGRATIONS: list[str] = [
     ALTER TABLE device ADD COLUMN secret_hash TEXT;
     CREATE INDEX ix_job_item_device ON job_item (device_id, status);
     """,
+    # 4: rollouts: scheduled starts, batches, steps (batches and retries) with the history
+    # of retried items, and the entries a job overwrote (to put them back on cancel)
+    """
+    ALTER TABLE campaign ADD COLUMN start_at TEXT;
+    ALTER TABLE campaign ADD COLUMN reason TEXT;
+    ALTER TABLE campaign ADD COLUMN launch_settings TEXT;
+    CREATE INDEX ix_campaign_status ON campaign (status, start_at);
+    ALTER TABLE job_item ADD COLUMN batch INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE job_item ADD COLUMN delivered_at TEXT;
+    CREATE INDEX ix_job_item_batch ON job_item (job_id, batch, status);
+    CREATE TABLE job_batch (
+        job_id INTEGER NOT NULL REFERENCES job(id) ON DELETE CASCADE,
+        number INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        accepted BOOLEAN NOT NULL DEFAULT 0,
+        started_at TEXT,
+        delivered_at TEXT,
+        finished_at TEXT,
+        reason TEXT,
+        PRIMARY KEY (job_id, number)
+    ) WITHOUT ROWID;
+    CREATE TABLE job_step (
+        job_id INTEGER NOT NULL REFERENCES job(id) ON DELETE CASCADE,
+        number INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        batch INTEGER,
+        devices INTEGER NOT NULL DEFAULT 0,
+        started_at TEXT NOT NULL,
+        PRIMARY KEY (job_id, number)
+    ) WITHOUT ROWID;
+    CREATE TABLE job_item_history (
+        job_id INTEGER NOT NULL REFERENCES job(id) ON DELETE CASCADE,
+        device_id INTEGER NOT NULL,
+        step INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        error TEXT,
+        at TEXT NOT NULL,
+        PRIMARY KEY (job_id, device_id, step)
+    ) WITHOUT ROWID;
+    CREATE TABLE job_item_before (
+        job_id INTEGER NOT NULL REFERENCES job(id) ON DELETE CASCADE,
+        device_id INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        desired TEXT,
+        desired_at TEXT,
+        desired_by TEXT,
+        secret BOOLEAN NOT NULL DEFAULT 0,
+        PRIMARY KEY (job_id, device_id, key)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 

@@ -94,6 +94,9 @@ class Campaign(SQLModel, table=True):
     updated_at: str
     launched_at: Optional[str] = None
     completed_at: Optional[str] = None
+    start_at: Optional[str] = None  # scheduled start (UTC ISO 8601)
+    reason: Optional[str] = None  # why it is paused, aborted or cancelled
+    launch_settings: Optional[str] = None  # JSON: the launch options, kept until a scheduled start
 
 
 class Job(SQLModel, table=True):
@@ -115,7 +118,7 @@ class Job(SQLModel, table=True):
 
 
 class JobItem(SQLModel, table=True):
-    """One device of a job: pending → syncing (written) → delivered | failed."""
+    """One device of a job: pending → syncing (written) → delivered | failed; or cancelled."""
 
     __tablename__ = "job_item"
     job_id: int = Field(foreign_key="job.id", primary_key=True)
@@ -125,6 +128,61 @@ class JobItem(SQLModel, table=True):
     attempts: int = 0
     error: Optional[str] = None
     updated_at: Optional[str] = None
+    batch: int = 1
+    delivered_at: Optional[str] = None
+
+
+class JobBatch(SQLModel, table=True):
+    """pending → releasing → delivering → baking → promoted | tripped; or cancelled."""
+
+    __tablename__ = "job_batch"
+    job_id: int = Field(foreign_key="job.id", primary_key=True)
+    number: int = Field(primary_key=True)
+    size: int
+    status: str = "pending"
+    accepted: bool = False  # resumed by a user after it tripped: no more thresholds
+    started_at: Optional[str] = None
+    delivered_at: Optional[str] = None
+    finished_at: Optional[str] = None
+    reason: Optional[str] = None
+
+
+class JobStep(SQLModel, table=True):
+    """A unit of delivery work: a batch's release, or a retry."""
+
+    __tablename__ = "job_step"
+    job_id: int = Field(foreign_key="job.id", primary_key=True)
+    number: int = Field(primary_key=True)
+    kind: str  # batch | retry
+    batch: Optional[int] = None
+    devices: int = 0
+    started_at: str
+
+
+class JobItemHistory(SQLModel, table=True):
+    """What a job item was before a retry step reset it."""
+
+    __tablename__ = "job_item_history"
+    job_id: int = Field(foreign_key="job.id", primary_key=True)
+    device_id: int = Field(primary_key=True)
+    step: int = Field(primary_key=True)
+    status: str
+    attempts: int
+    error: Optional[str] = None
+    at: str
+
+
+class JobItemBefore(SQLModel, table=True):
+    """A desired entry as it was before the job overwrote it."""
+
+    __tablename__ = "job_item_before"
+    job_id: int = Field(foreign_key="job.id", primary_key=True)
+    device_id: int = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    desired: Optional[str] = None
+    desired_at: Optional[str] = None
+    desired_by: Optional[str] = None
+    secret: bool = False
 
 
 class Meta(SQLModel, table=True):

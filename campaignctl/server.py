@@ -163,23 +163,22 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
 
 
 def _record_fetch(engine: "Engine", device_id: int, version: int) -> None:
-    """The device now has every write up to ``version``: its job items are delivered."""
-    from campaignctl.jobs import complete_if_done
-
+    """The device now has every write up to ``version``: its job items are delivered
+    (the rollout engine moves the jobs on)."""
     now = db.utcnow()
     with db.write(engine) as conn:
-        jobs = [r[0] for r in conn.exec_driver_sql(
-            "UPDATE job_item SET status = 'delivered', attempts = attempts + 1, error = NULL, updated_at = ? "
-            "WHERE device_id = ? AND status = 'syncing' AND revision <= ? RETURNING job_id", (now, device_id, version))]
-        for job_id in set(jobs):
-            complete_if_done(conn, job_id)
+        conn.exec_driver_sql(
+            "UPDATE job_item SET status = 'delivered', attempts = attempts + 1, error = NULL, updated_at = ?, "
+            "delivered_at = ? WHERE device_id = ? AND status = 'syncing' AND revision <= ?",
+            (now, now, device_id, version))
 
 
 class Server:
     """uvicorn in a thread, plus the MQTT state listeners: for ``serve``, the demo and tests."""
 
     def __init__(self, engine: "Engine", host: str = "127.0.0.1", port: int = 8080, *,
-                 listen_mqtt: bool = True, info: Callable[[str], None] = lambda _m: None,
+                 listen_mqtt: bool = True, engine_interval: float | None = 2.0,
+                 info: Callable[[str], None] = lambda _m: None,
                  warn: Callable[[str], None] = lambda _m: None, access_log: bool = False) -> None:
         import uvicorn
 
@@ -189,6 +188,7 @@ class Server:
                                 access_log=access_log, lifespan="off")
         self.server = uvicorn.Server(config)
         self.listen_mqtt = listen_mqtt
+        self.engine_interval = engine_interval
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.errors: list[BaseException] = []
@@ -208,7 +208,22 @@ class Server:
             time.sleep(0.01)
         if self.listen_mqtt:
             self.start_listeners()
+        if self.engine_interval is not None:
+            rollout = threading.Thread(target=self._run_engine, name="serve-engine", daemon=True)
+            rollout.start()
+            self._threads.append(rollout)
         return self
+
+    def _run_engine(self) -> None:
+        """The rollout engine: devices fetching their documents, bake times and
+        schedules move campaigns on without anyone running commands."""
+        from campaignctl.engine import run_worker
+
+        try:
+            run_worker(self.engine, interval=self.engine_interval or 2.0, stop=self._stop, info=self.info)
+        except Exception as exc:  # noqa: BLE001
+            self.errors.append(exc)
+            self.warn(f"rollout engine stopped: {exc}")
 
     def start_listeners(self) -> bool:
         """Start ingesting state from the MQTT interfaces known now; False if there are none."""

@@ -22,6 +22,8 @@ class CampaignSpec:
     expected_state: dict[str, Any]
     firmware: dict[str, str] | None
     secret_keys: list[str] = field(default_factory=list)  # "configurations.<key>" / "expected_state.<key>"
+    start_at: str | None = None  # UTC ISO 8601: the campaign starts by itself then
+    rollout: dict[str, Any] | None = None  # campaignctl.rollout.Rollout, as a dict
     source: str = "<manifest>"
 
     def to_json(self) -> str:
@@ -33,6 +35,8 @@ class CampaignSpec:
                 "configurations": self.configurations,
                 "expected_state": self.expected_state,
                 "firmware": self.firmware,
+                "start_at": self.start_at,
+                "rollout": self.rollout,
             }
         )
 
@@ -48,4 +52,6 @@ class CampaignSpec:
             expected_state=data["expected_state"],
             firmware=data["firmware"],
             secret_keys=secret_keys,
+            start_at=data.get("start_at"),
+            rollout=data.get("rollout"),
         )

@@ -116,7 +116,7 @@ def test_a_job_run_by_a_live_process_is_not_resumed_by_another(cli, tmp_path, pr
     env = subprocess_env()
     proc = subprocess.Popen(
         campaignctl_cmd("--db", str(db_path), "launch", "busy", "--attempts", "50", "--backoff", "0.5",
-                        "--max-backoff", "0.5", "--timeout", "0.5"),
+                        "--max-backoff", "0.5", "--ack-timeout", "0.5"),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20

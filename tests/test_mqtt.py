@@ -78,7 +78,7 @@ def test_reported_state_over_mqtt_makes_devices_valid(cli, fleet, broker, prefix
     assert devices["sensor-0002"]["status"] == "waiting"
     assert devices["sensor-0002"]["reason"] == "report_interval reported 60"
     assert data["summary"] == {"total": 2, "pending": 0, "syncing": 0, "waiting": 1, "valid": 1,
-                               "invalid": 0, "failed": 0}
+                               "invalid": 0, "failed": 0, "timed_out": 0, "cancelled": 0}
     assert outcome["stats"].rejected == 2 and outcome["stats"].recorded == 2
     shown = cli.json("devices", "show", "sensor-0001")
     assert {e["key"]: e["reported"] for e in shown["configuration"]}["rssi"] == -70
@@ -139,7 +139,7 @@ def test_broker_down_retries_then_fails_with_the_error(cli, tmp_path, prefix):
         configurations: {report_interval: 30}
         """))
     started = time.monotonic()
-    result = cli("launch", "down", "--attempts", "3", "--backoff", "0.2", "--timeout", "1", code=1)
+    result = cli("launch", "down", "--attempts", "3", "--backoff", "0.2", "--ack-timeout", "1", code=1)
     elapsed = time.monotonic() - started
     assert "2 device(s) could not be delivered" in result.stderr
     assert elapsed >= 0.4  # two waits between three tries
@@ -168,7 +168,7 @@ def test_broker_that_comes_back_during_retries_gets_everything(cli, tmp_path, pr
     starter = threading.Timer(0.8, broker.start)
     starter.start()
     try:
-        result = cli("launch", "flaky", "--attempts", "6", "--backoff", "0.5", "--timeout", "1")
+        result = cli("launch", "flaky", "--attempts", "6", "--backoff", "0.5", "--ack-timeout", "1")
         assert "3 delivered, 0 failed" in result.stdout
         job = cli.json("jobs", "show", "1")
         assert job["status"] == "success" and job["errors"] == []

@@ -73,7 +73,7 @@ def test_two_hundred_http_devices_converge_to_valid_and_failures_have_a_reason(c
     cli("devices", "import", write(tmp_path, "devices.csv", "name,type,interface,tags\n" + "".join(
         f"h-{i:03d},sensor-v2,devapi,\n" for i in range(200))))
     _ota(cli, tmp_path, "{type: sensor-v2}")
-    server = _start(db_path, "serve", "--port", str(port), "--no-mqtt")
+    server = _start(db_path, "serve", "--port", str(port), "--no-mqtt", "--engine-interval", "0.2")
     simulator = _start(db_path, "simulate", "--apply-delay", "0.2", "--poll-interval", "0.3",
                        "--fail-rate", "0.1", "--seed", "42", "-o", "json")
     try:
@@ -86,7 +86,7 @@ def test_two_hundred_http_devices_converge_to_valid_and_failures_have_a_reason(c
                    if d.fails}
         assert 5 < len(failing) < 40
         wait_until(lambda: _summary(cli)["valid"] == 200 - len(failing), timeout=60, interval=0.5)
-        data = cli.json("status", "ota")
+        data = wait_until(lambda: (d := cli.json("status", "ota"))["status"] == "completed" and d, timeout=10)
     finally:
         sim_out, _ = _stop(simulator)
         _stop(server)

@@ -61,13 +61,15 @@ def _root(
 
 
 def _register() -> None:
-    from campaignctl.cli import campaigns, demo, devices, firmwares, jobs, listen, serve, simulate
+    from campaignctl.cli import campaigns, demo, devices, firmwares, jobs, listen, rollout, serve, simulate
 
     app.add_typer(devices.app, name="devices", help="Import, list and inspect devices; set and report values.")
     app.add_typer(firmwares.app, name="firmwares", help="The firmware registry.")
     app.add_typer(jobs.app, name="jobs", help="Launch jobs: list, inspect, resume after a crash.")
     for command in campaigns.COMMANDS:
         app.command(command.__name__.rstrip("_").replace("_", "-"))(command)
+    for command in (rollout.pause, rollout.resume, rollout.cancel, rollout.retry, rollout.run, rollout.tick):
+        app.command(command.__name__)(command)
     app.command("listen")(listen.listen)
     app.command("serve")(serve.serve)
     app.command("simulate")(simulate.simulate)

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 
 from campaignctl.cli.common import (Output, OutputOption, engine, fmt_value, info, print_json, progress_bar,
-                                    show_table, stderr_console, stdout_console, table)
+                                    short_time, show_table, stdout_console, table)
 
 FileOption = typer.Option(..., "--file", "-f", metavar="FILE", help="Campaign manifest (YAML; - for stdin).")
 
@@ -42,7 +42,7 @@ def list_(ctx: typer.Context, output: Output = OutputOption) -> None:
         return
     show_table(["name", "status", "devices", "job", "launched", "description"],
                [(r["name"], r["status"], r["devices"], r["job"] and f"{r['job']['id']} ({r['job']['status']})",
-                 r["launched_at"], r["description"]) for r in rows])
+                 short_time(r["launched_at"]), r["description"]) for r in rows])
 
 
 def show(ctx: typer.Context, name: str = typer.Argument(...),
@@ -91,54 +91,128 @@ def delete(ctx: typer.Context, name: str = typer.Argument(...)) -> None:
     info(f"campaign {name}: deleted")
 
 
-def launch(ctx: typer.Context, name: str = typer.Argument(...),
+def launch(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
+           now: bool = typer.Option(False, "--now", help="Start now even if the manifest has a later start_at."),
+           wait: bool = typer.Option(False, "--wait", help="Then wait for the outcome, as status --wait."),
+           timeout: Optional[str] = typer.Option(None, "--timeout", metavar="DURATION",
+                                                  help="With --wait: give up after this long (90s, 30m, 2h)."),
+           min_valid: str = typer.Option("100%", "--min-valid", metavar="PERCENT",
+                                         help="With --wait: share of devices valid for exit code 0."),
            attempts: int = typer.Option(5, "--attempts", min=1, help="Delivery tries per device."),
-           timeout: float = typer.Option(10.0, "--timeout", min=0.1, metavar="SECONDS",
-                                         help="Connect / acknowledgement timeout."),
+           ack_timeout: float = typer.Option(10.0, "--ack-timeout", min=0.1, metavar="SECONDS",
+                                             help="Connect / acknowledgement timeout of one delivery."),
            backoff: float = typer.Option(1.0, "--backoff", min=0.0, metavar="SECONDS",
                                          help="First wait between tries (doubles, with jitter)."),
            max_backoff: float = typer.Option(30.0, "--max-backoff", min=0.0, metavar="SECONDS"),
-           window: int = typer.Option(1000, "--window", min=1, max=60000,
+           window: int = typer.Option(1000, "--window", min=1, max=60000, metavar="N",
                                       help="Deliveries in flight at once per interface."),
            chunk_size: int = typer.Option(5000, "--chunk-size", min=1, metavar="N",
                                           help="Devices written per database transaction."),
            output: Output = OutputOption) -> None:
-    """Launch a campaign: write the desired configurations, then deliver them."""
-    from campaignctl import jobs
+    """Launch a campaign: write the desired configurations, then deliver them, batch by batch."""
+    from campaignctl import engine as rollout_engine, jobs
     from campaignctl.interfaces.base import DeliveryPolicy
 
-    policy = DeliveryPolicy(attempts=attempts, timeout=timeout, backoff=backoff, max_backoff=max_backoff,
+    limits = _wait_limits(timeout, min_valid) if wait else None
+    policy = DeliveryPolicy(attempts=attempts, timeout=ack_timeout, backoff=backoff, max_backoff=max_backoff,
                             window=window)
     db = engine(ctx)
-    job_id, owner = jobs.launch(db, name, policy=policy, chunk_size=chunk_size)
+    job_id, owner = jobs.launch(db, name, policy=policy, chunk_size=chunk_size, now=now)
+    if job_id is None:
+        from campaignctl.supervision import campaign_status
+
+        info(f"campaign {name}: scheduled for {campaign_status(db, name)['start_at']} "
+             "(it starts then in any running `campaignctl serve` or `run`, or the next `tick`)")
+        if limits:
+            _wait(db, name, output, *limits)
+        return
     info(f"campaign {name}: launched, job {job_id}")
-    _run_job(lambda progress: jobs.run(db, job_id, owner, progress=progress), job_id, output)
+    _advance(db, job_id, lambda progress: rollout_engine.advance(db, job_id, owner, progress=progress),
+             output if not wait else None)
+    if limits:
+        _wait(db, name, output, *limits)
 
 
-def _run_job(run: Any, job_id: int, output: Output) -> None:
+def _wait_limits(timeout: Optional[str], min_valid: str) -> tuple[Optional[float], float]:
+    from campaignctl.errors import InputError
+    from campaignctl.rollout import parse_duration, parse_percent
+
+    try:
+        seconds = None if timeout is None else parse_duration(timeout)
+    except ValueError as exc:
+        raise InputError(str(exc), field="--timeout") from None
+    try:
+        share = parse_percent(min_valid)
+    except ValueError as exc:
+        raise InputError(str(exc), field="--min-valid") from None
+    return seconds, share
+
+
+def _advance(db: Any, job_id: int, run: Any, output: Optional[Output]) -> None:
+    """Run the engine on a job in this process, with a progress bar, and say where it stopped."""
+    from campaignctl import jobs
     from campaignctl.errors import CampaignctlError
 
     started = time.monotonic()
     try:
         with progress_bar() as progress:
-            result = run(progress)
+            outcome = run(progress)
     except KeyboardInterrupt:
-        info(f"interrupted: job {job_id} stopped; finish it with: campaignctl jobs resume {job_id}")
+        info(f"interrupted: job {job_id} stopped where it was; campaignctl jobs resume {job_id} (or any "
+             "`campaignctl serve` / `run`) continues it")
         raise typer.Exit(130)
+    result = jobs.show(db, job_id)
     counts = result["counts"]
     if output is Output.json:
         print_json(result)
-    else:
-        typer.echo(f"job {job_id}: {result['status']} in {time.monotonic() - started:.1f}s: "
-                   f"{counts['delivered']} delivered, {counts['failed']} failed"
-                   + (f", {counts['syncing']} waiting for their devices to fetch" if counts["syncing"] else ""))
-    if result["status"] == "failed":
+    elif output is not None:
+        state = result["status"] if result["step"] == "done" else outcome
+        typer.echo(f"job {job_id}: {state} after {time.monotonic() - started:.1f}s: {counts['delivered']} delivered, "
+                   f"{counts['failed']} failed" + "".join(
+                       f", {counts[k]} {label}" for k, label in (("syncing", "waiting for their devices to fetch"),
+                                                                 ("pending", "in later batches"),
+                                                                 ("cancelled", "cancelled")) if counts[k]))
+        if outcome == "waiting" and counts["pending"]:
+            info("the next batches start as the rollout allows: keep `campaignctl serve` or `campaignctl run` "
+                 "running, run `campaignctl tick` from cron, or wait with `campaignctl status NAME --wait`")
+    if result["status"] == "failed" and outcome == "completed":
         raise CampaignctlError(f"{counts['failed']} device(s) could not be delivered "
                                f"(campaignctl jobs show {job_id})")
 
 
+def _wait(db: Any, name: str, output: Output, timeout: Optional[float], min_valid: float) -> None:
+    """status --wait: live view on a terminal, the final result only otherwise; exit code."""
+    import sys
+
+    from campaignctl.engine import wait
+
+    live = None
+    if output is Output.table and sys.stdout.isatty():
+        from rich.live import Live
+
+        live = Live(console=stdout_console(), auto_refresh=False)
+        live.start()
+    try:
+        code, data = wait(db, name, timeout=timeout, min_valid=min_valid,
+                          on_update=(lambda d: live.update(_status_view(d, None, 20), refresh=True)) if live else
+                          (lambda _d: None))
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+    finally:
+        if live is not None:
+            live.stop()
+    if output is Output.json:
+        print_json({**data, "exit_code": code})
+    elif live is None:
+        stdout_console().print(_status_view(data, None, 100))
+    verdict = {0: "completed", 3: "ended below --min-valid", 4: "timed out waiting",
+               5: f"stopped: {data['status']}" + (f" ({data['reason']})" if data.get("reason") else "")}[code]
+    info(f"campaign {name}: {verdict} (exit {code})")
+    raise typer.Exit(code)
+
+
 STATUS_STYLE = {"valid": "green", "waiting": "yellow", "syncing": "cyan", "pending": "dim",
-                "failed": "red", "invalid": "magenta"}
+                "failed": "red", "invalid": "magenta", "timed_out": "red", "cancelled": "dim"}
 
 
 def status(ctx: typer.Context, name: str = typer.Argument(...),
@@ -147,8 +221,17 @@ def status(ctx: typer.Context, name: str = typer.Argument(...),
            only: Optional[str] = typer.Option(None, "--status", metavar="STATUS",
                                               help="Only devices with this supervision status."),
            limit: int = typer.Option(100, "--limit", min=0, help="Devices shown in the table (0: all)."),
+           wait: bool = typer.Option(False, "--wait", help="Block until the campaign ends; the exit code tells how."),
+           timeout: Optional[str] = typer.Option(None, "--timeout", metavar="DURATION",
+                                                  help="With --wait: give up after this long (90s, 30m, 2h)."),
+           min_valid: str = typer.Option("100%", "--min-valid", metavar="PERCENT",
+                                         help="With --wait: share of devices valid for exit code 0."),
            output: Output = OutputOption) -> None:
-    """The supervision: how the campaign's devices converge."""
+    """The supervision: how the campaign's devices converge.
+
+    With --wait, exit codes: 0 completed with at least --min-valid valid, 3 ended below it
+    (or cancelled), 4 --timeout reached first, 5 paused or aborted.
+    """
     from campaignctl.supervision import DEVICE_STATES, campaign_status
 
     if only is not None and only not in DEVICE_STATES:
@@ -156,6 +239,8 @@ def status(ctx: typer.Context, name: str = typer.Argument(...),
 
         raise InputError(f"must be one of {', '.join(DEVICE_STATES)}", field="--status")
     db = engine(ctx)
+    if wait:
+        _wait(db, name, output, *_wait_limits(timeout, min_valid))
     if output is Output.json:
         data = campaign_status(db, name)
         if only:
@@ -187,16 +272,28 @@ def _status_view(data: dict[str, Any], only: Optional[str], limit: int) -> Any:
         (data["campaign"], "bold"), f"  [{data['status']}]",
         f"  job {job['id']} {job['status']}" if job else "  not launched",
         f"  {s['total']} devices: ",
-        *[part for state in ("valid", "waiting", "syncing", "pending", "invalid", "failed")
+        *[part for state in ("valid", "waiting", "syncing", "pending", "invalid", "failed", "timed_out", "cancelled")
+          if s[state] or state in ("valid", "waiting")
           for part in ((f"{s[state]} {state}", STATUS_STYLE[state]), "  ")],
     )
+    parts: list[Any] = [head]
+    if data.get("reason"):
+        parts.append(Text(data["reason"], style="bold red" if data["status"] != "cancelled" else "dim"))
+    if len(data.get("batches") or ()) > 1:
+        b = table(["batch", "devices", "status", "valid", "errors", "started", "note"], [])
+        for batch in data["batches"]:
+            c = batch["summary"]
+            b.add_row(str(batch["number"]), str(batch["size"]), batch["status"], str(c["valid"]),
+                      str(c["failed"] + c["invalid"] + c["timed_out"]), short_time(batch["started_at"]),
+                      batch["reason"] or "")
+        parts.append(b)
     devices = [d for d in data["devices"] if only is None or d["status"] == only]
     shown = devices if limit == 0 else devices[:limit]
-    t = table(["device", "status", "reason", "attempts"], [])
+    t = table(["device", "batch", "status", "reason", "attempts"], [])
     for d in shown:
-        t.add_row(d["device"], Text(d["status"], style=STATUS_STYLE[d["status"]]), d["reason"] or "",
-                  str(d["attempts"] or ""))
-    parts: list[Any] = [head, t]
+        t.add_row(d["device"], str(d["batch"] or ""), Text(d["status"], style=STATUS_STYLE[d["status"]]),
+                  d["reason"] or "", str(d["attempts"] or ""))
+    parts.append(t)
     if len(shown) < len(devices):
         parts.append(Text(f"… {len(devices) - len(shown)} more device(s); --limit 0 shows all, "
                           "--status filters, -o json gives everything", style="dim"))

@@ -81,6 +81,11 @@ def fmt_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
+def short_time(stamp: str | None) -> str:
+    """2026-11-25T20:29:16.553410Z → 2026-11-25 20:29:16 (UTC), for tables."""
+    return "" if not stamp else stamp[:19].replace("T", " ")
+
+
 def tags_text(tags: dict[str, str]) -> str:
     return ";".join(f"{k}={v}" for k, v in sorted(tags.items()))
 

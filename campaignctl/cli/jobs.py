@@ -39,6 +39,10 @@ def show(ctx: typer.Context, job_id: int = typer.Argument(..., metavar="ID"),
     typer.echo(f"devices: {job['total']}  pending {c['pending']}  syncing {c['syncing']}  "
                f"delivered {c['delivered']}  failed {c['failed']}")
     typer.echo(f"started {job['started_at'] or '-'}  finished {job['finished_at'] or '-'}")
+    if job["steps"]:
+        typer.echo("steps: " + ", ".join(
+            f"{s['number']}: {'batch ' + str(s['batch']) if s['kind'] == 'batch' else 'retry'} ({s['devices']} devices)"
+            for s in job["steps"]))
     if job["errors"]:
         show_table(["device", "attempts", "error", "at"],
                    [(e["device"], e["attempts"], e["error"], e["at"]) for e in job["errors"]])
@@ -47,11 +51,11 @@ def show(ctx: typer.Context, job_id: int = typer.Argument(..., metavar="ID"),
 @app.command("resume")
 def resume(ctx: typer.Context, job_id: int = typer.Argument(..., metavar="ID"),
            output: Output = OutputOption) -> None:
-    """Finish a job whose process died (it is never run by two processes at once)."""
-    from campaignctl import jobs
-    from campaignctl.cli.campaigns import _run_job
+    """Go on with a job whose process died (it is never run by two processes at once)."""
+    from campaignctl import engine as rollout, jobs
+    from campaignctl.cli.campaigns import _advance
 
     db = engine(ctx)
     owner = jobs.acquire(db, job_id)
     typer.echo(f"job {job_id}: resuming", err=True)
-    _run_job(lambda progress: jobs.run(db, job_id, owner, progress=progress), job_id, output)
+    _advance(db, job_id, lambda progress: rollout.advance(db, job_id, owner, progress=progress), output)

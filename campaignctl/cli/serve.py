@@ -12,6 +12,9 @@ def serve(ctx: typer.Context,
           port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port to bind (0: any free port)."),
           no_mqtt: bool = typer.Option(False, "--no-mqtt", help="Do not run the MQTT state listeners."),
           access_log: bool = typer.Option(False, "--access-log", help="Log every request on stderr."),
+          engine_interval: str = typer.Option("2s", "--engine-interval", metavar="DURATION",
+                                              help="Time between two passes of the rollout engine."),
+          no_engine: bool = typer.Option(False, "--no-engine", help="Do not run the rollout engine."),
           openapi: bool = typer.Option(False, "--openapi", help="Print the OpenAPI description and exit.")) -> None:
     """Run the HTTP device API and the MQTT state listeners until interrupted."""
     db = engine(ctx)
@@ -30,8 +33,15 @@ def serve(ctx: typer.Context,
         raise KeyboardInterrupt  # a service manager's stop: the same clean shutdown as Ctrl-C
 
     signal.signal(signal.SIGTERM, on_term)
-    server = Server(db, host, port, listen_mqtt=not no_mqtt, info=info, warn=lambda m: info(f"warning: {m}"),
-                    access_log=access_log).start()
+    from campaignctl.errors import InputError
+    from campaignctl.rollout import parse_duration
+
+    try:
+        interval = None if no_engine else parse_duration(engine_interval)
+    except ValueError as exc:
+        raise InputError(str(exc), field="--engine-interval") from None
+    server = Server(db, host, port, listen_mqtt=not no_mqtt, engine_interval=interval, info=info,
+                    warn=lambda m: info(f"warning: {m}"), access_log=access_log).start()
     info(f"serving the device API on http://{host}:{server.port} (OpenAPI: /docs, /openapi.json); Ctrl-C stops")
     try:
         server.wait()

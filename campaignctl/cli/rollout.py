@@ -1,0 +1,104 @@
+"""``campaignctl pause | resume | cancel | retry | run | tick``"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from campaignctl.cli.common import Output, OutputOption, engine, info, print_json
+
+
+def pause(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME")) -> None:
+    """Pause a running campaign: no new deliveries until resume."""
+    from campaignctl import engine as rollout
+
+    rollout.pause(engine(ctx), name)
+    info(f"campaign {name}: paused (a delivery in progress stops within a second)")
+
+
+def resume(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
+           output: Output = OutputOption) -> None:
+    """Resume a paused campaign where it stopped (a batch that tripped the breaker is accepted)."""
+    from campaignctl import engine as rollout, jobs
+    from campaignctl.cli.campaigns import _advance
+
+    db = engine(ctx)
+    job_id = rollout.resume(db, name)
+    info(f"campaign {name}: resumed, job {job_id}")
+    owner = jobs.try_acquire(db, job_id)
+    if owner is None:
+        info("another process runs this job: it continues there")
+        return
+    _advance(db, job_id, lambda progress: rollout.advance(db, job_id, owner, progress=progress), output)
+
+
+def cancel(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
+           output: Output = OutputOption) -> None:
+    """Cancel a campaign: devices not yet delivered are never touched; delivered ones keep it."""
+    from campaignctl import engine as rollout
+
+    result = rollout.cancel(engine(ctx), name)
+    job = result["job"]
+    if output is Output.json:
+        print_json(result)
+    elif job is None:
+        typer.echo(f"campaign {name}: cancelled before it started")
+    else:
+        c = job["counts"]
+        typer.echo(f"campaign {name}: cancelled; {c['delivered']} device(s) keep what they received, "
+                   f"{c['cancelled']} will never receive it" + (" (the process that runs the job stops at its next "
+                                                               "step)" if job["step"] != "done" else ""))
+
+
+def retry(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
+          device: Optional[List[str]] = typer.Option(None, "--device", metavar="NAME",
+                                                     help="Only this device (repeatable)."),
+          timed_out: bool = typer.Option(False, "--timed-out", help="Timed-out devices too."),
+          output: Output = OutputOption) -> None:
+    """Re-deliver to failed (and timed-out) devices only, as a new step of the same job."""
+    from campaignctl import engine as rollout, jobs
+    from campaignctl.cli.campaigns import _advance
+
+    db = engine(ctx)
+    job_id, count = rollout.retry(db, name, devices=device, timed_out=timed_out)
+    info(f"campaign {name}: retrying {count} device(s) in job {job_id}")
+    owner = jobs.try_acquire(db, job_id)
+    if owner is None:
+        info("another process runs this job: it delivers them")
+        return
+    _advance(db, job_id, lambda progress: rollout.advance(db, job_id, owner, progress=progress), output)
+
+
+def run(ctx: typer.Context,
+        interval: str = typer.Option("2s", "--interval", metavar="DURATION", help="Time between two passes.")) -> None:
+    """Run the rollout engine until interrupted: starts scheduled campaigns, promotes batches."""
+    from campaignctl import engine as rollout
+    from campaignctl.errors import InputError
+    from campaignctl.rollout import parse_duration
+
+    try:
+        seconds = parse_duration(interval)
+    except ValueError as exc:
+        raise InputError(str(exc), field="--interval") from None
+    import signal
+
+    def on_term(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    info(f"rollout engine: a pass every {interval}; Ctrl-C stops")
+    rollout.run_worker(engine(ctx), interval=seconds, info=info)
+    info("stopped")
+
+
+def tick(ctx: typer.Context, output: Output = OutputOption) -> None:
+    """One pass of the rollout engine (for cron): advance every campaign that is due."""
+    from campaignctl import engine as rollout
+
+    results = rollout.tick(engine(ctx), info=info)
+    if output is Output.json:
+        print_json(results)
+        return
+    for result in results:
+        typer.echo(f"{result['campaign']}: {result['outcome']}")
