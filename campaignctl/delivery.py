@@ -44,6 +44,19 @@ def load_documents(conn: Any, devices: Sequence[tuple[int, str]]) -> list[Delive
     return out
 
 
+def refresher(engine: "Engine") -> Callable[[list[Delivery]], list[Delivery]]:
+    """Re-read documents before a retry, keeping each delivery's attempt count."""
+    def refresh(deliveries: list[Delivery]) -> list[Delivery]:
+        ordered = sorted(deliveries, key=lambda d: d.device_id)
+        with db.read(engine) as conn:
+            fresh = load_documents(conn, [(d.device_id, d.device) for d in ordered])
+        for old, new in zip(ordered, fresh):
+            new.attempts = old.attempts
+        return fresh
+
+    return refresh
+
+
 @dataclass
 class Outcome:
     delivered: set[int] = field(default_factory=set)
@@ -68,7 +81,7 @@ def deliver_devices(engine: "Engine", device_ids: Iterable[int], *, policy: Deli
             outcome.deferred.update(d.device_id for d in deliveries)
             continue
         driver.deliver(deliveries, policy, lambda d: outcome.delivered.add(d.device_id),
-                       lambda f: outcome.failed.__setitem__(f.delivery.device_id, f.error))
+                       lambda f: outcome.failed.__setitem__(f.delivery.device_id, f.error), refresher(engine))
     return outcome
 
 
@@ -148,6 +161,7 @@ def run_interface(engine: "Engine", job_id: int, interface: Any, policy: Deliver
     driver = interfaces.driver(interface.name, interface.type, json.loads(interface.settings))
     if not driver.pushes:
         return False
-    driver.deliver(job_deliveries(engine, job_id, interface.id), policy, recorder.delivered, recorder.failed)
+    driver.deliver(job_deliveries(engine, job_id, interface.id), policy, recorder.delivered, recorder.failed,
+                   refresher(engine))
     recorder.flush()
     return True

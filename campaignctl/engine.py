@@ -241,7 +241,7 @@ def _write(ctx: Context, number: int, limit: int) -> int:
             "secret) SELECT ji.device_id, v.key, v.value, ?, ?, ?, v.secret " + items.format(join="")
             + " ON CONFLICT (device_id, key) DO UPDATE SET desired = excluded.desired, "
             "desired_at = excluded.desired_at, desired_revision = excluded.desired_revision, "
-            "desired_by = excluded.desired_by, secret = excluded.secret",
+            "desired_by = excluded.desired_by, secret = max(device_config.secret, excluded.secret)",
             (*flat, stamp, revision, f"job:{ctx.job_id}", *where))
         conn.exec_driver_sql(
             "UPDATE job_item SET status = 'syncing', revision = ?, updated_at = ? "
@@ -399,7 +399,7 @@ def _cancel_items(ctx: Context, job_status: str, reason: str) -> None:
         if rows:
             revision = store.next_revision(conn)
             conn.exec_driver_sql(
-                "UPDATE device_config SET desired = ?, desired_at = ?, desired_by = ?, secret = ?, "
+                "UPDATE device_config SET desired = ?, desired_at = ?, desired_by = ?, secret = max(secret, ?), "
                 "desired_revision = ? WHERE device_id = ? AND key = ?",
                 [(r[2], r[3] if r[2] is not None else stamp, r[4] if r[2] is not None else f"{by} (withdrawn)",
                   r[5], revision, r[0], r[1]) for r in rows])
@@ -433,8 +433,9 @@ def tick(engine: "Engine", *, campaign: str | None = None, progress: jobs.Progre
             row, spec = get_spec(conn, name)
             if row.status != "scheduled":
                 continue  # another process started it
+            settings = conn.exec_driver_sql("SELECT launch_settings FROM campaign WHERE id = ?", (row.id,)).scalar()
             try:
-                job_id, owner = jobs.start(conn, row, spec, json.loads(row.launch_settings or "{}"))
+                job_id, owner = jobs.start(conn, row, spec, json.loads(settings or "{}"))
             except InputError as exc:
                 stamp = db.utcnow()
                 conn.exec_driver_sql("UPDATE campaign SET status = 'aborted', reason = ?, updated_at = ? WHERE id = ?",
@@ -448,7 +449,10 @@ def tick(engine: "Engine", *, campaign: str | None = None, progress: jobs.Progre
             "SELECT j.id, c.name FROM job j JOIN campaign c ON c.id = j.campaign_id WHERE j.step != 'done' "
             "AND c.status IN ('running', 'cancelled', 'aborted')" + (" AND c.name = ?" if campaign else "")
             + " ORDER BY j.id", (campaign,) if campaign else ()).all()
+    started = {r.get("job") for r in results}
     for job_id, name in active:
+        if job_id in started:
+            continue
         owner = jobs.try_acquire(engine, job_id)
         if owner is None:
             continue  # finished meanwhile, or another process runs it
@@ -493,6 +497,7 @@ def pause(engine: "Engine", name: str) -> None:
             raise ConflictError(f"campaign {name!r} is {row.status}: only a running campaign can be paused")
         conn.exec_driver_sql("UPDATE campaign SET status = 'paused', reason = ?, updated_at = ? WHERE id = ?",
                              (f"paused by a user at {stamp}", stamp, row.id))
+        conn.exec_driver_sql("UPDATE job SET status = 'paused' WHERE campaign_id = ? AND step != 'done'", (row.id,))
 
 
 def resume(engine: "Engine", name: str) -> int:
@@ -550,10 +555,10 @@ def cancel(engine: "Engine", name: str, *, wait: float = 10.0) -> dict[str, Any]
 
 
 def retry(engine: "Engine", name: str, *, devices: list[str] | None = None,
-          timed_out: bool = False) -> tuple[int, int]:
+          timed_out: bool = False) -> tuple[int, list[str]]:
     """Re-deliver to failed (and, with ``timed_out``, timed-out) devices only, as a new
     step of the job; their previous outcome is kept in the job's history. Returns (job
-    id, number of devices)."""
+    id, the devices retried)."""
     from campaignctl.supervision import device_statuses
 
     stamp = db.utcnow()
@@ -598,7 +603,7 @@ def retry(engine: "Engine", name: str, *, devices: list[str] | None = None,
         if row.status == "completed":
             conn.exec_driver_sql("UPDATE campaign SET status = 'running', completed_at = NULL, updated_at = ? "
                                  "WHERE id = ?", (stamp, row.id))
-    return job_id, len(targets)
+    return job_id, [t["device"] for t in targets]
 
 
 # -- waiting for the outcome (CI gating) ----------------------------------------------------
@@ -611,13 +616,13 @@ def outcome(data: dict[str, Any], min_valid: float) -> int | None:
     status = data["status"]
     if status in ("paused", "aborted"):
         return EXIT_STOPPED
-    if status not in ("completed", "cancelled"):
+    if status == "cancelled":
+        return EXIT_BELOW  # ended by a user: whatever the devices do now
+    if status != "completed":
         return None
     summary = data["summary"]
     if any(summary[s] for s in summary if s not in ("total", *FINAL_DEVICE_STATES)):
         return None  # some devices are still on their way
-    if status == "cancelled":
-        return EXIT_BELOW
     valid = summary["valid"] / summary["total"] if summary["total"] else 1.0
     return EXIT_OK if valid >= min_valid - 1e-9 else EXIT_BELOW
 

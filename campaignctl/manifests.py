@@ -7,6 +7,7 @@ check the references (device types, interfaces, devices) inside their transactio
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Optional
@@ -142,7 +143,7 @@ class RolloutManifest(BaseModel):
             return None
         if not value:
             raise ValueError("give at least one batch")
-        out: list[int | float] = []
+        out: list[int | str] = []
         last = 0.0
         for item in value:
             if isinstance(item, int) and not isinstance(item, bool):
@@ -154,7 +155,7 @@ class RolloutManifest(BaseModel):
                 if share <= last:
                     raise ValueError(f"percentages are cumulative and must grow: {item} after {last:.0%}")
                 last = share
-                out.append(share)
+                out.append(f"{share * 100:g}%")
             else:
                 raise ValueError(f"{item!r}: a batch is a number of devices (10) or a cumulative percentage (25%)")
         return out
@@ -327,8 +328,8 @@ def load_campaign(path: str, environ: dict[str, str] | None = None) -> CampaignS
                 canonical(expanded)
             except MissingVariable as exc:
                 raise doc.error(f"environment variable {exc.args[0]} is not set", (section, key)) from None
-            except ValueError as exc:
-                raise doc.error(str(exc), (section, key)) from None
+            except (ValueError, TypeError) as exc:
+                raise doc.error(f"not a JSON value ({exc})", (section, key)) from None
             values[section][key] = expanded
             if secret:
                 secret_keys.append(f"{section}.{key}")
@@ -348,7 +349,12 @@ def load_campaign(path: str, environ: dict[str, str] | None = None) -> CampaignS
 
 
 def _expand(value: Any, environ: dict[str, str] | None) -> tuple[Any, bool]:
-    """Expand ``${VAR}`` in every string of a (nested) value; report whether any was used."""
+    """Expand ``${VAR}`` in every string of a (nested) value; report whether any was used.
+
+    YAML dates (``expires: 2024-01-01``) become their ISO text: JSON has no dates.
+    """
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat(), False
     if isinstance(value, str):
         return expand_env(value, environ)
     if isinstance(value, list):

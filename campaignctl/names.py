@@ -11,7 +11,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 def name_problem(name: object, what: str = "name") -> str | None:
     if not isinstance(name, str):
         return f"{what} must be a string"
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         return (
             f"{what} {name!r} is not valid: 1 to 128 characters, letters, digits and '.', '_', ':', '@', '-', "
             "starting with a letter or digit"

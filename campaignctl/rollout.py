@@ -67,11 +67,11 @@ def parse_time(value: Any) -> str:
 class Rollout:
     """A validated ``rollout:`` section. Fractions are 0..1, durations seconds.
 
-    ``batches`` items are device counts (int: that many devices) or cumulative fractions
-    of the fleet (float: up to that share).
+    ``batches`` items are device counts (int: that many devices) or cumulative
+    percentages of the fleet ("25%": up to that share), as written in the manifest.
     """
 
-    batches: list[int | float] | None = None
+    batches: list[int | str] | None = None
     batch_size: int | None = None
     canary: dict[str, Any] | None = None  # a selector: names, type, tags
     bake_time: float = 0.0
@@ -92,7 +92,7 @@ class Rollout:
     def describe(self) -> str:
         parts = []
         if self.batches:
-            parts.append("batches " + ", ".join(str(b) if isinstance(b, int) else f"{b:.0%}" for b in self.batches))
+            parts.append("batches " + ", ".join(str(b) for b in self.batches))
         elif self.batch_size:
             parts.append(f"batches of {self.batch_size}")
         if self.canary:
@@ -131,8 +131,8 @@ def batch_sizes(rollout: Rollout, total: int) -> list[int]:
     done = 0
     if rollout.batches:
         for item in rollout.batches:
-            if isinstance(item, float):
-                target = min(total, math.ceil(item * total - 1e-9))
+            if isinstance(item, str):
+                target = min(total, math.ceil(parse_percent(item) * total - 1e-9))
                 size = max(0, target - done)
             else:
                 size = min(item, total - done)

@@ -14,7 +14,9 @@ UPSERT_DESIRED = (
     "INSERT INTO device_config (device_id, key, desired, desired_at, desired_revision, desired_by, secret) "
     "VALUES (?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (device_id, key) DO UPDATE SET desired = excluded.desired, desired_at = excluded.desired_at, "
-    "desired_revision = excluded.desired_revision, desired_by = excluded.desired_by, secret = excluded.secret"
+    "desired_revision = excluded.desired_revision, desired_by = excluded.desired_by, "
+    # Once secret, always secret: the device may still report the old secret value.
+    "secret = max(device_config.secret, excluded.secret)"
 )
 UPSERT_REPORTED = (
     "INSERT INTO device_config (device_id, key, reported, reported_at) VALUES (?, ?, ?, ?) "

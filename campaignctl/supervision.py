@@ -6,7 +6,8 @@ Device statuses, in the order they are decided:
   batch has not started, or the campaign is not launched);
 - ``cancelled``: the campaign was cancelled or aborted before the device got anything;
 - ``invalid``: a campaign key's desired value was changed after the campaign set it;
-- ``failed``: delivery failed after every retry (reason: the last error);
+- ``failed``: delivery failed after every retry (reason: the last error), unless the
+  device reports the expected state all the same (it got the values another way): valid;
 - ``valid``: delivered, and every campaign key's desired value and every expected-state
   key's reported value equal the campaign's (compared as JSON);
 - ``timed_out``: ``device_timeout`` has passed since delivery (or, for a device that
@@ -60,7 +61,7 @@ def device_statuses(conn: Any, job_id: int, plan: dict[str, Any], rollout: Rollo
     # the first expected key whose reported value differs (waiting), with what is there.
     sql = f"""
         WITH {cfg_cte}, {exp_cte}
-        SELECT d.name, ji.status, ji.error, ji.attempts, ji.updated_at, ji.batch, ji.delivered_at,
+        SELECT d.name, ji.status, ji.error, ji.attempts, ji.updated_at, ji.batch, ji.delivered_at, d.device_type_id,
           (SELECT cfg.key || char(31) || coalesce(c.desired_by, '') || char(31) || coalesce(c.desired_at, '')
              FROM cfg JOIN device_config c ON c.device_id = ji.device_id AND c.key = cfg.key
             WHERE cfg.type_id = d.device_type_id AND c.desired IS NOT cfg.value LIMIT 1),
@@ -79,8 +80,9 @@ def device_statuses(conn: Any, job_id: int, plan: dict[str, Any], rollout: Rollo
         "SELECT number FROM job_batch WHERE job_id = ? AND status != 'pending'", (job_id,))}
     timeout = rollout.device_timeout
     now = time.time() if now is None else now
+    expecting = {int(t) for t, p in plan.items() if p["expected_state"]}
     devices = []
-    for name, item, error, attempts, updated_at, number, delivered_at, changed, mismatch in rows:
+    for name, item, error, attempts, updated_at, number, delivered_at, type_id, changed, mismatch in rows:
         reason = None
         if item == "pending":
             status = "pending"
@@ -92,9 +94,9 @@ def device_statuses(conn: Any, job_id: int, plan: dict[str, Any], rollout: Rollo
             key, by, at = changed.split("\x1f")
             status = "invalid"
             reason = f"{key} was changed after the campaign set it" + (f" (by {by} at {at})" if by else "")
-        elif item == "failed":
+        elif item == "failed" and not (mismatch is None and type_id in expecting):
             status, reason = "failed", error
-        elif item == "delivered" and mismatch is None:
+        elif item in ("delivered", "failed") and mismatch is None:
             status = "valid"
         elif timeout is not None and (_epoch(delivered_at or updated_at) or now) + timeout <= now:
             status = "timed_out"

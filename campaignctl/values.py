@@ -24,7 +24,7 @@ def key_problem(key: object) -> str | None:
         return "key must not be empty"
     if len(key) > MAX_KEY_LENGTH:
         return f"key is longer than {MAX_KEY_LENGTH} characters"
-    bad = _KEY_FORBIDDEN.search(key)
+    bad = _KEY_FORBIDDEN.search(key)  # \s also finds a trailing newline
     if bad:
         return f"key {key!r} contains {bad.group()!r} (whitespace, '#', '$' and '.' are not allowed)"
     return None

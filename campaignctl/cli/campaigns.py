@@ -148,7 +148,7 @@ def _wait_limits(timeout: Optional[str], min_valid: str) -> tuple[Optional[float
     return seconds, share
 
 
-def _advance(db: Any, job_id: int, run: Any, output: Optional[Output]) -> None:
+def _advance(db: Any, job_id: int, run: Any, output: Optional[Output], *, fail_on_failed: bool = True) -> None:
     """Run the engine on a job in this process, with a progress bar, and say where it stopped."""
     from campaignctl import jobs
     from campaignctl.errors import CampaignctlError
@@ -175,7 +175,7 @@ def _advance(db: Any, job_id: int, run: Any, output: Optional[Output]) -> None:
         if outcome == "waiting" and counts["pending"]:
             info("the next batches start as the rollout allows: keep `campaignctl serve` or `campaignctl run` "
                  "running, run `campaignctl tick` from cron, or wait with `campaignctl status NAME --wait`")
-    if result["status"] == "failed" and outcome == "completed":
+    if fail_on_failed and result["status"] == "failed" and outcome == "completed":
         raise CampaignctlError(f"{counts['failed']} device(s) could not be delivered "
                                f"(campaignctl jobs show {job_id})")
 

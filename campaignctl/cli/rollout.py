@@ -60,14 +60,21 @@ def retry(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
     from campaignctl import engine as rollout, jobs
     from campaignctl.cli.campaigns import _advance
 
+    from campaignctl.errors import CampaignctlError
+
     db = engine(ctx)
-    job_id, count = rollout.retry(db, name, devices=device, timed_out=timed_out)
-    info(f"campaign {name}: retrying {count} device(s) in job {job_id}")
+    job_id, targets = rollout.retry(db, name, devices=device, timed_out=timed_out)
+    info(f"campaign {name}: retrying {len(targets)} device(s) in job {job_id}")
     owner = jobs.try_acquire(db, job_id)
     if owner is None:
         info("another process runs this job: it delivers them")
         return
-    _advance(db, job_id, lambda progress: rollout.advance(db, job_id, owner, progress=progress), output)
+    _advance(db, job_id, lambda progress: rollout.advance(db, job_id, owner, progress=progress), output,
+             fail_on_failed=False)
+    failed = {e["device"] for e in jobs.show(db, job_id)["errors"]} & set(targets)
+    if failed:
+        raise CampaignctlError(f"{len(failed)} of the {len(targets)} retried device(s) could not be delivered "
+                               f"(campaignctl jobs show {job_id})")
 
 
 def run(ctx: typer.Context,

@@ -44,6 +44,9 @@ class DeliveryPolicy:
 
 OnDelivered = Callable[[Delivery], None]
 OnFailed = Callable[[Failure], None]
+#: Re-read deliveries before they are retried: a newer document may have been written
+#: since (a retried publish of an old one would replace it as the retained message).
+Refresh = Callable[[list[Delivery]], list[Delivery]]
 #: Send each delivery once, many in flight; call ``on_delivered`` as each is
 #: acknowledged, and return the ones that were not.
 DeliverRound = Callable[[Iterable[Delivery], DeliveryPolicy, OnDelivered], "list[Failure]"]
@@ -56,9 +59,9 @@ class Driver(Protocol):
     pushes: bool
 
     def deliver(self, deliveries: Iterable[Delivery], policy: DeliveryPolicy,
-                on_delivered: OnDelivered, on_failed: OnFailed) -> None:
-        """Deliver everything, retrying as ``policy`` says; every delivery ends in
-        exactly one of the two callbacks."""
+                on_delivered: OnDelivered, on_failed: OnFailed, refresh: Refresh | None = None) -> None:
+        """Deliver everything, retrying as ``policy`` says (each retry with the
+        document ``refresh`` gives); every delivery ends in exactly one callback."""
         ...
 
 
@@ -84,7 +87,7 @@ class _Retry(Exception):
 
 
 def deliver_in_rounds(deliver_round: DeliverRound, deliveries: Iterable[Delivery], policy: DeliveryPolicy,
-                      on_delivered: OnDelivered, on_failed: OnFailed,
+                      on_delivered: OnDelivered, on_failed: OnFailed, refresh: Refresh | None = None,
                       sleep: Callable[[float], None] | None = None) -> None:
     """Deliver with retries for pipelined transports (MQTT): each round sends what is
     still undelivered, rounds are spaced by exponential backoff with jitter (tenacity),
@@ -112,6 +115,8 @@ def deliver_in_rounds(deliver_round: DeliverRound, deliveries: Iterable[Delivery
                         retry.append(failure)
                 if retry:
                     pending = [f.delivery for f in retry]
+                    if refresh is not None and attempt.retry_state.attempt_number < max(1, policy.attempts):
+                        pending = refresh(pending)
                     raise _Retry(retry)
     except _Retry as exc:
         for failure in exc.failures:

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from campaignctl.interfaces.base import Delivery, DeliveryPolicy, OnDelivered, OnFailed
+from campaignctl.interfaces.base import Delivery, DeliveryPolicy, OnDelivered, OnFailed, Refresh
 
 
 class Settings(BaseModel):
@@ -37,5 +37,5 @@ class Driver:
         self.name, self.settings = name, settings
 
     def deliver(self, deliveries: Iterable[Delivery], policy: DeliveryPolicy, on_delivered: OnDelivered,
-                on_failed: OnFailed) -> None:
+                on_failed: OnFailed, refresh: Refresh | None = None) -> None:
         raise NotImplementedError("devices on http interfaces fetch their documents themselves")

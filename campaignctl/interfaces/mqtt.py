@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from campaignctl.errors import CampaignctlError
-from campaignctl.interfaces.base import (Delivery, DeliveryPolicy, Failure, OnDelivered, OnFailed,
+from campaignctl.interfaces.base import (Delivery, DeliveryPolicy, Failure, OnDelivered, OnFailed, Refresh,
                                         deliver_in_rounds)
 
 
@@ -134,8 +134,8 @@ class Driver:
         self.name, self.settings = name, settings
 
     def deliver(self, deliveries: Iterable[Delivery], policy: DeliveryPolicy, on_delivered: OnDelivered,
-                on_failed: OnFailed) -> None:
-        deliver_in_rounds(self.deliver_round, deliveries, policy, on_delivered, on_failed)
+                on_failed: OnFailed, refresh: Refresh | None = None) -> None:
+        deliver_in_rounds(self.deliver_round, deliveries, policy, on_delivered, on_failed, refresh)
 
     def deliver_round(self, deliveries: Iterable[Delivery], policy: DeliveryPolicy,
                       on_delivered: OnDelivered) -> list[Failure]:

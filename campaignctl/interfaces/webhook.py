@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from campaignctl.interfaces.base import Delivery, DeliveryPolicy, Failure, OnDelivered, OnFailed
+from campaignctl.interfaces.base import Delivery, DeliveryPolicy, Failure, OnDelivered, OnFailed, Refresh
 
 MAX_RETRY_AFTER = 3600.0
 _HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -88,9 +88,11 @@ class Driver:
 
     def __init__(self, name: str, settings: Settings) -> None:
         self.name, self.settings = name, settings
+        self._refresh: Refresh | None = None
 
     def deliver(self, deliveries: Iterable[Delivery], policy: DeliveryPolicy, on_delivered: OnDelivered,
-                on_failed: OnFailed) -> None:
+                on_failed: OnFailed, refresh: Refresh | None = None) -> None:
+        self._refresh = refresh
         asyncio.run(self._deliver(deliveries, policy, on_delivered, on_failed))
 
     def _headers(self) -> dict[str, str] | str:
@@ -161,6 +163,9 @@ class Driver:
         try:
             async for attempt in retrying:
                 with attempt:
+                    if self._refresh is not None:  # the newest document, not the one of the first try
+                        [fresh] = self._refresh([delivery])
+                        delivery.payload, delivery.version = fresh.payload, fresh.version
                     delivery.attempts = attempt.retry_state.attempt_number + 1
                     await self._send(session, delivery)
         except Retryable as exc:

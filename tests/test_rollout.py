@@ -1,0 +1,468 @@
+"""Rollout control: batches, canaries, thresholds, bake time, rate limit, schedules,
+pause / resume / cancel / retry, crash safety of the worker, and --wait exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from conftest import (Broker, Subscriber, campaignctl_cmd, fleet_yaml, free_port, subprocess_env, wait_until,
+                      write)
+
+DEVICES = 20
+
+
+@pytest.fixture
+def fleet20(cli, broker, prefix, tmp_path):
+    path = tmp_path / "fleet.yaml"
+    path.write_text(fleet_yaml(broker.url, prefix, devices=DEVICES))
+    cli("devices", "import", str(path))
+    return path
+
+
+def _campaign(tmp_path, rollout: str, *, name: str = "roll", extra: str = "") -> str:
+    return write(tmp_path, f"{name}.yaml", f"""\
+name: {name}
+devices: {{selector: {{type: sensor-v2}}}}
+configurations: {{report_interval: 30}}
+expected_state: {{report_interval: 30}}
+{extra}rollout:
+{rollout}""")
+
+
+def _status(cli, name="roll"):
+    return cli.json("status", name)
+
+
+def _by_batch(data) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for device in data["devices"]:
+        out.setdefault(device["batch"], []).append(device)
+    return out
+
+
+def _report_valid(cli, devices) -> None:
+    for device in devices:
+        cli("devices", "report", device["device"], "report_interval:=30")
+
+
+class Fleet:
+    """The simulator and a state listener, in this process, for as long as a test needs."""
+
+    def __init__(self, db_path: Path, **options) -> None:
+        from campaignctl import db
+        from campaignctl.simulator import Options, Simulator
+
+        self.engine = db.create_engine(db_path)
+        self.simulator = Simulator(self.engine, Options(**{"apply_delay": 0.1, "seed": 1, **options}))
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        self._listen_stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=lambda: self._loop.run_until_complete(self.simulator.run(self._stop))),
+            threading.Thread(target=self._listen),
+        ]
+
+    def _listen(self) -> None:
+        from campaignctl.listen import listen
+
+        listen(self.engine, stop=self._listen_stop, flush_interval=0.05)
+
+    def __enter__(self) -> "Fleet":
+        for thread in self._threads:
+            thread.start()
+        time.sleep(0.5)  # subscribed
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._listen_stop.set()
+        for thread in self._threads:
+            thread.join(20)
+        self.engine.dispose()
+
+
+def test_batches_are_decided_at_launch_canaries_first_and_stored(cli, fleet20, tmp_path):
+    cli("create", "-f", _campaign(tmp_path, """\
+  batches: [2, 50%, 100%]
+  canary: {tags: {ring: canary}}
+  bake_time: 1h
+"""))
+    cli("launch", "roll")
+    data = _status(cli)
+    assert [(b["number"], b["size"]) for b in data["batches"]] == [(1, 2), (2, 8), (3, 10)]
+    batches = _by_batch(data)
+    assert sorted(d["device"] for d in batches[1]) == ["sensor-0001", "sensor-0002"]  # the canaries
+    assert {d["status"] for d in batches[1]} == {"waiting"}
+    assert {d["status"] for d in batches[2] + batches[3]} == {"pending"}
+    assert batches[3][0]["reason"] == "batch 3 has not started"
+    assert data["batches"][0]["status"] == "baking" and data["batches"][1]["status"] == "pending"
+    # Deterministic: the same campaign name splits the same fleet the same way.
+    from campaignctl.rollout import order_devices
+
+    names = [(i, f"sensor-{i:04d}", i <= 2) for i in range(1, DEVICES + 1)]
+    assert order_devices("roll", names) == order_devices("roll", list(reversed(names)))
+    table = cli("status", "roll").stdout
+    assert "batch" in table and "baking" in table
+
+
+def test_batches_promote_only_when_the_success_threshold_is_met(cli, fleet20, tmp_path, broker, prefix):
+    cli("create", "-f", _campaign(tmp_path, """\
+  batches: [2, 50%, 100%]
+  canary: {tags: {ring: canary}}
+  success_threshold: 100%
+"""))
+    sub = Subscriber(broker.port, f"{prefix}/+/config")
+    try:
+        cli("launch", "roll")
+        batches = _by_batch(_status(cli))
+        cli("tick")
+        assert _status(cli)["batches"][1]["status"] == "pending"
+        _report_valid(cli, batches[1][:1])
+        cli("tick")
+        assert _status(cli)["batches"][1]["status"] == "pending"  # 50% < 100%
+        _report_valid(cli, batches[1][1:])
+        cli("tick")
+        data = _status(cli)
+        assert [b["status"] for b in data["batches"]] == ["promoted", "baking", "pending"]
+        assert {d["status"] for d in _by_batch(data)[2]} == {"waiting"}
+        time.sleep(0.3)
+        # Batch 3 has received nothing at all.
+        got = {topic.split("/")[1] for topic in sub.messages}
+        assert got == {d["device"] for d in batches[1] + batches[2]}
+        _report_valid(cli, batches[2] + batches[3])
+        cli("tick")
+        data = _status(cli)
+        assert data["status"] == "completed" and data["summary"]["valid"] == DEVICES
+        assert [b["status"] for b in data["batches"]] == ["promoted"] * 3
+    finally:
+        sub.close()
+
+
+def test_error_threshold_pauses_then_resume_accepts_the_batch(cli, fleet20, tmp_path, broker, prefix):
+    cli("create", "-f", _campaign(tmp_path, """\
+  batches: [4, 100%]
+  success_threshold: 50%
+  error_threshold: 50%
+  on_error: pause
+"""))
+    cli("launch", "roll")
+    first = _by_batch(_status(cli))[1]
+    # Two of the four devices of batch 1 are changed by hand: invalid.
+    for device in first[:2]:
+        cli("devices", "set-config", device["device"], "report_interval:=99", "--no-deliver")
+    cli("tick")
+    data = _status(cli)
+    assert data["status"] == "paused"
+    assert data["reason"].startswith("batch 1: 2 invalid of 4 devices (50%) reached the error threshold (50%)")
+    assert data["batches"][0]["status"] == "tripped"
+    assert {d["status"] for d in _by_batch(data)[2]} == {"pending"}
+    assert cli("status", "roll", "--wait", code=5).stderr.strip().startswith("campaign roll: stopped: paused")
+    assert "reached the error threshold" in cli("status", "roll").stdout
+    # A paused campaign gets no new deliveries, even from the engine.
+    cli("tick")
+    assert _status(cli)["batches"][1]["status"] == "pending"
+    result = cli("resume", "roll")
+    assert "resumed" in result.stderr
+    data = _status(cli)
+    assert data["status"] == "running" and data["batches"][0]["status"] == "promoted"
+    assert "accepted by a user" in data["batches"][0]["reason"]
+    assert {d["status"] for d in _by_batch(data)[2]} == {"waiting"}
+
+
+def test_error_threshold_aborts_and_cancels_the_rest(cli, fleet20, tmp_path, broker, prefix):
+    cli("create", "-f", _campaign(tmp_path, """\
+  batches: [4, 100%]
+  error_threshold: 25%
+  on_error: abort
+"""))
+    cli("launch", "roll")
+    first = _by_batch(_status(cli))[1]
+    cli("devices", "set-config", first[0]["device"], "report_interval:=99", "--no-deliver")
+    cli("tick")
+    data = _status(cli)
+    assert data["status"] == "aborted" and "error threshold (25%)" in data["reason"]
+    assert data["summary"]["cancelled"] == DEVICES - 4
+    assert data["job"]["status"] == "failed" and data["job"]["step"] == "done"
+    assert all(d["reason"].startswith("batch 1: 1 invalid of 4") for d in _by_batch(data)[2])
+    assert cli("status", "roll", "--wait", code=5).stderr.strip().startswith("campaign roll: stopped: aborted")
+    assert "only a paused campaign" in cli("resume", "roll", code=1).stderr
+
+
+def test_a_batch_that_can_no_longer_succeed_pauses(cli, tmp_path, broker, prefix):
+    dead = free_port()
+    path = tmp_path / "fleet.yaml"
+    path.write_text(fleet_yaml(broker.url, prefix, devices=4).replace(
+        "interfaces:\n", f"interfaces:\n  dead: {{type: mqtt, url: 'mqtt://127.0.0.1:{dead}', topic_prefix: x}}\n"))
+    cli("devices", "import", str(path))
+    cli("devices", "import", write(tmp_path, "d.csv", "name,type,interface\nlost-1,sensor-v2,dead\n"))
+    cli("create", "-f", _campaign(tmp_path, """\
+  batch_size: 5
+  success_threshold: 100%
+"""))
+    cli("launch", "roll", "--attempts", "1", "--ack-timeout", "0.5")
+    data = _status(cli)
+    assert data["status"] == "paused"
+    assert data["reason"] == ("batch 1 can no longer reach the success threshold (100%): 0 valid, 1 failed, "
+                              "invalid or timed out of 5")
+
+
+def test_bake_time_and_rate_limit_are_honoured(cli, fleet20, tmp_path, db_path):
+    cli("create", "-f", _campaign(tmp_path, """\
+  batches: [10, 100%]
+  bake_time: 2s
+  success_threshold: 0%
+  max_per_minute: 600
+"""))
+    started = time.monotonic()
+    cli("launch", "roll")
+    released = time.monotonic() - started
+    conn = sqlite3.connect(db_path)
+    stamps = sorted(datetime.fromisoformat(r[0].replace("Z", "+00:00")).timestamp()
+                    for r in conn.execute("SELECT delivered_at FROM job_item WHERE batch = 1"))
+    # 600/min is 10 a second: 10 devices are spread over about a second (the first at once).
+    assert 0.7 <= stamps[-1] - stamps[0] <= 2.0, stamps[-1] - stamps[0]
+    assert released >= 0.8
+    cli("tick")
+    assert _status(cli)["batches"][1]["status"] == "pending"  # still baking
+    code = cli("status", "roll", "--wait", "--timeout", "5s", "--min-valid", "0%", code=None).exit_code
+    data = _status(cli)
+    batch1, batch2 = data["batches"]
+    delivered = datetime.fromisoformat(batch1["delivered_at"].replace("Z", "+00:00"))
+    begun = datetime.fromisoformat(batch2["started_at"].replace("Z", "+00:00"))
+    assert 2.0 <= (begun - delivered).total_seconds() <= 4.5
+    assert code == 4  # the devices never report: they stay waiting
+
+
+def test_start_at_launches_via_tick(cli, fleet20, tmp_path):
+    start = (datetime.now(timezone.utc) + timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    cli("create", "-f", _campaign(tmp_path, "  batch_size: 20\n", extra=f"start_at: {start}\n"))
+    result = cli("launch", "roll")
+    assert "scheduled for" in result.stderr
+    data = _status(cli)
+    assert data["status"] == "scheduled" and data["job"] is None and data["start_at"].startswith(start[:19])
+    assert {d["reason"] for d in data["devices"]} == {"the campaign is scheduled"}
+    assert cli.json("tick") == []
+    time.sleep(2.1)
+    [result] = cli.json("tick")
+    assert result["campaign"] == "roll" and result["outcome"] == "waiting"
+    data = _status(cli)
+    assert data["status"] == "running" and data["summary"]["waiting"] == DEVICES
+
+
+def test_start_at_launches_via_run_and_now_overrides(cli, fleet20, tmp_path, db_path):
+    start = (datetime.now(timezone.utc) + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    later = (datetime.now(timezone.utc) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cli("create", "-f", _campaign(tmp_path, "  batch_size: 20\n", extra=f"start_at: {start}\n"))
+    cli("create", "-f", _campaign(tmp_path, "  batch_size: 20\n", name="later", extra=f"start_at: {later}\n"))
+    cli("launch", "roll")
+    cli("launch", "later", "--now")
+    assert _status(cli, "later")["status"] == "running"
+    worker = subprocess.Popen(campaignctl_cmd("--db", str(db_path), "run", "--interval", "0.2"),
+                              env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: _status(cli)["status"] == "running", timeout=10)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=20)
+    assert worker.returncode == 0 and "roll: started" in err
+
+
+def test_pause_resume_cancel_through_the_cli(cli, fleet20, tmp_path, broker, prefix):
+    cli("create", "-f", _campaign(tmp_path, """\
+  batches: [5, 10, 100%]
+  success_threshold: 100%
+"""))
+    cli("launch", "roll")
+    first = _by_batch(_status(cli))[1]
+    cli("pause", "roll")
+    data = _status(cli)
+    assert data["status"] == "paused" and data["reason"].startswith("paused by a user")
+    assert data["job"]["status"] == "paused"
+    _report_valid(cli, first)
+    cli("tick")  # batch 1 is good, but the campaign is paused: nothing new goes out
+    data = _status(cli)
+    assert data["batches"][1]["status"] == "pending" and data["job"]["status"] == "paused"
+    cli("pause", "roll")  # pausing twice is harmless
+    cli("resume", "roll")  # continues where it stopped: batch 1 promoted, batch 2 out
+    data = _status(cli)
+    assert data["status"] == "running" and [b["status"] for b in data["batches"]] == ["promoted", "baking", "pending"]
+    assert {d["status"] for d in _by_batch(data)[2]} == {"waiting"}
+    # Cancel now: batch 3 is never touched; what was delivered stays.
+    sub = Subscriber(broker.port, f"{prefix}/+/config")
+    try:
+        time.sleep(0.3)
+        before = set(sub.messages)
+        result = cli("cancel", "roll")
+        assert "cancelled; 15 device(s) keep what they received, 5 will never receive it" in result.stdout
+        time.sleep(0.3)
+        assert set(sub.messages) == before and len(before) == 15
+    finally:
+        sub.close()
+    data = _status(cli)
+    assert data["status"] == "cancelled" and data["summary"]["cancelled"] == 5
+    assert data["summary"]["valid"] == 5 and data["summary"]["waiting"] == 10
+    assert {d["reason"] for d in _by_batch(data)[3]} == {"the campaign was cancelled"}
+    assert [b["status"] for b in data["batches"]] == ["promoted", "cancelled", "cancelled"]
+    assert cli("status", "roll", "--wait", code=None).exit_code == 3
+    assert "only a scheduled, running or paused" in cli("cancel", "roll", code=1).stderr
+    assert "only a paused campaign" in cli("resume", "roll", code=1).stderr
+
+
+def test_cancel_puts_back_what_an_unfetched_document_would_have_changed(cli, tmp_path):
+    path = write(tmp_path, "fleet.yaml", """\
+        interfaces:
+          devapi: {type: http, url: "http://127.0.0.1:1"}
+        device_types:
+          cam: {}
+        devices:
+          - {name: cam-1, type: cam, interface: devapi}
+          - {name: cam-2, type: cam, interface: devapi}
+        """)
+    cli("devices", "import", path)
+    cli("devices", "set-config", "cam-1", "report_interval:=10")
+    version = cli.json("devices", "show", "cam-1")["version"]
+    cli("create", "-f", write(tmp_path, "c.yaml", """\
+        name: cams
+        devices: {names: [cam-1, cam-2]}
+        configurations: {report_interval: 30, mode: eco}
+        """))
+    cli("launch", "cams")
+    assert {e["key"]: e["desired"] for e in cli.json("devices", "show", "cam-1")["configuration"]} == {
+        "report_interval": 30, "mode": "eco"}
+    cli("cancel", "cams")
+    cam1 = cli.json("devices", "show", "cam-1")
+    entries = {e["key"]: e for e in cam1["configuration"]}
+    assert entries["report_interval"]["desired"] == 10 and entries["report_interval"]["desired_by"] == "user"
+    assert entries["mode"]["desired"] is None  # it had no value before the campaign
+    assert cam1["version"] > version  # versions only grow, even when putting back
+    assert _status(cli, "cams")["summary"]["cancelled"] == 2
+
+
+def test_retry_redelivers_failed_devices_as_a_new_step(cli, tmp_path, prefix):
+    port = free_port()
+    path = tmp_path / "fleet.yaml"
+    path.write_text(fleet_yaml(f"mqtt://127.0.0.1:{port}", prefix, devices=3))
+    cli("devices", "import", str(path))
+    cli("create", "-f", write(tmp_path, "c.yaml", """\
+        name: later
+        devices: {selector: {type: sensor-v2}}
+        configurations: {report_interval: 30}
+        """))
+    cli("launch", "later", "--attempts", "1", "--ack-timeout", "0.5", code=1)
+    assert _status(cli, "later")["summary"]["failed"] == 3
+    broker = Broker(tmp_path, port).start()
+    try:
+        assert "not failed in campaign 'later': ghost" in cli("retry", "later", "--device", "ghost", code=1).stderr
+        cli("retry", "later", "--device", "sensor-0001")
+        data = _status(cli, "later")
+        states = {d["device"]: d["status"] for d in data["devices"]}
+        # No expected state: delivered is valid.
+        assert states == {"sensor-0001": "valid", "sensor-0002": "failed", "sensor-0003": "failed"}
+        result = cli("retry", "later")
+        assert "job 1: success" in result.stdout
+        assert _status(cli, "later")["summary"]["valid"] == 3
+        job = cli.json("jobs", "show", "1")
+        assert [s["kind"] for s in job["steps"]] == ["batch", "retry", "retry"]
+        history = [(h["device"], h["step"], h["status"]) for h in job["history"]]
+        assert history == [("sensor-0001", 2, "failed"), ("sensor-0002", 3, "failed"), ("sensor-0003", 3, "failed")]
+        assert all("Connection refused" in h["error"] for h in job["history"])
+        assert "no failed device to retry" in cli("retry", "later", code=1).stderr
+    finally:
+        broker.stop()
+
+
+def test_sigkill_of_a_worker_mid_rollout_then_restart(cli, fleet20, tmp_path, db_path, broker, prefix):
+    cli("create", "-f", _campaign(tmp_path, """\
+  batches: [5, 100%]
+  success_threshold: 0%
+  bake_time: 1s
+  max_per_minute: 300
+"""))
+    sub = Subscriber(broker.port, f"{prefix}/+/config")
+    env = subprocess_env()
+    try:
+        cli("launch", "roll")  # batch 1 now, 5 devices at 5 a second; batch 2 after the bake time, by the worker
+        worker = subprocess.Popen(campaignctl_cmd("--db", str(db_path), "run", "--interval", "0.1"), env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def delivered() -> int:
+            conn = sqlite3.connect(db_path, timeout=30)
+            try:
+                return conn.execute("SELECT count(*) FROM job_item WHERE batch = 2 AND status = 'delivered'").fetchone()[0]
+            finally:
+                conn.close()
+
+        wait_until(lambda: delivered() >= 3, timeout=20, interval=0.02)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        assert delivered() < 15
+        worker = subprocess.Popen(campaignctl_cmd("--db", str(db_path), "run", "--interval", "0.1"), env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: _status(cli)["status"] == "completed", timeout=30)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(20)
+        time.sleep(0.3)
+        messages = dict(sub.messages)
+    finally:
+        sub.close()
+    data = _status(cli)
+    assert data["summary"]["waiting"] == DEVICES and data["job"]["counts"]["delivered"] == DEVICES
+    # Every device got one version of the campaign (a document re-sent after the kill is the same one).
+    assert len(messages) == DEVICES
+    assert all(len({m["version"] for m in docs}) == 1 for docs in messages.values())
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT count(*) FROM job_item ji JOIN device_config c ON c.device_id = ji.device_id "
+                        "AND c.key = 'report_interval' WHERE c.desired_revision != ji.revision").fetchone()[0] == 0
+    conn.close()
+
+
+def test_wait_exit_codes_driven_by_the_simulator(cli, fleet20, tmp_path, db_path):
+    # 0: every device applies the configuration.
+    cli("create", "-f", _campaign(tmp_path, "  batches: [5, 100%]\n", name="good"))
+    with Fleet(db_path):
+        result = cli("launch", "good", "--wait", "--timeout", "30s")
+    assert result.exit_code == 0 and "completed (exit 0)" in result.stderr
+    assert _status(cli, "good")["summary"]["valid"] == DEVICES
+
+    # 3 below --min-valid, and 0 above it: failing devices time out.
+    spec = "  batch_size: 20\n  success_threshold: 0%\n  device_timeout: 2s\n"
+    extra = "configurations: {report_interval: 45}\nexpected_state: {report_interval: 45}\n"
+    for name, min_valid, code in (("lossy", "100%", 3), ("lossy-ok", "50%", 0)):
+        path = _campaign(tmp_path, spec, name=name).replace("", "")
+        text = Path(path).read_text().replace("configurations: {report_interval: 30}\n"
+                                              "expected_state: {report_interval: 30}\n", extra)
+        Path(path).write_text(text)
+        cli("create", "-f", path)
+        with Fleet(db_path, fail_rate=0.3, seed=4):
+            result = cli("launch", name, "--wait", "--timeout", "30s", "--min-valid", min_valid, code=code)
+        summary = _status(cli, name)["summary"]
+        assert summary["timed_out"] > 0 and summary["valid"] + summary["timed_out"] == DEVICES
+        extra = extra.replace("45", "46")
+
+    # 4: nobody reports in time.
+    cli("create", "-f", _campaign(tmp_path, "  batch_size: 20\n", name="silent").replace(
+        "report_interval: 30", "report_interval: 47"))
+    cli("launch", "silent")
+    started = time.monotonic()
+    cli("status", "silent", "--wait", "--timeout", "1s", code=4)
+    assert time.monotonic() - started < 5
+
+    # 5: the error threshold trips.
+    cli("create", "-f", _campaign(tmp_path, "  batch_size: 20\n  error_threshold: 10%\n  device_timeout: 2s\n",
+                                  name="broken").replace("report_interval: 30", "report_interval: 48"))
+    with Fleet(db_path, fail_rate=0.5, seed=2):
+        result = cli("launch", "broken", "--wait", "--timeout", "30s", "-o", "json", code=5)
+    data = json.loads(result.stdout)
+    assert data["exit_code"] == 5 and data["status"] == "paused" and "error threshold (10%)" in data["reason"]
