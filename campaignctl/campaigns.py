@@ -24,7 +24,8 @@ def _fail_for(spec: CampaignSpec) -> Fail:
 
     def fail(message: str, path: tuple) -> Exception:
         try:
-            return YamlDocument(read_text(spec.source), spec.source).error(message, path)
+            text = spec.text if spec.text is not None else read_text(spec.source)
+            return YamlDocument(text, spec.source).error(message, path)
         except Exception:  # the file is gone: still name the field
             from campaignctl.yamlfile import format_path
 

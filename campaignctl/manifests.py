@@ -209,6 +209,8 @@ def _input_error(exc: ValidationError, doc: YamlDocument, prefix: tuple = ()) ->
         msg = "required field is missing"
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
+    elif kind in ("model_type", "model_attributes_type"):
+        msg = f"input should be a mapping (got {type(err.get('input')).__name__})"
     elif kind.endswith("_type"):
         msg = f"{msg[0].lower()}{msg[1:]} (got {type(err.get('input')).__name__})"
     if kind == "extra_forbidden" and loc and isinstance(loc[-1], str) and len(loc) >= 1:
@@ -345,6 +347,7 @@ def load_campaign(path: str, environ: dict[str, str] | None = None) -> CampaignS
         start_at=manifest.start_at,
         rollout=manifest.rollout.to_rollout().to_dict() if manifest.rollout else None,
         source=path,
+        text=text,
     )
 
 

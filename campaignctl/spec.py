@@ -25,6 +25,7 @@ class CampaignSpec:
     start_at: str | None = None  # UTC ISO 8601: the campaign starts by itself then
     rollout: dict[str, Any] | None = None  # campaignctl.rollout.Rollout, as a dict
     source: str = "<manifest>"
+    text: str | None = field(default=None, repr=False)  # the manifest, for errors found later
 
     def to_json(self) -> str:
         return canonical(

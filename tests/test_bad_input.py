@@ -62,6 +62,11 @@ FLEET_CASES = {
         "fleet.yaml:3: devices[1].name: device 'd' is listed twice",
     ),
     "not a mapping": ("- a\n- b\n", "fleet.yaml: the manifest must be a YAML mapping"),
+    "name ending in a newline": (
+        'devices:\n  - {name: "sensor-0100\\n", type: sensor-v2, interface: broker}\n',
+        "fleet.yaml:2: devices[0].name: name 'sensor-0100\\n' is not valid",
+    ),
+    "empty device type": ("device_types:\n  t: []\n", "fleet.yaml:2: device_types.t: input should be a mapping (got list)"),
 }
 
 
@@ -139,6 +144,26 @@ def test_bad_campaign_manifest(case, command, cli, fleet, tmp_path, db_path):
     assert db_dump(db_path) == before
 
 
+def test_usage_errors_exit_2(cli, fleet):
+    result = cli("status", "x", "--status", "great", code=2)
+    assert "Invalid value for --status: must be one of pending" in result.stderr
+
+
+def test_manifest_on_stdin_keeps_its_line_numbers(cli, fleet):
+    result = cli("create", "-f", "-", input="name: x\ndevices:\n  names: [ghost-1]\nconfigurations: {a: 1}\n", code=1)
+    assert result.stderr.strip() == "Error: -:3: devices.names[0]: unknown device(s): ghost-1"
+
+
+def test_yaml_values_that_are_not_json(cli, fleet, tmp_path):
+    path = write(tmp_path, "c.yaml", "name: x\ndevices: {names: [sensor-0001]}\nconfigurations:\n"
+                                     "  expires: 2024-01-01\n  blob: !!binary aGVsbG8=\n")
+    assert "c.yaml:5: configurations.blob: not a JSON value" in cli("create", "-f", path, code=1).stderr
+    path = write(tmp_path, "d.yaml", "name: x\ndevices: {names: [sensor-0001]}\nconfigurations:\n"
+                                     "  expires: 2024-01-01\n")
+    cli("create", "-f", path)
+    assert cli.json("show", "x")["configurations"] == {"expires": "2024-01-01"}  # JSON has no dates
+
+
 def test_missing_file(cli, tmp_path):
     result = cli("create", "-f", str(tmp_path / "nope.yaml"), code=1)
     assert result.stderr.strip() == f"Error: {tmp_path}/nope.yaml: no such file"
@@ -160,7 +185,10 @@ def test_missing_file(cli, tmp_path):
       "--url", "https://x/y"], "device type 'sensor-v2' has no firmware type 'os'"),
     (["firmwares", "add", "--device-type", "sensor-v2", "--firmware-type", "app", "--version", "1",
       "--url", "https://x/y", "--sha256", "abc"], "--sha256: must be 64 hexadecimal digits"),
-    (["status", "x", "--status", "great"], "--status: must be one of"),
+    (["launch", "x", "--timeout", "10s"], "--timeout: goes with --wait (the delivery timeout is --ack-timeout)"),
+    (["status", "x", "--wait", "--timeout", "soon"], "--timeout: 'soon' is not a duration"),
+    (["status", "x", "--wait", "--min-valid", "120%"], "--min-valid: '120%' is not between 0% and 100%"),
+    (["run", "--interval", "often"], "--interval: 'often' is not a duration"),
 ])
 def test_bad_flags(args, expected, cli, fleet, db_path):
     before = db_dump(db_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 
@@ -101,3 +102,13 @@ def test_database_is_private_and_created_where_xdg_says(tmp_path, broker, prefix
     assert result.exit_code == 0, result.stderr
     db = tmp_path / "data" / "campaignctl" / "campaignctl.db"
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
+
+
+def test_a_secret_key_stays_secret(cli, fleet):
+    cli("devices", "set-config", "sensor-0001", "api_key=abc-5ecret", "--secret", "--no-deliver")
+    cli("devices", "report", "sensor-0001", "api_key=abc-5ecret")
+    cli("devices", "set-config", "sensor-0001", "api_key=def", "--no-deliver")  # without --secret
+    shown = cli("devices", "show", "sensor-0001", "-o", "json").stdout
+    assert "abc-5ecret" not in shown and "def" not in json.loads(shown)["configuration"][0].values()
+    entry = json.loads(shown)["configuration"][0]
+    assert entry["desired"] == "***" and entry["reported"] == "***" and entry["secret"] is True

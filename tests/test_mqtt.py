@@ -175,3 +175,54 @@ def test_broker_that_comes_back_during_retries_gets_everything(cli, tmp_path, pr
     finally:
         starter.join()
         broker.stop()
+
+
+def test_a_retry_sends_the_newest_document_not_a_stale_one(cli, tmp_path, prefix, db_path):
+    """A newer document written while a delivery waits between tries must not be replaced,
+    as the retained message, by the retry of the older one."""
+    from conftest import free_port
+
+    from campaignctl import db, engine as rollout, fleet, jobs
+    from campaignctl.interfaces.base import DeliveryPolicy
+
+    port = free_port()
+    path = tmp_path / "fleet.yaml"
+    path.write_text(fleet_yaml(f"mqtt://127.0.0.1:{port}", prefix, devices=1))
+    cli("devices", "import", str(path))
+    cli("create", "-f", write(tmp_path, "c.yaml", "name: c\ndevices: {names: [sensor-0001]}\n"
+                                                  "configurations: {mode: quiet}\n"))
+    engine = db.create_engine(db_path)
+    job_id, owner = jobs.launch(engine, "c", policy=DeliveryPolicy(attempts=3, backoff=1.5, max_backoff=1.5,
+                                                                  timeout=0.5))
+    runner = threading.Thread(target=rollout.advance, args=(engine, job_id, owner))
+    runner.start()
+    broker = Broker(tmp_path, port)
+    try:
+        time.sleep(0.5)  # the first try failed: the broker is down
+        broker.start()
+        newer = fleet.set_config(engine, "sensor-0001", {"mode": "turbo"})
+        assert newer.delivered
+        runner.join(30)
+        sub = Subscriber(broker.port, f"{prefix}/sensor-0001/config")
+        try:
+            doc = sub.wait_for(1)[f"{prefix}/sensor-0001/config"][-1]
+        finally:
+            sub.close()
+        assert doc == {"configuration": {"mode": "turbo"}, "version": newer.version}
+    finally:
+        broker.stop()
+        engine.dispose()
+
+
+def test_a_failed_device_that_reports_the_expected_state_is_valid(cli, tmp_path, prefix):
+    from conftest import free_port
+
+    path = tmp_path / "fleet.yaml"
+    path.write_text(fleet_yaml(f"mqtt://127.0.0.1:{free_port()}", prefix, devices=1))
+    cli("devices", "import", str(path))
+    cli("create", "-f", write(tmp_path, "c.yaml", "name: c\ndevices: {names: [sensor-0001]}\n"
+                                                  "configurations: {mode: eco}\nexpected_state: {mode: eco}\n"))
+    cli("launch", "c", "--attempts", "1", "--ack-timeout", "0.5", code=1)
+    assert _status(cli, "c")[0]["sensor-0001"]["status"] == "failed"
+    cli("devices", "report", "sensor-0001", "mode=eco")  # it got the value another way
+    assert _status(cli, "c")[0]["sensor-0001"]["status"] == "valid"

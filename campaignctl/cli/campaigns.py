@@ -113,6 +113,11 @@ def launch(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
     from campaignctl import engine as rollout_engine, jobs
     from campaignctl.interfaces.base import DeliveryPolicy
 
+    if not wait and (timeout is not None or min_valid != "100%"):
+        from campaignctl.errors import InputError
+
+        raise InputError("goes with --wait (the delivery timeout is --ack-timeout)",
+                         field="--timeout" if timeout is not None else "--min-valid")
     limits = _wait_limits(timeout, min_valid) if wait else None
     policy = DeliveryPolicy(attempts=attempts, timeout=ack_timeout, backoff=backoff, max_backoff=max_backoff,
                             window=window)
@@ -235,9 +240,7 @@ def status(ctx: typer.Context, name: str = typer.Argument(...),
     from campaignctl.supervision import DEVICE_STATES, campaign_status
 
     if only is not None and only not in DEVICE_STATES:
-        from campaignctl.errors import InputError
-
-        raise InputError(f"must be one of {', '.join(DEVICE_STATES)}", field="--status")
+        raise typer.BadParameter(f"must be one of {', '.join(DEVICE_STATES)}", param_hint="--status")
     db = engine(ctx)
     if wait:
         _wait(db, name, output, *_wait_limits(timeout, min_valid))

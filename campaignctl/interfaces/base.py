@@ -106,6 +106,8 @@ def deliver_in_rounds(deliver_round: DeliverRound, deliveries: Iterable[Delivery
     try:
         for attempt in retrying:
             with attempt:
+                if refresh is not None and attempt.retry_state.attempt_number > 1:
+                    pending = refresh(list(pending))  # after the backoff: the newest documents
                 failures = deliver_round(_counted(pending), policy, on_delivered)
                 retry: list[Failure] = []
                 for failure in failures:
@@ -115,8 +117,6 @@ def deliver_in_rounds(deliver_round: DeliverRound, deliveries: Iterable[Delivery
                         retry.append(failure)
                 if retry:
                     pending = [f.delivery for f in retry]
-                    if refresh is not None and attempt.retry_state.attempt_number < max(1, policy.attempts):
-                        pending = refresh(pending)
                     raise _Retry(retry)
     except _Retry as exc:
         for failure in exc.failures:
