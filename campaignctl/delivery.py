@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
@@ -21,8 +20,9 @@ CHUNK = 2000
 def load_documents(conn: Any, devices: Sequence[tuple[int, str]]) -> list[Delivery]:
     """The current desired document of each (device_id, name), in the given order.
 
-    ``devices`` must be sorted by id; they are read with one range query. ``conn`` is a
-    SQLAlchemy connection or a DB-API one (the device API's).
+    ``devices`` must be sorted by id; they are read with one range query, and SQLite
+    builds each configuration object itself (keys in order, values already canonical).
+    ``conn`` is a SQLAlchemy connection or a DB-API one (the device API's).
     """
     if not devices:
         return []
@@ -30,17 +30,16 @@ def load_documents(conn: Any, devices: Sequence[tuple[int, str]]) -> list[Delive
     # Entries whose desired value was withdrawn (a cancelled campaign's, with no value
     # before it) keep their revision: the version still only grows.
     rows = execute(
-        "SELECT device_id, key, desired, desired_revision FROM device_config "
-        "WHERE device_id BETWEEN ? AND ? AND desired_revision IS NOT NULL ORDER BY device_id, key",
+        "SELECT device_id, max(desired_revision), "
+        "json_group_object(key, json(desired)) FILTER (WHERE desired IS NOT NULL) "
+        "FROM device_config WHERE device_id BETWEEN ? AND ? AND desired_revision IS NOT NULL GROUP BY device_id",
         (devices[0][0], devices[-1][0]),
     ).fetchall()
-    by_device = {k: list(g) for k, g in itertools.groupby(rows, key=lambda r: r[0])}
+    found = {r[0]: (r[1], r[2]) for r in rows}
     out = []
     for device_id, name in devices:
-        entries = by_device.get(device_id, ())
-        version = max((e[3] for e in entries), default=0)
-        out.append(Delivery(device_id, name, version,
-                            document(version, ((e[1], e[2]) for e in entries if e[2] is not None))))
+        version, configuration = found.get(device_id, (0, None))
+        out.append(Delivery(device_id, name, version, document(version, configuration or "{}")))
     return out
 
 
@@ -87,7 +86,8 @@ def deliver_devices(engine: "Engine", device_ids: Iterable[int], *, policy: Deli
 
 class JobRecorder:
     """Records job item outcomes in batches: one write transaction per ``batch`` results
-    or per ``interval`` seconds, whichever comes first."""
+    or per ``interval`` seconds, whichever comes first. Drivers call it from the thread
+    that runs them (paho's callbacks, asyncio's loop): no lock."""
 
     def __init__(self, engine: "Engine", job_id: int, *, batch: int = 2000, interval: float = 0.25,
                  on_flush: Callable[[int, int], None] | None = None) -> None:
@@ -97,16 +97,13 @@ class JobRecorder:
         self._delivered: list[tuple] = []
         self._failed: list[tuple] = []
         self._last = time.monotonic()
-        self._lock = threading.Lock()
 
     def delivered(self, delivery: Delivery) -> None:
-        with self._lock:
-            self._delivered.append((delivery.attempts, delivery.device_id))
+        self._delivered.append((delivery.attempts, delivery.device_id))
         self._maybe_flush()
 
     def failed(self, failure: Failure) -> None:
-        with self._lock:
-            self._failed.append((failure.delivery.attempts, failure.error[:1000], failure.delivery.device_id))
+        self._failed.append((failure.delivery.attempts, failure.error[:1000], failure.delivery.device_id))
         self._maybe_flush()
 
     def _maybe_flush(self) -> None:
@@ -114,10 +111,9 @@ class JobRecorder:
             self.flush()
 
     def flush(self, *, notify: bool = True) -> None:
-        with self._lock:
-            delivered, self._delivered = self._delivered, []
-            failed, self._failed = self._failed, []
-            self._last = time.monotonic()
+        delivered, self._delivered = self._delivered, []
+        failed, self._failed = self._failed, []
+        self._last = time.monotonic()
         if not delivered and not failed:
             return
         now = db.utcnow()

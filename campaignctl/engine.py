@@ -136,10 +136,9 @@ def _advance(ctx: Context) -> str:
                                      (ctx.job_id, number))
         elif current.status == "delivering":
             _deliver(ctx)
-            states = _device_states(ctx, number)
-            if _breaker(ctx, current, states):
+            if _check_breaker(ctx, number):
                 return "paused" if ctx.rollout.on_error == "pause" else "aborted"
-            if states.get("syncing"):
+            if _syncing(ctx, number):
                 with db.write(ctx.engine) as conn:
                     _set_job(conn, ctx, status="waiting", step="deliver")
                 return "waiting"  # devices that poll fetch their documents themselves
@@ -171,11 +170,15 @@ def _release(ctx: Context, number: int, size: int) -> bool:
     """Write and deliver the batch's devices, at the rate limit when there is one.
     Returns True when the breaker tripped."""
     rate = ctx.rollout.max_per_minute
+    with db.read(ctx.engine) as conn:
+        written = size - jobs.counts(conn, ctx.job_id, number)["pending"]
+    ctx.progress("write", written, size)
     if rate is None:
-        while _write(ctx, number, ctx.chunk_size):
-            pass
+        while (count := _write(ctx, number, ctx.chunk_size)):
+            written += count
+            ctx.progress("write", written, size)
         _deliver(ctx)
-        return _breaker(ctx, _batch_row(ctx, number), _device_states(ctx, number))
+        return _check_breaker(ctx, number)
     # A token bucket: rate/60 devices a second, at most one second's worth at once.
     per_second = rate / 60.0
     burst = max(1.0, per_second)
@@ -187,14 +190,32 @@ def _release(ctx: Context, number: int, size: int) -> bool:
         if tokens < 1:
             ctx.sleep((1 - tokens) / per_second)
             continue
-        written = _write(ctx, number, min(ctx.chunk_size, math.floor(tokens)))
-        if not written:
+        count = _write(ctx, number, min(ctx.chunk_size, math.floor(tokens)))
+        if not count:
             _deliver(ctx)
-            return _breaker(ctx, _batch_row(ctx, number), _device_states(ctx, number))
-        tokens -= written
+            return _check_breaker(ctx, number)
+        tokens -= count
+        written += count
+        ctx.progress("write", written, size)
         _deliver(ctx)
-        if _breaker(ctx, _batch_row(ctx, number), _device_states(ctx, number)):
+        if _check_breaker(ctx, number):
             return True
+
+
+def _check_breaker(ctx: Context, number: int) -> bool:
+    if ctx.rollout.error_threshold is None:
+        return False  # judging 100k devices costs half a second: only when it matters
+    return _breaker(ctx, _batch_row(ctx, number), _device_states(ctx, number))
+
+
+def _syncing(ctx: Context, batch: int | None = None) -> int:
+    """Devices written but not delivered (devices that poll and have not fetched), not
+    counting those past their device timeout."""
+    with db.read(ctx.engine) as conn:
+        count = jobs.counts(conn, ctx.job_id, batch)["syncing"]
+    if count and ctx.rollout.device_timeout is not None:
+        count = _device_states(ctx, batch).get("syncing", 0)
+    return count
 
 
 def _batch_row(ctx: Context, number: int) -> Any:
@@ -247,11 +268,6 @@ def _write(ctx: Context, number: int, limit: int) -> int:
             "UPDATE job_item SET status = 'syncing', revision = ?, updated_at = ? "
             "WHERE job_id = ? AND batch = ? AND status = 'pending' AND device_id BETWEEN ? AND ?",
             (revision, stamp, ctx.job_id, number, lo, hi))
-        done = conn.exec_driver_sql("SELECT count(*) FROM job_item WHERE job_id = ? AND batch = ? AND status != 'pending'",
-                                    (ctx.job_id, number)).scalar()
-        total = conn.exec_driver_sql("SELECT size FROM job_batch WHERE job_id = ? AND number = ?",
-                                     (ctx.job_id, number)).scalar()
-    ctx.progress("write", done, total)
     return count
 
 
@@ -332,7 +348,11 @@ def _trip(ctx: Context, number: int, reason: str) -> None:
 def _judge(ctx: Context, batch: Any) -> str | None:
     """A baked batch: promoted, tripped, stuck (paused) or still to wait for; returns
     where ``_advance`` stops, or None to go on with the next batch."""
-    states = _device_states(ctx, batch.number)
+    threshold = 0.0 if batch.accepted else ctx.rollout.success_threshold
+    # Without thresholds (a campaign without rollout), nothing to judge: no need to
+    # look at every device.
+    judged = threshold > 0 or (ctx.rollout.error_threshold is not None and not batch.accepted)
+    states = _device_states(ctx, batch.number) if judged else {}
     if _breaker(ctx, batch, states):
         return "paused" if ctx.rollout.on_error == "pause" else "aborted"
     from datetime import datetime
@@ -343,14 +363,13 @@ def _judge(ctx: Context, batch: Any) -> str | None:
             _set_job(conn, ctx, status="waiting", step="bake")
         return "waiting"
     valid = states.get("valid", 0)
-    threshold = 0.0 if batch.accepted else ctx.rollout.success_threshold
     stamp = db.utcnow()
     if valid / batch.size >= threshold - 1e-9:
         with db.write(ctx.engine) as conn:
             conn.exec_driver_sql(
                 "UPDATE job_batch SET status = 'promoted', finished_at = ?, reason = ? WHERE job_id = ? AND number = ?",
-                (stamp, f"{valid} of {batch.size} valid" + (" (accepted by a user)" if batch.accepted else ""),
-                 ctx.job_id, batch.number))
+                (stamp, (f"{valid} of {batch.size} valid" if judged else "delivered")
+                 + (" (accepted by a user)" if batch.accepted else ""), ctx.job_id, batch.number))
         return None
     errors = sum(states.get(k, 0) for k in ("failed", "invalid", "timed_out", "cancelled"))
     if (batch.size - errors) / batch.size < threshold - 1e-9:
@@ -371,7 +390,7 @@ def _judge(ctx: Context, batch: Any) -> str | None:
 def _finish(ctx: Context) -> str:
     stamp = db.utcnow()
     # Devices that poll and have not fetched yet keep the job open, until they time out.
-    syncing = _device_states(ctx).get("syncing", 0)
+    syncing = _syncing(ctx)
     with db.write(ctx.engine) as conn:
         counts = jobs.counts(conn, ctx.job_id)
         if syncing:

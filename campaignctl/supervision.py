@@ -59,12 +59,17 @@ def device_statuses(conn: Any, job_id: int, plan: dict[str, Any], rollout: Rollo
     exp_cte, exp_params = _values_cte("exp", state_rows)
     # For each device: the first campaign key whose desired value differs (invalid), and
     # the first expected key whose reported value differs (waiting), with what is there.
+    # Revisions only grow, so a campaign key can only have changed on a device that has
+    # an entry written after the job's: the key-by-key look is for those alone.
     sql = f"""
         WITH {cfg_cte}, {exp_cte}
-        SELECT d.name, ji.status, ji.error, ji.attempts, ji.updated_at, ji.batch, ji.delivered_at, d.device_type_id,
+        SELECT d.name, ji.status, ji.error, ji.attempts, ji.updated_at, ji.batch,
+          {"ji.delivered_at" if rollout.device_timeout is not None else "NULL"}, d.device_type_id,
+          CASE WHEN ji.revision IS NOT NULL AND EXISTS (SELECT 1 FROM device_config later
+                WHERE later.device_id = ji.device_id AND later.desired_revision > ji.revision) THEN
           (SELECT cfg.key || char(31) || coalesce(c.desired_by, '') || char(31) || coalesce(c.desired_at, '')
              FROM cfg JOIN device_config c ON c.device_id = ji.device_id AND c.key = cfg.key
-            WHERE cfg.type_id = d.device_type_id AND c.desired IS NOT cfg.value LIMIT 1),
+            WHERE cfg.type_id = d.device_type_id AND c.desired IS NOT cfg.value LIMIT 1) END,
           (SELECT exp.key || char(31) || exp.secret || char(31) || coalesce(c.reported, '')
              FROM exp LEFT JOIN device_config c ON c.device_id = ji.device_id AND c.key = exp.key
             WHERE exp.type_id = d.device_type_id AND c.reported IS NOT exp.value LIMIT 1)
@@ -166,8 +171,10 @@ def campaign_status(engine: "Engine", name: str) -> dict[str, Any]:
 def _batches(conn: Any, job_id: int, devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
     per: dict[int, dict[str, int]] = {}
     for device in devices:
-        counts = per.setdefault(device["batch"], dict.fromkeys(DEVICE_STATES, 0))
-        counts[device["status"]] += 1
+        number = device["batch"]
+        if number not in per:
+            per[number] = dict.fromkeys(DEVICE_STATES, 0)
+        per[number][device["status"]] += 1
     return [{"number": r[0], "size": r[1], "status": r[2], "started_at": r[3], "delivered_at": r[4],
              "finished_at": r[5], "reason": r[6], "summary": per.get(r[0], dict.fromkeys(DEVICE_STATES, 0))}
             for r in conn.exec_driver_sql(

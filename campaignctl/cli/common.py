@@ -37,10 +37,14 @@ def engine(ctx: typer.Context) -> "Engine":
 
 
 def print_json(data: Any) -> None:
-    # Indented for a person at a terminal; compact for pipes, where json's C encoder
-    # (which indent disables) makes 100k-device documents several times faster.
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2 if sys.stdout.isatty() else None))
-    sys.stdout.write("\n")
+    """JSON on stdout: indented for a person at a terminal, compact for pipes. orjson
+    encodes a 100k-device status in a tenth of the time the json module takes."""
+    import orjson
+
+    option = orjson.OPT_APPEND_NEWLINE | (orjson.OPT_INDENT_2 if sys.stdout.isatty() else 0)
+    sys.stdout.flush()
+    sys.stdout.buffer.write(orjson.dumps(data, option=option))
+    sys.stdout.buffer.flush()
 
 
 def stdout_console() -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Protocol
 
@@ -65,20 +64,10 @@ class Driver(Protocol):
         ...
 
 
-def document(version: int, entries: Iterable[tuple[str, str]]) -> bytes:
-    """The desired document, built from canonical JSON texts without decoding them."""
-    body = ",".join(f"{_key(k)}:{v}" for k, v in entries)
-    return f'{{"configuration":{{{body}}},"version":{version}}}'.encode()
-
-
-_KEYS: dict[str, str] = {}
-
-
-def _key(key: str) -> str:
-    quoted = _KEYS.get(key)
-    if quoted is None:
-        quoted = _KEYS[key] = json.dumps(key, ensure_ascii=False)
-    return quoted
+def document(version: int, configuration: str) -> bytes:
+    """The desired document, from the configuration object's JSON text: devices get the
+    same bytes over every interface."""
+    return f'{{"configuration":{configuration},"version":{version}}}'.encode()
 
 
 class _Retry(Exception):
