@@ -250,6 +250,8 @@ def show(engine: "Engine", name: str, *, show_secrets: bool = False) -> dict[str
         "expected_state": {k: mask(v, f"expected_state.{k}" in secret, show_secrets=show_secrets)
                            for k, v in spec.expected_state.items()},
         "firmware": spec.firmware,
+        "start_at": spec.start_at,
+        "rollout": spec.rollout,
         "created_at": row.created_at,
         "updated_at": row.updated_at,
         "launched_at": row.launched_at,

@@ -12,7 +12,7 @@ from campaignctl import db, interfaces
 from campaignctl.interfaces.base import Delivery, DeliveryPolicy, Failure, document
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine import Engine
 
 CHUNK = 2000
 

@@ -59,6 +59,10 @@ class Demo:
         from campaignctl import db
 
         workdir = Path(tempfile.mkdtemp(prefix="campaignctl-demo-"))
+        # The device secrets' key goes with the temporary database, whatever the
+        # environment says: nothing of the demo may outlive it.
+        saved_key = os.environ.get("CAMPAIGNCTL_KEY_FILE")
+        os.environ["CAMPAIGNCTL_KEY_FILE"] = str(workdir / "demo.db.key")
         engine = db.create_engine(workdir / "demo.db")
         server = None
         try:
@@ -73,6 +77,11 @@ class Demo:
                 self._clear_retained(engine)
             engine.dispose()
             shutil.rmtree(workdir, ignore_errors=True)
+            if saved_key is None:
+                os.environ.pop("CAMPAIGNCTL_KEY_FILE", None)
+            else:
+                os.environ["CAMPAIGNCTL_KEY_FILE"] = saved_key
+            os.environ.pop("CAMPAIGNCTL_DEMO_TOKEN", None)
 
     def _say(self, text: str) -> None:
         self.out(text)
@@ -191,7 +200,8 @@ class Demo:
         if s["waiting"]:
             self._say(f"   waiting: these devices got the document but still report app {OLD}. {failing} devices of "
                       "this fleet were set to fail their install: they keep the old version and report last_error "
-                      "(see campaignctl devices show). A campaign never marks them valid by itself.")
+                      "(on a real fleet, campaignctl devices show NAME tells what they report). A campaign never "
+                      "marks them valid by itself.")
         if s["syncing"]:
             self._say("   syncing: these devices were offline and have not fetched their document yet; they get "
                       "it when they come back (next poll, or the retained MQTT message).")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from campaignctl import db, jobs, store
 from campaignctl.errors import ConflictError, InputError, NotFoundError
 from campaignctl.interfaces.base import DeliveryPolicy
-from campaignctl.rollout import Rollout, format_duration
+from campaignctl.rollout import Rollout
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine

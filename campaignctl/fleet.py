@@ -52,6 +52,11 @@ def import_fleet(engine: "Engine", path: str) -> ImportResult:
         _upsert_interfaces(conn, fleet, now, result.interfaces)
         _upsert_device_types(conn, fleet, now, result.device_types, path)
         _upsert_devices(conn, fleet, now, result.devices, path)
+        # A device (or interface) that left HTTP polling loses its secret: the device API
+        # must not keep accepting it.
+        conn.exec_driver_sql(
+            "UPDATE device SET secret_salt = NULL, secret_hash = NULL WHERE secret_hash IS NOT NULL "
+            "AND interface_id IN (SELECT id FROM interface WHERE type != 'http')")
         if conn.exec_driver_sql(
             "SELECT 1 FROM device d JOIN interface i ON i.id = d.interface_id "
             "WHERE i.type = 'http' AND d.secret_hash IS NULL LIMIT 1").first():

@@ -8,12 +8,14 @@ document counts as delivering it: the jobs that wrote it see the device move fro
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from campaignctl import __version__, credentials, db, store
 from campaignctl.errors import InputError
@@ -45,6 +47,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def _token(authorization: str | None) -> str:
+    """The bearer token of an Authorization header."""
     if not authorization:
         raise ApiError(401, "missing bearer token")
     scheme, _, token = authorization.partition(" ")
@@ -73,15 +76,27 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.message)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))  # unknown paths and methods: the same error shape
+
     # Reads run on the event loop's thread with one connection of their own: a device
     # poll is two index lookups, cheaper than handing it to a worker thread (which
     # costs more than the queries). Writes, which may wait for SQLite's lock, go to
     # worker threads.
     reader = app.state.reader = engine.raw_connection()
 
-    def authenticate(name: str, token: str) -> int:
-        row = reader.execute("SELECT id, secret_hash FROM device WHERE name = ?", (name,)).fetchone()
-        # Unknown device and wrong secret look the same: names are not disclosed.
+    def authenticate(name: str, request: Request) -> int:
+        token = _token(request.headers.get("authorization"))
+        reader.execute("BEGIN")
+        try:
+            row = reader.execute(
+                "SELECT d.id, d.secret_hash FROM device d JOIN interface i ON i.id = d.interface_id "
+                "WHERE d.name = ? AND i.type = 'http'", (name,)).fetchone()
+        finally:
+            reader.execute("COMMIT")
+        # Unknown device, device on another interface and wrong secret look the same:
+        # names are not disclosed.
         if row is None or not credentials.matches(row[1], token):
             raise ApiError(401, "invalid device secret")
         return row[0]
@@ -98,15 +113,16 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
         response_class=Response,
         responses={200: _DOCUMENT, 304: {"description": "If-None-Match holds the current version"},
                    401: _ERROR},
+        openapi_extra={"parameters": [{"name": "If-None-Match", "in": "header", "required": False,
+                                       "schema": {"type": "string"},
+                                       "description": "The ETag of the document the device has"}]},
     )
-    async def get_configuration(name: str, authorization: str | None = Header(None),
-                                if_none_match: str | None = Header(None)) -> Response:
+    async def get_configuration(name: str, request: Request) -> Response:
         from campaignctl.delivery import load_documents
 
-        token = _token(authorization)
+        device_id = authenticate(name, request)
         reader.execute("BEGIN")
         try:
-            device_id = authenticate(name, token)
             [document] = load_documents(reader, [(device_id, name)])
             syncing = reader.execute(
                 "SELECT 1 FROM job_item WHERE device_id = ? AND status = 'syncing' AND revision <= ? LIMIT 1",
@@ -116,7 +132,7 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
         if syncing:
             await run_in_threadpool(_record_fetch, engine, device_id, document.version)
         etag = f'"{document.version}"'
-        if _etag_matches(if_none_match, document.version):
+        if _etag_matches(request.headers.get("if-none-match"), document.version):
             return Response(status_code=304, headers={"ETag": etag})
         return Response(document.payload, media_type="application/json", headers={"ETag": etag})
 
@@ -130,10 +146,10 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
             "description": "key → any JSON value; keys: 1-255 characters, no whitespace, '#', '$' or '.'"}}}}},
         responses={204: {"description": "Recorded"}, 400: _ERROR, 401: _ERROR, 413: _ERROR},
     )
-    async def put_state(name: str, request: Request, authorization: str | None = Header(None)) -> Response:
+    async def put_state(name: str, request: Request) -> Response:
         from campaignctl.fleet import parse_state_payload
 
-        token = _token(authorization)
+        device_id = authenticate(name, request)
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_body:
             raise ApiError(413, f"body larger than {max_body} bytes")
@@ -142,11 +158,6 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
             body += chunk
             if len(body) > max_body:
                 raise ApiError(413, f"body larger than {max_body} bytes")
-        reader.execute("BEGIN")
-        try:
-            device_id = authenticate(name, token)
-        finally:
-            reader.execute("COMMIT")
         try:
             values = parse_state_payload(bytes(body))
         except InputError as exc:
@@ -159,6 +170,29 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
         with db.write(engine) as conn:
             store.write_reported(conn, [(device_id, k, v, now) for k, v in values.items()])
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's description, told the truth: bearer authentication on /v1, and no
+        422 (path parameters are plain strings, bodies are checked by the endpoint)."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            spec.setdefault("components", {})["securitySchemes"] = {
+                "deviceSecret": {"type": "http", "scheme": "bearer",
+                                 "description": "The device's secret: campaignctl devices credentials NAME"}}
+            for schema in ("HTTPValidationError", "ValidationError"):
+                spec["components"].get("schemas", {}).pop(schema, None)
+            if not spec["components"].get("schemas"):
+                spec["components"].pop("schemas", None)
+            for path, operations in spec["paths"].items():
+                for operation in operations.values():
+                    operation["responses"].pop("422", None)
+                    if path.startswith("/v1/"):
+                        operation["security"] = [{"deviceSecret": []}]
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
@@ -184,9 +218,17 @@ class Server:
 
         self.engine, self.info, self.warn = engine, info, warn
         self.app = create_app(engine)
-        config = uvicorn.Config(self.app, host=host, port=port, log_level="warning",
-                                access_log=access_log, lifespan="off")
+        self.host, self.requested_port = host, port
+        import copy
+
+        from uvicorn.config import LOGGING_CONFIG
+
+        logging = copy.deepcopy(LOGGING_CONFIG)
+        logging["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for data
+        config = uvicorn.Config(self.app, host=host, port=port, log_level="info" if access_log else "warning",
+                                access_log=access_log, lifespan="off", log_config=logging)
         self.server = uvicorn.Server(config)
+        self._socket: Any = None
         self.listen_mqtt = listen_mqtt
         self.engine_interval = engine_interval
         self._stop = threading.Event()
@@ -194,8 +236,18 @@ class Server:
         self.errors: list[BaseException] = []
 
     def start(self, timeout: float = 10.0) -> "Server":
+        import socket
         import time
 
+        from campaignctl.errors import CampaignctlError
+
+        # Bind here, not in uvicorn: a busy port is then a clean error, and port 0 a
+        # known port before anything is served.
+        try:
+            self._socket = socket.create_server((self.host, self.requested_port), backlog=2048)
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise CampaignctlError(f"cannot serve on {self.host}:{self.requested_port}: {reason}") from None
         thread = threading.Thread(target=self._run_http, name="serve-http", daemon=True)
         thread.start()
         self._threads.append(thread)
@@ -238,11 +290,11 @@ class Server:
 
     @property
     def port(self) -> int:
-        return self.server.servers[0].sockets[0].getsockname()[1]
+        return self._socket.getsockname()[1]
 
     def _run_http(self) -> None:
         try:
-            self.server.run()
+            self.server.run(sockets=[self._socket])
         except BaseException as exc:  # noqa: BLE001 - reported by start()
             self.errors.append(exc)
 
@@ -261,6 +313,8 @@ class Server:
         for thread in self._threads:
             thread.join(10)
         self.app.state.reader.close()
+        if self._socket is not None:
+            self._socket.close()
 
     def wait(self) -> None:
         """Block until interrupted (Ctrl-C) or the HTTP server stops."""

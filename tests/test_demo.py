@@ -9,7 +9,8 @@ from conftest import campaignctl_cmd, subprocess_env
 
 
 def _run_demo(tmp_path, *args: str) -> subprocess.CompletedProcess:
-    env = subprocess_env(TMPDIR=str(tmp_path))
+    # A key file set in the environment must not receive anything from the demo.
+    env = subprocess_env(TMPDIR=str(tmp_path), CAMPAIGNCTL_KEY_FILE=str(tmp_path / "user.key"))
     return subprocess.run(campaignctl_cmd("demo", "--devices", "60", "--timeout", "25", *args), env=env,
                           capture_output=True, text=True, timeout=90)
 

@@ -177,3 +177,68 @@ def test_openapi_description_is_published_and_in_docs(cli, api):
     printed = json.loads(cli("serve", "--openapi").stdout)
     documented = json.loads((Path(__file__).parent.parent / "docs" / "openapi.json").read_text())
     assert printed == documented, "docs/openapi.json is stale: campaignctl serve --openapi > docs/openapi.json"
+
+
+def test_a_device_moved_off_http_loses_its_secret(cli, api, tmp_path):
+    base, secrets = api
+    moved = FLEET.replace("{name: cam-3, type: cam, interface: devapi}", "{name: cam-3, type: cam, interface: broker}")
+    cli("devices", "import", write(tmp_path, "moved.yaml", moved))
+    assert http("GET", f"{base}/v1/devices/cam-3/configuration", headers=_auth(secrets["cam-3"]))[0] == 401
+    assert http("PUT", f"{base}/v1/devices/cam-3/state", headers=_auth(secrets["cam-3"]), body='{"a": 1}')[0] == 401
+
+
+def test_authentication_comes_before_the_body(api):
+    base, secrets = api
+    big = '{"x": "' + "a" * 70_000 + '"}'
+    assert http("PUT", f"{base}/v1/devices/cam-1/state", headers=_auth("wrong"), body=big)[0] == 401
+    status, _, body = http("GET", f"{base}/nowhere")
+    assert status == 404 and json.loads(body) == {"error": "Not Found"}
+    status, _, body = http("DELETE", f"{base}/v1/devices/cam-1/state", headers=_auth(secrets["cam-1"]))
+    assert status == 405 and "error" in json.loads(body)
+
+
+def test_openapi_tells_bearer_auth_and_no_422(cli):
+    spec = json.loads(cli("serve", "--openapi").stdout)
+    assert spec["components"]["securitySchemes"]["deviceSecret"] == {
+        "type": "http", "scheme": "bearer", "description": "The device's secret: campaignctl devices credentials NAME"}
+    for path, operations in spec["paths"].items():
+        for operation in operations.values():
+            assert "422" not in operation["responses"]
+            assert (operation.get("security") == [{"deviceSecret": []}]) == path.startswith("/v1/")
+
+
+def test_serve_on_a_busy_port_is_a_clean_error(cli):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = cli("serve", "--port", str(port), "--no-mqtt", "--no-engine", code=1)
+    assert result.stderr.strip() == f"Error: cannot serve on 127.0.0.1:{port}: Address already in use"
+
+
+def test_access_log_is_written_when_asked(tmp_path, db_path, cli):
+    import signal
+    import subprocess
+
+    from conftest import campaignctl_cmd, free_port, subprocess_env, wait_until
+
+    cli("devices", "import", write(tmp_path, "fleet.yaml", FLEET))
+    port = free_port()
+    proc = subprocess.Popen(campaignctl_cmd("--db", str(db_path), "serve", "--port", str(port), "--no-mqtt",
+                                            "--access-log"), env=subprocess_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: _up(port), timeout=15)
+        http("GET", f"http://127.0.0.1:{port}/healthz")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert "GET /healthz HTTP/1.1" in err and "200" in err
+
+
+def _up(port: int) -> bool:
+    try:
+        return http("GET", f"http://127.0.0.1:{port}/healthz")[0] == 200
+    except OSError:
+        return False

@@ -60,6 +60,12 @@ def show(ctx: typer.Context, name: str = typer.Argument(...),
     typer.echo(f"devices: {sel['count']} ({', '.join(filter(None, [_names(sel['names']), _selector(sel['selector'])]))})")
     if data["firmware"]:
         typer.echo(f"firmware: {data['firmware']['type']} {data['firmware']['version']}")
+    if data["start_at"]:
+        typer.echo(f"starts at: {short_time(data['start_at'])} UTC")
+    if data["rollout"]:
+        from campaignctl.rollout import Rollout
+
+        typer.echo(f"rollout: {Rollout.from_dict(data['rollout']).describe()}")
     keys = sorted(set(data["configurations"]) | set(data["expected_state"]))
     if keys:
         show_table(["key", "configuration", "expected state"],
@@ -185,7 +191,8 @@ def _advance(db: Any, job_id: int, run: Any, output: Optional[Output], *, fail_o
                                f"(campaignctl jobs show {job_id})")
 
 
-def _wait(db: Any, name: str, output: Output, timeout: Optional[float], min_valid: float) -> None:
+def _wait(db: Any, name: str, output: Output, timeout: Optional[float], min_valid: float, *,
+          only: Optional[str] = None, limit: int = 100) -> None:
     """status --wait: live view on a terminal, the final result only otherwise; exit code."""
     import sys
 
@@ -199,7 +206,8 @@ def _wait(db: Any, name: str, output: Output, timeout: Optional[float], min_vali
         live.start()
     try:
         code, data = wait(db, name, timeout=timeout, min_valid=min_valid,
-                          on_update=(lambda d: live.update(_status_view(d, None, 20), refresh=True)) if live else
+                          on_update=(lambda d: live.update(_status_view(d, only, min(limit or 20, 20)),
+                                                           refresh=True)) if live else
                           (lambda _d: None))
     except KeyboardInterrupt:
         raise typer.Exit(130)
@@ -207,9 +215,11 @@ def _wait(db: Any, name: str, output: Output, timeout: Optional[float], min_vali
         if live is not None:
             live.stop()
     if output is Output.json:
+        if only:
+            data["devices"] = [d for d in data["devices"] if d["status"] == only]
         print_json({**data, "exit_code": code})
     elif live is None:
-        stdout_console().print(_status_view(data, None, 100))
+        stdout_console().print(_status_view(data, only, limit))
     verdict = {0: "completed", 3: "ended below --min-valid", 4: "timed out waiting",
                5: f"stopped: {data['status']}" + (f" ({data['reason']})" if data.get("reason") else "")}[code]
     info(f"campaign {name}: {verdict} (exit {code})")
@@ -243,7 +253,7 @@ def status(ctx: typer.Context, name: str = typer.Argument(...),
         raise typer.BadParameter(f"must be one of {', '.join(DEVICE_STATES)}", param_hint="--status")
     db = engine(ctx)
     if wait:
-        _wait(db, name, output, *_wait_limits(timeout, min_valid))
+        _wait(db, name, output, *_wait_limits(timeout, min_valid), only=only, limit=limit)
     if output is Output.json:
         data = campaign_status(db, name)
         if only:
