@@ -32,9 +32,10 @@ def free_port() -> int:
 class Broker:
     """A mosquitto process on 127.0.0.1, configured as the docs tell operators to."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, settings: str = "allow_anonymous true\n") -> None:
         self.port = port or free_port()
         self.workdir = workdir
+        self.settings = settings  # the listener's security settings
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -43,13 +44,11 @@ class Broker:
 
     def start(self) -> "Broker":
         conf = self.workdir / f"mosquitto-{self.port}.conf"
-        conf.write_text(textwrap.dedent(f"""\
-            listener {self.port} 127.0.0.1
-            allow_anonymous true
-            persistence false
-            max_queued_messages 0
-            max_inflight_messages 0
-            """))
+        # As root (CI), mosquitto would switch to its own user, who cannot read the
+        # test's files (certificates, password file) in pytest's private directories.
+        user = "user root\n" if os.geteuid() == 0 else ""
+        conf.write_text(f"listener {self.port} 127.0.0.1\n{self.settings}{user}"
+                        "persistence false\nmax_queued_messages 0\nmax_inflight_messages 0\n")
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10

@@ -153,3 +153,24 @@ def test_status_table_and_json_contract(cli, fleet, tmp_path):
     assert "3 devices" in table and "2 more device(s)" in table
     only = cli.json("status", "interval", "--status", "valid")
     assert only["devices"] == [] and only["summary"]["total"] == 3
+
+
+def test_status_watch_refreshes_until_interrupted(cli, fleet, tmp_path, db_path):
+    import signal
+    import subprocess
+    import time
+
+    from conftest import campaignctl_cmd, subprocess_env
+
+    cli("create", "-f", write(tmp_path, "c.yaml", CAMPAIGN))
+    cli("launch", "interval")
+    proc = subprocess.Popen(campaignctl_cmd("--db", str(db_path), "status", "interval", "--watch", "--interval", "0.2"),
+                            env=subprocess_env(COLUMNS="120"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(2.0)
+    cli("devices", "report", "sensor-0001", "report_interval:=30")  # shows up at the next refresh
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "interval  [completed]" in out and "1 valid" in out
