@@ -583,9 +583,10 @@ def retry(engine: "Engine", name: str, *, devices: list[str] | None = None,
     stamp = db.utcnow()
     with db.write(engine) as conn:
         row = _campaign(conn, name)
-        if row.status not in ("running", "paused", "completed"):
-            raise ConflictError(f"campaign {name!r} is {row.status}: retry needs a launched campaign that was not "
-                                "cancelled or aborted")
+        if row.status not in ("running", "completed"):
+            hint = " (resume it first: a paused campaign delivers nothing)" if row.status == "paused" else ""
+            raise ConflictError(f"campaign {name!r} is {row.status}: only a running or completed campaign can be "
+                                f"retried{hint}")
         job_id = _latest_job(conn, row.id)
         job = jobs.job_row(conn, job_id)
         settings = json.loads(job.settings)
