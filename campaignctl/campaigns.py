@@ -123,7 +123,32 @@ def build_plan(conn: "Connection", spec: CampaignSpec, type_ids: set[int], fail:
 def _validate(conn: "Connection", spec: CampaignSpec, fail: Fail) -> list[tuple[int, int]]:
     devices = resolve_devices(conn, spec, fail)
     build_plan(conn, spec, {t for _, t in devices}, fail)
+    canaries(conn, spec, {d for d, _ in devices}, fail)
     return devices
+
+
+def canaries(conn: "Connection", spec: CampaignSpec, ids: set[int], fail: Fail) -> set[int]:
+    """The campaign's devices that the rollout's canary selector picks; an error when it
+    picks none of them (a typo in a tag would otherwise silently drop the canary stage)."""
+    canary = (spec.rollout or {}).get("canary")
+    if not canary:
+        return set()
+    selector = {"type": canary.get("type"), "tags": canary.get("tags") or {}}
+    probe = CampaignSpec(name=spec.name, description=None, names=canary.get("names") or [],
+                         selector=selector if (selector["type"] or selector["tags"]) else None,
+                         configurations={}, expected_state={}, firmware=None)
+
+    nothing = "the canary selector picks none of the campaign's devices"
+
+    def canary_fail(message: str, path: tuple) -> Exception:
+        if path == ("devices",):  # selects no device at all
+            return fail(nothing, ("rollout", "canary"))
+        return fail(message, ("rollout", "canary", *path[2:]))
+
+    found = {d for d, _ in resolve_devices(conn, probe, canary_fail)} & ids if (probe.names or probe.selector) else set()
+    if not found:
+        raise fail(nothing, ("rollout", "canary"))
+    return found
 
 
 @dataclass
@@ -191,6 +216,10 @@ def _diff(old: CampaignSpec, new: CampaignSpec) -> list[str]:
                 changes.append(f"{section}.{key}")
     if old.firmware != new.firmware:
         changes.append("firmware")
+    if old.start_at != new.start_at:
+        changes.append("start_at")
+    if canonical(old.rollout) != canonical(new.rollout):
+        changes.append("rollout")
     if sorted(old.secret_keys) != sorted(new.secret_keys):
         changes.extend(k for k in sorted(set(old.secret_keys) ^ set(new.secret_keys)) if k not in changes)
     return changes

@@ -462,7 +462,8 @@ def tick(engine: "Engine", *, campaign: str | None = None, progress: jobs.Progre
                 results.append({"campaign": name, "outcome": "aborted", "reason": exc.message})
                 continue
         info(f"{name}: started (it was scheduled for {spec.start_at})")
-        results.append({"campaign": name, "job": job_id, "outcome": advance(engine, job_id, owner, progress=progress)})
+        results.append({"campaign": name, "job": job_id,
+                        "outcome": _advance_safely(engine, job_id, owner, progress, info)})
     with db.read(engine) as conn:
         active = conn.exec_driver_sql(
             "SELECT j.id, c.name FROM job j JOIN campaign c ON c.id = j.campaign_id WHERE j.step != 'done' "
@@ -475,8 +476,20 @@ def tick(engine: "Engine", *, campaign: str | None = None, progress: jobs.Progre
         owner = jobs.try_acquire(engine, job_id)
         if owner is None:
             continue  # finished meanwhile, or another process runs it
-        results.append({"campaign": name, "job": job_id, "outcome": advance(engine, job_id, owner, progress=progress)})
+        results.append({"campaign": name, "job": job_id,
+                        "outcome": _advance_safely(engine, job_id, owner, progress, info)})
     return results
+
+
+def _advance_safely(engine: "Engine", job_id: int, owner: str, progress: jobs.Progress | None,
+                    info: Callable[[str], None]) -> str:
+    """One job's failure (a bug, a disk error) must not stop the engine for the others:
+    it is reported, and the job is tried again at the next pass."""
+    try:
+        return advance(engine, job_id, owner, progress=progress)
+    except Exception as exc:  # noqa: BLE001
+        info(f"job {job_id}: {type(exc).__name__}: {exc}; trying again at the next pass")
+        return "error"
 
 
 def run_worker(engine: "Engine", *, interval: float = 2.0, stop: threading.Event | None = None,
@@ -531,14 +544,16 @@ def resume(engine: "Engine", name: str) -> int:
         conn.exec_driver_sql("UPDATE campaign SET status = 'running', reason = NULL, updated_at = ? WHERE id = ?",
                              (stamp, row.id))
         tripped = conn.exec_driver_sql(
-            "SELECT number FROM job_batch WHERE job_id = ? AND status = 'tripped'", (job_id,)).scalar()
+            "SELECT number, delivered_at FROM job_batch WHERE job_id = ? AND status = 'tripped'", (job_id,)).first()
         if tripped is not None:
             pending = conn.exec_driver_sql("SELECT count(*) FROM job_item WHERE job_id = ? AND batch = ? "
-                                           "AND status = 'pending'", (job_id, tripped)).scalar()
+                                           "AND status = 'pending'", (job_id, tripped[0])).scalar()
+            # Back to the phase it tripped in: releasing, delivering, or baking.
+            phase = "releasing" if pending else "baking" if tripped[1] else "delivering"
             conn.exec_driver_sql(
                 "UPDATE job_batch SET status = ?, accepted = 1, finished_at = NULL, "
                 "reason = 'resumed by a user after: ' || coalesce(reason, '') WHERE job_id = ? AND number = ?",
-                ("releasing" if pending else "baking", job_id, tripped))
+                (phase, job_id, tripped[0]))
         conn.exec_driver_sql("UPDATE job SET status = 'in_progress' WHERE id = ?", (job_id,))
     return job_id
 

@@ -108,32 +108,19 @@ def start(conn: "Connection", row: Any, spec: Any, settings: dict[str, Any]) -> 
         "created_at) VALUES (?, 'created', 'write', ?, ?, ?, ?, ?, ?) RETURNING id",
         (row.id, json.dumps(plan), json.dumps({**settings, "rollout": rollout.to_dict()}), len(devices), owner,
          time.time() + LEASE_SECONDS, stamp)).scalar_one()
-    _insert_items(conn, job_id, row.name, devices, rollout)
+    _insert_items(conn, job_id, row.name, devices, rollout, spec)
     return job_id, owner
 
 
 def _insert_items(conn: "Connection", job_id: int, campaign: str, devices: list[tuple[int, int]],
-                  rollout: Rollout) -> None:
+                  rollout: Rollout, spec: Any) -> None:
     from sqlalchemy import insert
 
+    from campaignctl.campaigns import _fail_launched, canaries as canary_ids
     from campaignctl.models import JobItem
 
     ids = [d for d, _ in devices]
-    canaries: set[int] = set()
-    if rollout.canary:
-        from campaignctl.campaigns import _fail_launched, resolve_devices
-        from campaignctl.spec import CampaignSpec
-
-        canary = rollout.canary
-        selector = {"type": canary.get("type"), "tags": canary.get("tags") or {}}
-        probe = CampaignSpec(name=campaign, description=None, names=canary.get("names") or [],
-                             selector=selector if (selector["type"] or selector["tags"]) else None,
-                             configurations={}, expected_state={}, firmware=None)
-        if probe.names or probe.selector:
-            try:
-                canaries = {d for d, _ in resolve_devices(conn, probe, _fail_launched(campaign))} & set(ids)
-            except Exception:  # no canary among the devices: batches as listed
-                canaries = set()
+    canaries = canary_ids(conn, spec, set(ids), _fail_launched(campaign))
     order = ids
     if rollout.explicit:
         names = dict(conn.exec_driver_sql("SELECT id, name FROM device").all())

@@ -209,6 +209,8 @@ def _input_error(exc: ValidationError, doc: YamlDocument, prefix: tuple = ()) ->
         msg = "required field is missing"
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
+    elif kind == "literal_error":
+        msg = f"{msg[0].lower()}{msg[1:]}"
     elif kind in ("model_type", "model_attributes_type"):
         msg = f"input should be a mapping (got {type(err.get('input')).__name__})"
     elif kind.endswith("_type"):

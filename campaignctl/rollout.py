@@ -59,7 +59,7 @@ def parse_time(value: Any) -> str:
         except ValueError:
             raise ValueError(f"{value!r} is not an ISO 8601 date-time (e.g. 2026-12-01T02:00:00Z)") from None
     if when.tzinfo is None:
-        raise ValueError(f"{value!r} has no timezone: write it in UTC with a Z, e.g. 2026-12-01T02:00:00Z")
+        raise ValueError(f"{when.isoformat()} has no timezone: write it in UTC with a Z, e.g. 2026-12-01T02:00:00Z")
     return when.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 

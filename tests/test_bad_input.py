@@ -144,9 +144,20 @@ def test_bad_campaign_manifest(case, command, cli, fleet, tmp_path, db_path):
     assert db_dump(db_path) == before
 
 
-def test_usage_errors_exit_2(cli, fleet):
-    result = cli("status", "x", "--status", "great", code=2)
-    assert "Invalid value for --status: must be one of pending" in result.stderr
+@pytest.mark.parametrize("args, expected", [
+    (["status", "x", "--status", "great"], "Invalid value for --status: must be one of pending"),
+    (["launch", "x", "--timeout", "10s"], "Invalid value for --timeout: goes with --wait (the delivery timeout is "
+                                          "--ack-timeout)"),
+    (["status", "x", "--wait", "--timeout", "soon"], "Invalid value for --timeout: 'soon' is not a duration"),
+    (["status", "x", "--wait", "--min-valid", "120%"], "Invalid value for --min-valid: '120%' is not between"),
+    (["run", "--interval", "often"], "Invalid value for --interval: 'often' is not a duration"),
+    (["serve", "--engine-interval", "often"], "Invalid value for --engine-interval: 'often' is not a duration"),
+])
+def test_usage_errors_exit_2(cli, fleet, db_path, args, expected):
+    before = db_dump(db_path)
+    result = cli(*args, code=2)
+    assert expected in result.stderr, result.stderr
+    assert db_dump(db_path) == before
 
 
 def test_manifest_on_stdin_keeps_its_line_numbers(cli, fleet):
@@ -185,10 +196,6 @@ def test_missing_file(cli, tmp_path):
       "--url", "https://x/y"], "device type 'sensor-v2' has no firmware type 'os'"),
     (["firmwares", "add", "--device-type", "sensor-v2", "--firmware-type", "app", "--version", "1",
       "--url", "https://x/y", "--sha256", "abc"], "--sha256: must be 64 hexadecimal digits"),
-    (["launch", "x", "--timeout", "10s"], "--timeout: goes with --wait (the delivery timeout is --ack-timeout)"),
-    (["status", "x", "--wait", "--timeout", "soon"], "--timeout: 'soon' is not a duration"),
-    (["status", "x", "--wait", "--min-valid", "120%"], "--min-valid: '120%' is not between 0% and 100%"),
-    (["run", "--interval", "often"], "--interval: 'often' is not a duration"),
 ])
 def test_bad_flags(args, expected, cli, fleet, db_path):
     before = db_dump(db_path)

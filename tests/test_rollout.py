@@ -466,3 +466,56 @@ def test_wait_exit_codes_driven_by_the_simulator(cli, fleet20, tmp_path, db_path
         result = cli("launch", "broken", "--wait", "--timeout", "30s", "-o", "json", code=5)
     data = json.loads(result.stdout)
     assert data["exit_code"] == 5 and data["status"] == "paused" and "error threshold (10%)" in data["reason"]
+
+
+def test_resume_after_a_trip_before_the_batch_was_delivered(cli, tmp_path, prefix):
+    dead = free_port()
+    path = tmp_path / "fleet.yaml"
+    path.write_text(fleet_yaml(f"mqtt://127.0.0.1:{dead}", prefix, devices=4))
+    cli("devices", "import", str(path))
+    cli("create", "-f", _campaign(tmp_path, "  batches: [2, 100%]\n  error_threshold: 50%\n"))
+    result = cli("launch", "roll", "--attempts", "1", "--ack-timeout", "0.5")
+    assert "campaign roll: paused: batch 1: 2 failed of 2 devices (100%)" in result.stderr
+    cli("resume", "roll", code=None)  # its devices still fail: the job ends failed
+    data = _status(cli)
+    assert data["batches"][0]["status"] == "promoted" and "accepted by a user" in data["batches"][0]["reason"]
+    assert data["batches"][1]["status"] != "pending"  # the rollout went on
+    assert cli.json("tick") is not None  # and the engine keeps working
+
+
+def test_apply_sees_rollout_and_start_changes(cli, fleet20, tmp_path):
+    path = _campaign(tmp_path, "  batches: [1, 100%]\n")
+    cli("apply", "-f", path)
+    changed = Path(path).read_text().replace("[1, 100%]", "[2, 100%]")
+    Path(path).write_text(changed + "start_at: 2030-01-01T00:00:00Z\n")
+    assert cli("apply", "-f", path).stdout.strip() == "campaign roll: updated (start_at, rollout)"
+    assert cli.json("show", "roll")["rollout"]["batches"] == [2, "100%"]
+
+
+def test_a_canary_selector_that_picks_nothing_is_an_error(cli, fleet20, tmp_path):
+    path = _campaign(tmp_path, "  batches: [1, 100%]\n  canary: {tags: {ring: canray}}\n")
+    result = cli("create", "-f", path, code=1)
+    assert "roll.yaml:7: rollout.canary: the canary selector picks none of the campaign's devices" in result.stderr
+
+
+def test_launch_wait_gates_on_the_outcome_even_when_deliveries_failed(cli, broker, prefix, tmp_path):
+    dead = free_port()
+    path = tmp_path / "fleet.yaml"
+    path.write_text(fleet_yaml(broker.url, prefix, devices=1).replace(
+        "interfaces:\n", f"interfaces:\n  dead: {{type: mqtt, url: 'mqtt://127.0.0.1:{dead}', topic_prefix: x}}\n"))
+    cli("devices", "import", str(path))
+    cli("devices", "import", write(tmp_path, "d.csv", "name,type,interface\nlost-1,sensor-v2,dead\n"))
+    cli("create", "-f", write(tmp_path, "c.yaml", "name: mix\ndevices: {selector: {type: sensor-v2}}\n"
+                                                  "configurations: {mode: eco}\n"))
+    result = cli("launch", "mix", "--wait", "--min-valid", "50%", "--attempts", "1", "--ack-timeout", "0.5")
+    assert "completed (exit 0)" in result.stderr
+    cli("create", "-f", write(tmp_path, "d.yaml", "name: mix2\ndevices: {selector: {type: sensor-v2}}\n"
+                                                  "configurations: {mode: boost}\n"))
+    cli("launch", "mix2", "--wait", "--attempts", "1", "--ack-timeout", "0.5", code=3)
+
+
+def test_launch_json_of_a_scheduled_campaign(cli, fleet20, tmp_path):
+    cli("create", "-f", _campaign(tmp_path, "  batch_size: 20\n", extra="start_at: 2030-01-01T00:00:00Z\n"))
+    assert cli.json("launch", "roll") == {"campaign": "roll", "status": "scheduled",
+                                          "start_at": "2030-01-01T00:00:00.000000Z", "job": None}
+    assert "starts at 2030-01-01 00:00:00 UTC" in cli("status", "roll").stdout

@@ -120,10 +120,8 @@ def launch(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
     from campaignctl.interfaces.base import DeliveryPolicy
 
     if not wait and (timeout is not None or min_valid != "100%"):
-        from campaignctl.errors import InputError
-
-        raise InputError("goes with --wait (the delivery timeout is --ack-timeout)",
-                         field="--timeout" if timeout is not None else "--min-valid")
+        raise typer.BadParameter("goes with --wait (the delivery timeout is --ack-timeout)",
+                                 param_hint="--timeout" if timeout is not None else "--min-valid")
     limits = _wait_limits(timeout, min_valid) if wait else None
     policy = DeliveryPolicy(attempts=attempts, timeout=ack_timeout, backoff=backoff, max_backoff=max_backoff,
                             window=window)
@@ -132,30 +130,33 @@ def launch(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
     if job_id is None:
         from campaignctl.supervision import campaign_status
 
-        info(f"campaign {name}: scheduled for {campaign_status(db, name)['start_at']} "
+        start_at = campaign_status(db, name)["start_at"]
+        info(f"campaign {name}: scheduled for {start_at} "
              "(it starts then in any running `campaignctl serve` or `run`, or the next `tick`)")
         if limits:
             _wait(db, name, output, *limits)
+        elif output is Output.json:
+            print_json({"campaign": name, "status": "scheduled", "start_at": start_at, "job": None})
         return
     info(f"campaign {name}: launched, job {job_id}")
+    # With --wait, the exit code tells the outcome: failed deliveries count there.
     _advance(db, job_id, lambda progress: rollout_engine.advance(db, job_id, owner, progress=progress),
-             output if not wait else None)
+             output if not wait else None, fail_on_failed=not wait)
     if limits:
         _wait(db, name, output, *limits)
 
 
 def _wait_limits(timeout: Optional[str], min_valid: str) -> tuple[Optional[float], float]:
-    from campaignctl.errors import InputError
     from campaignctl.rollout import parse_duration, parse_percent
 
     try:
         seconds = None if timeout is None else parse_duration(timeout)
     except ValueError as exc:
-        raise InputError(str(exc), field="--timeout") from None
+        raise typer.BadParameter(str(exc), param_hint="--timeout") from None
     try:
         share = parse_percent(min_valid)
     except ValueError as exc:
-        raise InputError(str(exc), field="--min-valid") from None
+        raise typer.BadParameter(str(exc), param_hint="--min-valid") from None
     return seconds, share
 
 
@@ -186,6 +187,10 @@ def _advance(db: Any, job_id: int, run: Any, output: Optional[Output], *, fail_o
         if outcome == "waiting" and counts["pending"]:
             info("the next batches start as the rollout allows: keep `campaignctl serve` or `campaignctl run` "
                  "running, run `campaignctl tick` from cron, or wait with `campaignctl status NAME --wait`")
+        elif outcome in ("paused", "aborted"):
+            from campaignctl.supervision import campaign_status
+
+            info(f"campaign {result['campaign']}: {outcome}: {campaign_status(db, result['campaign'])['reason']}")
     if fail_on_failed and result["status"] == "failed" and outcome == "completed":
         raise CampaignctlError(f"{counts['failed']} device(s) could not be delivered "
                                f"(campaignctl jobs show {job_id})")
@@ -220,7 +225,8 @@ def _wait(db: Any, name: str, output: Output, timeout: Optional[float], min_vali
         print_json({**data, "exit_code": code})
     elif live is None:
         stdout_console().print(_status_view(data, only, limit))
-    verdict = {0: "completed", 3: "ended below --min-valid", 4: "timed out waiting",
+    verdict = {0: "completed", 3: "cancelled" if data["status"] == "cancelled" else "ended below --min-valid",
+               4: "timed out waiting",
                5: f"stopped: {data['status']}" + (f" ({data['reason']})" if data.get("reason") else "")}[code]
     info(f"campaign {name}: {verdict} (exit {code})")
     raise typer.Exit(code)
@@ -283,7 +289,8 @@ def _status_view(data: dict[str, Any], only: Optional[str], limit: int) -> Any:
     job = data["job"]
     head = Text.assemble(
         (data["campaign"], "bold"), f"  [{data['status']}]",
-        f"  job {job['id']} {job['status']}" if job else "  not launched",
+        f"  job {job['id']} {job['status']}" if job else (
+            f"  starts at {short_time(data['start_at'])} UTC" if data["status"] == "scheduled" else "  not launched"),
         f"  {s['total']} devices: ",
         *[part for state in ("valid", "waiting", "syncing", "pending", "invalid", "failed", "timed_out", "cancelled")
           if s[state] or state in ("valid", "waiting")

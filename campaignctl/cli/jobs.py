@@ -41,7 +41,7 @@ def show(ctx: typer.Context, job_id: int = typer.Argument(..., metavar="ID"),
     typer.echo(f"started {job['started_at'] or '-'}  finished {job['finished_at'] or '-'}")
     if job["steps"]:
         typer.echo("steps: " + ", ".join(
-            f"{s['number']}: {'batch ' + str(s['batch']) if s['kind'] == 'batch' else 'retry'} ({s['devices']} devices)"
+            f"{s['number']}: {'batch ' + str(s['batch']) if s['kind'] == 'batch' else 'retry'} ({s['devices']} device(s))"
             for s in job["steps"]))
     if job["errors"]:
         show_table(["device", "attempts", "error", "at"],

@@ -81,13 +81,12 @@ def run(ctx: typer.Context,
         interval: str = typer.Option("2s", "--interval", metavar="DURATION", help="Time between two passes.")) -> None:
     """Run the rollout engine until interrupted: starts scheduled campaigns, promotes batches."""
     from campaignctl import engine as rollout
-    from campaignctl.errors import InputError
     from campaignctl.rollout import parse_duration
 
     try:
         seconds = parse_duration(interval)
     except ValueError as exc:
-        raise InputError(str(exc), field="--interval") from None
+        raise typer.BadParameter(str(exc), param_hint="--interval") from None
     import signal
 
     def on_term(_signum: int, _frame: object) -> None:

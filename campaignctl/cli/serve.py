@@ -33,13 +33,12 @@ def serve(ctx: typer.Context,
         raise KeyboardInterrupt  # a service manager's stop: the same clean shutdown as Ctrl-C
 
     signal.signal(signal.SIGTERM, on_term)
-    from campaignctl.errors import InputError
     from campaignctl.rollout import parse_duration
 
     try:
         interval = None if no_engine else parse_duration(engine_interval)
     except ValueError as exc:
-        raise InputError(str(exc), field="--engine-interval") from None
+        raise typer.BadParameter(str(exc), param_hint="--engine-interval") from None
     server = Server(db, host, port, listen_mqtt=not no_mqtt, engine_interval=interval, info=info,
                     warn=lambda m: info(f"warning: {m}"), access_log=access_log).start()
     info(f"serving the device API on http://{host}:{server.port} (OpenAPI: /docs, /openapi.json); Ctrl-C stops")
