@@ -49,9 +49,13 @@ def create_engine(path: str | os.PathLike[str]) -> "Engine":
             _create_private_file(path)
         except OSError as exc:
             raise CampaignctlError(f"cannot create database {path}: {exc.strerror}") from None
+    if path.is_dir():
+        raise CampaignctlError(f"{path} is a directory, not a database file")
     engine = sa_create_engine(
         f"sqlite:///{path}",
         connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        # SQL errors would print their parameters: desired values, tokens among them.
+        hide_parameters=True,
         # Enough pooled connections for a server's worker threads (anyio runs up to 40):
         # past pool_size, SQLAlchemy closes returned connections and opens new ones,
         # pragmas included, on every request.
@@ -77,10 +81,15 @@ def create_engine(path: str | os.PathLike[str]) -> "Engine":
         # writes, fails with SQLITE_BUSY instead of waiting when another writer got there first.
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
+    from sqlalchemy.exc import DatabaseError, OperationalError
+
     from campaignctl.migrations import migrate
 
     try:
         migrate(engine)
+    except (DatabaseError, OperationalError) as exc:
+        engine.dispose()
+        raise CampaignctlError(f"{path} cannot be used as a campaignctl database: {exc.orig}") from None
     except Exception:
         engine.dispose()
         raise

@@ -12,7 +12,7 @@ from campaignctl import db, interfaces
 from campaignctl.interfaces.base import Delivery, DeliveryPolicy, Failure, document
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine
 
 CHUNK = 2000
 
@@ -27,6 +27,7 @@ def load_documents(conn: Any, devices: Sequence[tuple[int, str]]) -> list[Delive
     if not devices:
         return []
     execute = conn.exec_driver_sql if hasattr(conn, "exec_driver_sql") else conn.execute
+    loaded_at = execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0]
     # Entries whose desired value was withdrawn (a cancelled campaign's, with no value
     # before it) keep their revision: the version still only grows.
     rows = execute(
@@ -39,7 +40,7 @@ def load_documents(conn: Any, devices: Sequence[tuple[int, str]]) -> list[Delive
     out = []
     for device_id, name in devices:
         version, configuration = found.get(device_id, (0, None))
-        out.append(Delivery(device_id, name, version, document(version, configuration or "{}")))
+        out.append(Delivery(device_id, name, version, document(version, configuration or "{}"), loaded_at=loaded_at))
     return out
 
 
@@ -99,7 +100,7 @@ class JobRecorder:
         self._last = time.monotonic()
 
     def delivered(self, delivery: Delivery) -> None:
-        self._delivered.append((delivery.attempts, delivery.device_id))
+        self._delivered.append((delivery.attempts, delivery.device_id, delivery.version, delivery.loaded_at))
         self._maybe_flush()
 
     def failed(self, failure: Failure) -> None:
@@ -118,12 +119,18 @@ class JobRecorder:
             return
         now = db.utcnow()
         with db.write(self.engine) as conn:
+            # A document read before a newer write (a user's set-config) and sent after it
+            # replaced the newer one on the interface: such devices stay `syncing`, and the
+            # job sends them their current document again.
+            stale = _stale(conn, delivered)
+            if stale:
+                delivered = [d for d in delivered if d[1] not in stale]
             # `status = 'syncing'` keeps a result from a stale run from overwriting a final one.
             if delivered:
                 conn.exec_driver_sql(
                     "UPDATE job_item SET status = 'delivered', attempts = attempts + ?, error = NULL, updated_at = ?, "
                     "delivered_at = ? WHERE job_id = ? AND device_id = ? AND status = 'syncing'",
-                    [(a, now, now, self.job_id, d) for a, d in delivered])
+                    [(a, now, now, self.job_id, d) for a, d, _v, _l in delivered])
             if failed:
                 conn.exec_driver_sql(
                     "UPDATE job_item SET status = 'failed', attempts = attempts + ?, error = ?, updated_at = ? "
@@ -133,9 +140,28 @@ class JobRecorder:
             self.on_flush(len(delivered), len(failed))
 
 
-def job_deliveries(engine: "Engine", job_id: int, interface_id: int, chunk: int = CHUNK) -> Iterator[Delivery]:
+def _stale(conn: "Connection", delivered: list[tuple]) -> set[int]:
+    """Devices whose delivered document is older than their current one."""
+    current = conn.exec_driver_sql("SELECT value FROM meta WHERE key = 'revision'").scalar()
+    suspects = {d: version for _a, d, version, loaded_at in delivered if loaded_at < current}
+    if not suspects:
+        return set()  # nothing was written anywhere since the documents were read
+    stale: set[int] = set()
+    ids = sorted(suspects)
+    for start in range(0, len(ids), 500):
+        part = ids[start : start + 500]
+        for device_id, version in conn.exec_driver_sql(
+                "SELECT device_id, max(desired_revision) FROM device_config WHERE device_id IN "
+                f"({','.join('?' * len(part))}) GROUP BY device_id", tuple(part)):
+            if version is not None and version > suspects[device_id]:
+                stale.add(device_id)
+    return stale
+
+
+def job_deliveries(engine: "Engine", job_id: int, interface_id: int, chunk: int = CHUNK,
+                   stop: Callable[[], bool] = lambda: False) -> Iterator[Delivery]:
     """The job's devices on one interface that still await delivery, read chunk by chunk
-    so that memory stays flat whatever the fleet size."""
+    so that memory stays flat whatever the fleet size; ends early once ``stop()``."""
     last = 0
     while True:
         with db.read(engine) as conn:
@@ -147,17 +173,22 @@ def job_deliveries(engine: "Engine", job_id: int, interface_id: int, chunk: int 
                 return
             deliveries = load_documents(conn, [(r[0], r[1]) for r in devices])
         last = devices[-1][0]
-        yield from deliveries
+        for delivery in deliveries:
+            if stop():
+                return
+            yield delivery
 
 
 def run_interface(engine: "Engine", job_id: int, interface: Any, policy: DeliveryPolicy,
-                  recorder: JobRecorder) -> bool:
+                  recorder: JobRecorder, stop: Callable[[], bool] = lambda: False) -> bool:
     """Deliver a job's pending documents on one interface; False when the interface is
-    one the devices poll (nothing to push)."""
+    one the devices poll (nothing to push). Once ``stop()``, nothing new is sent: what is
+    in flight is acknowledged and recorded, the rest stays ``syncing``."""
     driver = interfaces.driver(interface.name, interface.type, json.loads(interface.settings))
     if not driver.pushes:
         return False
-    driver.deliver(job_deliveries(engine, job_id, interface.id), policy, recorder.delivered, recorder.failed,
-                   refresher(engine))
+    refresh = refresher(engine)
+    driver.deliver(job_deliveries(engine, job_id, interface.id, stop=stop), policy, recorder.delivered,
+                   recorder.failed, lambda pending: [] if stop() else refresh(pending))
     recorder.flush()
     return True

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
 FINAL_DEVICE_STATES = ("valid", "invalid", "failed", "timed_out", "cancelled")
+#: A worker gives each job at most this long at a time of a rate-limited release, so
+#: that one slow rollout does not hold back the other campaigns it serves.
+SLICE_SECONDS = 10.0
 
 
 class Stop(Exception):
@@ -50,10 +53,11 @@ class Context:
     plan: dict[str, Any]
     progress: Callable[[str, int, int], None]
     sleep: Callable[[float], None]
+    deadline: float | None = None  # time.monotonic() after which a rate-limited release yields
 
 
 def advance(engine: "Engine", job_id: int, owner: str, *, progress: jobs.Progress | None = None,
-            sleep: Callable[[float], None] = time.sleep) -> str:
+            sleep: Callable[[float], None] = time.sleep, slice_seconds: float | None = None) -> str:
     """Move a job (whose lease ``owner`` holds) as far as it can go now; releases the
     lease. Returns where it stopped: completed, waiting (bake time, devices to fetch or
     to report), paused, aborted or cancelled."""
@@ -68,7 +72,8 @@ def advance(engine: "Engine", job_id: int, owner: str, *, progress: jobs.Progres
         ctx = Context(engine, job_id, job.campaign_id, job.campaign, owner, heartbeat,
                       DeliveryPolicy.from_dict(settings), Rollout.from_dict(settings.get("rollout")),
                       settings.get("chunk_size", jobs.WRITE_CHUNK), json.loads(job.plan),
-                      progress or (lambda _p, _d, _t: None), sleep)
+                      progress or (lambda _p, _d, _t: None), sleep,
+                      None if slice_seconds is None else time.monotonic() + slice_seconds)
         while True:
             try:
                 return _advance(ctx)
@@ -129,8 +134,11 @@ def _advance(ctx: Context) -> str:
         if current.status == "pending":
             _start_batch(ctx, number, current.size)
         elif current.status == "releasing":
-            if _release(ctx, number, current.size):
+            released = _release(ctx, number, current.size)
+            if released == "tripped":
                 return "paused" if ctx.rollout.on_error == "pause" else "aborted"
+            if released == "yield":
+                return "waiting"  # the worker's other campaigns get their turn
             with db.write(ctx.engine) as conn:
                 conn.exec_driver_sql("UPDATE job_batch SET status = 'delivering' WHERE job_id = ? AND number = ?",
                                      (ctx.job_id, number))
@@ -166,9 +174,9 @@ def _start_batch(ctx: Context, number: int, size: int) -> None:
         _set_job(conn, ctx, status="in_progress", step="write")
 
 
-def _release(ctx: Context, number: int, size: int) -> bool:
+def _release(ctx: Context, number: int, size: int) -> str:
     """Write and deliver the batch's devices, at the rate limit when there is one.
-    Returns True when the breaker tripped."""
+    Returns "released", "tripped" (the breaker), or "yield" (a worker's time slice is up)."""
     rate = ctx.rollout.max_per_minute
     with db.read(ctx.engine) as conn:
         written = size - jobs.counts(conn, ctx.job_id, number)["pending"]
@@ -178,7 +186,7 @@ def _release(ctx: Context, number: int, size: int) -> bool:
             written += count
             ctx.progress("write", written, size)
         _deliver(ctx)
-        return _check_breaker(ctx, number)
+        return "tripped" if _check_breaker(ctx, number) else "released"
     # A token bucket: rate/60 devices a second, at most one second's worth at once.
     per_second = rate / 60.0
     burst = max(1.0, per_second)
@@ -193,13 +201,15 @@ def _release(ctx: Context, number: int, size: int) -> bool:
         count = _write(ctx, number, min(ctx.chunk_size, math.floor(tokens)))
         if not count:
             _deliver(ctx)
-            return _check_breaker(ctx, number)
+            return "tripped" if _check_breaker(ctx, number) else "released"
         tokens -= count
         written += count
         ctx.progress("write", written, size)
         _deliver(ctx)
         if _check_breaker(ctx, number):
-            return True
+            return "tripped"
+        if ctx.deadline is not None and time.monotonic() > ctx.deadline:
+            return "yield"
 
 
 def _check_breaker(ctx: Context, number: int) -> bool:
@@ -264,10 +274,14 @@ def _write(ctx: Context, number: int, limit: int) -> int:
             "desired_at = excluded.desired_at, desired_revision = excluded.desired_revision, "
             "desired_by = excluded.desired_by, secret = max(device_config.secret, excluded.secret)",
             (*flat, stamp, revision, f"job:{ctx.job_id}", *where))
+        # A device type the campaign writes nothing to (expected state only) gets revision
+        # 0: any document it fetches holds "the job's write".
+        valued = sorted({int(t) for t, p in ctx.plan.items() if p["configurations"]})
         conn.exec_driver_sql(
-            "UPDATE job_item SET status = 'syncing', revision = ?, updated_at = ? "
-            "WHERE job_id = ? AND batch = ? AND status = 'pending' AND device_id BETWEEN ? AND ?",
-            (revision, stamp, ctx.job_id, number, lo, hi))
+            "UPDATE job_item SET status = 'syncing', updated_at = ?, revision = CASE WHEN "
+            f"(SELECT device_type_id FROM device WHERE id = job_item.device_id) IN ({','.join('?' * len(valued))}) "
+            "THEN ? ELSE 0 END WHERE job_id = ? AND batch = ? AND status = 'pending' AND device_id BETWEEN ? AND ?",
+            (stamp, *valued, revision, ctx.job_id, number, lo, hi))
     return count
 
 
@@ -288,21 +302,24 @@ def _deliver(ctx: Context) -> None:
             "SELECT count(*) FROM job_item WHERE job_id = ? AND status = 'syncing'", (ctx.job_id,)).scalar()
     with db.write(ctx.engine) as conn:
         _set_job(conn, ctx, status="in_progress", step="deliver")
-    state = {"done": done}
+    state = {"done": done, "stop": False}
     ctx.progress("deliver", done, total)
 
     def on_flush(ok: int, ko: int) -> None:
         state["done"] += ok + ko
         ctx.progress("deliver", state["done"], total)
-        _check(ctx)  # a pause or cancel stops the delivery within a flush interval
+        if not state["stop"]:
+            try:
+                _check(ctx)  # a pause or cancel stops the delivery within a flush interval...
+            except Stop:
+                state["stop"] = True  # ...by sending nothing new; what is in flight is recorded
 
     recorder = JobRecorder(ctx.engine, ctx.job_id, on_flush=on_flush)
     for interface in interfaces:
         _check(ctx)
-        try:
-            run_interface(ctx.engine, ctx.job_id, interface, ctx.policy, recorder)
-        finally:
-            recorder.flush(notify=False)  # what was acknowledged before a stop is recorded
+        run_interface(ctx.engine, ctx.job_id, interface, ctx.policy, recorder, stop=lambda: state["stop"])
+        if state["stop"]:
+            raise Stop
 
 
 def _device_states(ctx: Context, batch: int | None = None) -> dict[str, int]:
@@ -389,11 +406,13 @@ def _judge(ctx: Context, batch: Any) -> str | None:
 
 def _finish(ctx: Context) -> str:
     stamp = db.utcnow()
+    with db.read(ctx.engine) as conn:
+        seen = jobs.counts(conn, ctx.job_id)["syncing"]
     # Devices that poll and have not fetched yet keep the job open, until they time out.
     syncing = _syncing(ctx)
     with db.write(ctx.engine) as conn:
         counts = jobs.counts(conn, ctx.job_id)
-        if syncing:
+        if syncing or counts["syncing"] > seen:  # or a retry came in meanwhile
             _set_job(conn, ctx, status="waiting", step="deliver")
             return "waiting"
         _set_job(conn, ctx, status="failed" if counts["failed"] else "success", step="done", finished_at=stamp)
@@ -409,6 +428,11 @@ def _cancel_items(ctx: Context, job_status: str, reason: str) -> None:
     by = f"job:{ctx.job_id}"
     stamp = db.utcnow()
     with db.write(ctx.engine) as conn:
+        # Timed-out devices sent again by a retry had received the document already.
+        conn.exec_driver_sql(
+            "UPDATE job_item SET status = 'delivered' WHERE job_id = ? AND status = 'syncing' AND EXISTS "
+            "(SELECT 1 FROM job_item_history h WHERE h.job_id = job_item.job_id AND h.device_id = job_item.device_id "
+            "AND h.status = 'timed_out')", (ctx.job_id,))
         rows = conn.exec_driver_sql(
             "SELECT c.device_id, c.key, b.desired, b.desired_at, b.desired_by, coalesce(b.secret, 0) "
             "FROM job_item ji JOIN device_config c ON c.device_id = ji.device_id AND c.desired_by = ? "
@@ -436,7 +460,7 @@ def _cancel_items(ctx: Context, job_status: str, reason: str) -> None:
 
 
 def tick(engine: "Engine", *, campaign: str | None = None, progress: jobs.Progress | None = None,
-         info: Callable[[str], None] = lambda _m: None) -> list[dict[str, Any]]:
+         info: Callable[[str], None] = lambda _m: None, slice_seconds: float | None = None) -> list[dict[str, Any]]:
     """One pass: start the scheduled campaigns that are due, then advance every job that
     no other process is running. Returns what happened, per campaign."""
     from campaignctl.campaigns import get_spec
@@ -463,7 +487,7 @@ def tick(engine: "Engine", *, campaign: str | None = None, progress: jobs.Progre
                 continue
         info(f"{name}: started (it was scheduled for {spec.start_at})")
         results.append({"campaign": name, "job": job_id,
-                        "outcome": _advance_safely(engine, job_id, owner, progress, info)})
+                        "outcome": _advance_safely(engine, job_id, owner, progress, info, slice_seconds)})
     with db.read(engine) as conn:
         active = conn.exec_driver_sql(
             "SELECT j.id, c.name FROM job j JOIN campaign c ON c.id = j.campaign_id WHERE j.step != 'done' "
@@ -477,16 +501,16 @@ def tick(engine: "Engine", *, campaign: str | None = None, progress: jobs.Progre
         if owner is None:
             continue  # finished meanwhile, or another process runs it
         results.append({"campaign": name, "job": job_id,
-                        "outcome": _advance_safely(engine, job_id, owner, progress, info)})
+                        "outcome": _advance_safely(engine, job_id, owner, progress, info, slice_seconds)})
     return results
 
 
 def _advance_safely(engine: "Engine", job_id: int, owner: str, progress: jobs.Progress | None,
-                    info: Callable[[str], None]) -> str:
+                    info: Callable[[str], None], slice_seconds: float | None) -> str:
     """One job's failure (a bug, a disk error) must not stop the engine for the others:
     it is reported, and the job is tried again at the next pass."""
     try:
-        return advance(engine, job_id, owner, progress=progress)
+        return advance(engine, job_id, owner, progress=progress, slice_seconds=slice_seconds)
     except Exception as exc:  # noqa: BLE001
         info(f"job {job_id}: {type(exc).__name__}: {exc}; trying again at the next pass")
         return "error"
@@ -499,7 +523,12 @@ def run_worker(engine: "Engine", *, interval: float = 2.0, stop: threading.Event
     last: dict[str, str] = {}
     try:
         while not stop.is_set():
-            for result in tick(engine, info=info):
+            try:
+                results = tick(engine, info=info, slice_seconds=SLICE_SECONDS)
+            except Exception as exc:  # noqa: BLE001 - a locked or busy database: next pass
+                info(f"rollout engine: {type(exc).__name__}: {exc}; trying again in {interval:g}s")
+                results = []
+            for result in results:
                 if last.get(result["campaign"]) != result["outcome"]:
                     last[result["campaign"]] = result["outcome"]
                     info(f"{result['campaign']}: {result['outcome']}")
@@ -675,7 +704,9 @@ def wait(engine: "Engine", name: str, *, timeout: float | None = None, min_valid
         if _campaign(conn, name).status == "draft":
             raise ConflictError(f"campaign {name!r} is not launched: nothing to wait for")
     while True:
-        tick(engine, campaign=name, progress=progress)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        tick(engine, campaign=name, progress=progress,
+             slice_seconds=SLICE_SECONDS if left is None else min(SLICE_SECONDS, left))
         data = campaign_status(engine, name)
         on_update(data)
         code = outcome(data, min_valid)

@@ -25,8 +25,8 @@ def add(engine: "Engine", *, device_type: str, firmware_type: str, version: str,
         raise InputError(f"{url!r} is not a URL", field="--url")
     if sha256 is not None and not _SHA256.match(sha256):
         raise InputError("must be 64 hexadecimal digits", field="--sha256")
-    if size is not None and size < 0:
-        raise InputError("must not be negative", field="--size")
+    if size is not None and not 0 <= size < 2**63:
+        raise InputError("must be between 0 and 2^63-1 bytes", field="--size")
     token = None
     if token_env is not None:
         token = os.environ.get(token_env)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from campaignctl import db, store
 from campaignctl.errors import InputError
-from campaignctl.values import canonical, check_key, mask
+from campaignctl.values import canonical, check_key, loads, mask
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -278,7 +278,7 @@ def parse_state_payload(payload: bytes | str) -> dict[str, str]:
     Raises InputError naming the problem; the caller writes nothing for such a message.
     """
     try:
-        data = json.loads(payload)
+        data = loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"state is not JSON: {exc}") from None
     if not isinstance(data, dict):

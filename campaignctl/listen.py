@@ -59,6 +59,10 @@ class StateIngest:
             self.stats.rejected += 1
             self.warn(f"{interface}: state of {device} rejected: {exc.message}")
             return
+        except Exception as exc:  # noqa: BLE001 - whatever a device sends, the listener goes on
+            self.stats.rejected += 1
+            self.warn(f"{interface}: state of {device} rejected: {type(exc).__name__}")
+            return
         device_id = self._device_id(interface, device)
         if device_id is None:
             self.stats.rejected += 1

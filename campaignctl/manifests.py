@@ -196,6 +196,8 @@ def _validate(model: type[BaseModel], data: Any, doc: YamlDocument, prefix: tupl
         return model.model_validate(data)
     except ValidationError as exc:
         raise _input_error(exc, doc, prefix) from None
+    except RecursionError:
+        raise InputError("a value refers to itself, or is nested too deeply", source=doc.source) from None
 
 
 def _input_error(exc: ValidationError, doc: YamlDocument, prefix: tuple = ()) -> InputError:
@@ -209,14 +211,14 @@ def _input_error(exc: ValidationError, doc: YamlDocument, prefix: tuple = ()) ->
         msg = "required field is missing"
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
-    elif kind == "literal_error":
-        msg = f"{msg[0].lower()}{msg[1:]}"
     elif kind in ("model_type", "model_attributes_type"):
         msg = f"input should be a mapping (got {type(err.get('input')).__name__})"
     elif kind.endswith("_type"):
         msg = f"{msg[0].lower()}{msg[1:]} (got {type(err.get('input')).__name__})"
     if kind == "extra_forbidden" and loc and isinstance(loc[-1], str) and len(loc) >= 1:
         msg = f"unknown field {loc[-1]!r}"
+    if msg[:1].isupper() and msg[1:2].islower():  # pydantic's "Input should be..." in our style
+        msg = msg[0].lower() + msg[1:]
     return doc.error(msg, path)
 
 
@@ -271,10 +273,22 @@ class Fleet:
 CSV_COLUMNS = ("name", "type", "interface", "tags")
 
 
+class _NumberedReader(csv.DictReader):
+    """DictReader whose rows remember the line they started on."""
+
+    def __next__(self) -> dict:
+        row = super().__next__()
+        row["\0line"] = self.line_num
+        return row
+
+
 def _parse_csv(text: str, source: str) -> tuple[list[DeviceSpec], dict[int, int]]:
     """The devices of a CSV file, and the line each one stands on."""
-    reader = csv.DictReader(io.StringIO(text))
-    header = reader.fieldnames or []
+    reader = _NumberedReader(io.StringIO(text))
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as exc:
+        raise InputError(f"not valid CSV: {exc}", source=source, line=1) from None
     missing = [c for c in CSV_COLUMNS[:3] if c not in header]
     unknown = [c for c in header if c not in CSV_COLUMNS]
     if missing or unknown:
@@ -288,8 +302,12 @@ def _parse_csv(text: str, source: str) -> tuple[list[DeviceSpec], dict[int, int]
     devices: list[DeviceSpec] = []
     lines: dict[int, int] = {}
     seen: dict[str, int] = {}
-    for row in reader:
-        line = reader.line_num
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        raise InputError(f"not valid CSV: {exc}", source=source, line=reader.line_num) from None
+    for row in rows:
+        line = row.pop("\0line")
         if None in row:
             raise InputError("more fields than columns", source=source, line=line)
         tags: dict[str, str] = {}
@@ -334,6 +352,9 @@ def load_campaign(path: str, environ: dict[str, str] | None = None) -> CampaignS
                 raise doc.error(f"environment variable {exc.args[0]} is not set", (section, key)) from None
             except (ValueError, TypeError) as exc:
                 raise doc.error(f"not a JSON value ({exc})", (section, key)) from None
+            except RecursionError:
+                raise doc.error("invalid YAML: an alias refers to itself, or the value is nested too deeply",
+                                (section, key)) from None
             values[section][key] = expanded
             if secret:
                 secret_keys.append(f"{section}.{key}")

@@ -37,9 +37,14 @@ def check_key(key: object, *, source: str | None = None, field: str | None = Non
     return key  # type: ignore[return-value]
 
 
+INT_RANGE = (-(2**63), 2**63 - 1)
+
+
 def _normalise(value: Any) -> Any:
     # JSON compares 1 and 1.0 as the same number; store one spelling so that SQL text
     # equality is JSON equality.
+    if isinstance(value, int) and not isinstance(value, bool) and not INT_RANGE[0] <= value <= INT_RANGE[1]:
+        raise ValueError("integers must fit in 64 bits (devices and JSON tools lose larger ones)")
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             raise ValueError("NaN and infinity are not JSON")
@@ -54,8 +59,23 @@ def _normalise(value: Any) -> Any:
 
 
 def canonical(value: Any) -> str:
-    """The one JSON text of ``value``: sorted keys, no spaces, integral floats as ints."""
-    return json.dumps(_normalise(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """The one JSON text of ``value``: sorted keys, no spaces, integral floats as ints.
+
+    Raises ValueError for what is not JSON (NaN, 65-bit integers, values nested too deep).
+    """
+    try:
+        return json.dumps(_normalise(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False)
+    except RecursionError:
+        raise ValueError("the value is nested too deeply") from None
+
+
+def loads(text: str | bytes) -> Any:
+    """json.loads, with nesting too deep for Python reported as a ValueError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def parse_json_text(text: str | None) -> Any:
@@ -72,7 +92,7 @@ def parse_assignments(items: Iterable[str], *, source: str = "<command line>") -
         if eq > 0 and item[eq - 1] == ":":
             key, raw = item[: eq - 1], item[eq + 1 :]
             try:
-                value: Any = json.loads(raw)
+                value: Any = loads(raw)
                 canonical(value)
             except ValueError as exc:
                 raise InputError(f"{key}:= takes a JSON value: {exc}", source=source) from None

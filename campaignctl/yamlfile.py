@@ -24,6 +24,9 @@ class YamlDocument:
             ) from None
         except yaml.YAMLError as exc:
             raise InputError(f"invalid YAML: {exc}", source=source) from None
+        except RecursionError:
+            raise InputError("invalid YAML: an alias refers to itself, or the nesting is too deep",
+                             source=source) from None
 
     def line_of(self, path: Sequence[str | int]) -> int | None:
         """1-based line of the deepest node of ``path`` that exists in the document."""
@@ -66,9 +69,10 @@ def read_text(path: str) -> str:
     if path == "-":
         import sys
 
-        return sys.stdin.read()
+        return sys.stdin.read().removeprefix("\ufeff")
     try:
-        with open(path, encoding="utf-8") as f:
+        # utf-8-sig: files saved by spreadsheets start with a byte order mark.
+        with open(path, encoding="utf-8-sig") as f:
             return f.read()
     except FileNotFoundError:
         raise InputError("no such file", source=path) from None

@@ -216,3 +216,78 @@ def test_a_bad_state_payload_is_rejected_whole(cli, fleet, db_path):
     assert db_dump(db_path) == before
     assert len(warnings) == 5 and all(w.startswith("broker: state of sensor-0001 rejected: ") for w in warnings)
     assert "key 'bad key' contains ' '" in warnings[0]
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    ("c.yaml", "name: x\ndevices: {names: [sensor-0001]}\nconfigurations: {k: &a [*a]}\n",
+     "invalid YAML: an alias refers to itself"),
+    ("c.yaml", "name: x\ndevices: {names: [sensor-0001]}\nconfigurations: {k: 99999999999999999999}\n",
+     "configurations.k: not a JSON value (integers must fit in 64 bits"),
+    ("devices.csv", "name,type,interface,tags\nd1,sensor-v2,broker,\"" + "a" * 140_000 + "\"\n",
+     "not valid CSV: field larger than field limit"),
+], ids=["self-referencing alias", "65-bit integer", "huge CSV field"])
+def test_inputs_that_used_to_crash(name, text, expected, cli, fleet, tmp_path, db_path):
+    path = write(tmp_path, name, text)
+    before = db_dump(db_path)
+    command = ["devices", "import", path] if name.endswith(".csv") else ["create", "-f", path]
+    assert expected in cli(*command, code=1).stderr
+    assert db_dump(db_path) == before
+
+
+def test_csv_with_a_byte_order_mark(cli, fleet, tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffname,type,interface,tags\nsensor-0200,sensor-v2,broker,site=lyon\n".encode())
+    assert cli.json("devices", "import", str(path))["devices"]["created"] == 1
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["devices", "set-config", "sensor-0001", "big:=99999999999999999999"], "integers must fit in 64 bits"),
+    (["devices", "report", "sensor-0001", "deep:=" + "[" * 5000 + "]" * 5000], "nested too deeply"),
+    (["firmwares", "add", "--device-type", "sensor-v2", "--firmware-type", "app", "--version", "1",
+      "--url", "https://x/y", "--size", "99999999999999999999"], "--size: must be between 0 and 2^63-1"),
+])
+def test_values_out_of_range(args, expected, cli, fleet, db_path):
+    before = db_dump(db_path)
+    assert expected in cli(*args, code=1).stderr
+    assert db_dump(db_path) == before
+
+
+def test_a_file_that_is_not_a_database(tmp_path):
+    from typer.testing import CliRunner
+
+    from campaignctl.cli import app
+
+    path = tmp_path / "notes.txt"
+    path.write_text("hello\n")
+    result = CliRunner().invoke(app, ["--db", str(path), "jobs", "list"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: {path} cannot be used as a campaignctl database: file is not a database"
+    result = CliRunner().invoke(app, ["--db", str(tmp_path), "jobs", "list"])
+    assert result.stderr.strip() == f"Error: {tmp_path} is a directory, not a database file"
+
+
+def test_bad_mqtt_settings_are_refused_or_reported(cli, tmp_path):
+    bad = write(tmp_path, "f.yaml", "interfaces:\n  b: {type: mqtt, keepalive: -1}\n")
+    assert "interfaces.b.keepalive: input should be greater than or equal to 5" in cli(
+        "devices", "import", bad, code=1).stderr
+    tls = write(tmp_path, "g.yaml", f"interfaces:\n  b: {{type: mqtt, url: 'mqtts://127.0.0.1:1', ca: {tmp_path}/none.pem}}\n")
+    cli("devices", "import", tls)
+    result = cli("listen", "--timeout", "1", code=1)
+    assert result.stderr.startswith("Error: interface b: TLS files (ca, cert, key) unusable")
+
+
+def test_deeply_nested_state_is_rejected_and_the_listener_goes_on(cli, fleet, db_path):
+    from campaignctl import db, listen
+
+    warnings = []
+    ingest = listen.StateIngest(db.create_engine(db_path), warnings.append)
+    ingest.add("broker", "sensor-0001", ("{\"a\":" + "[" * 30000 + "]" * 30000 + "}").encode())
+    ingest.add("broker", "sensor-0001", b'{"ok": 1}')
+    ingest.flush()
+    assert "nested too deeply" in warnings[0] and ingest.stats.recorded == 1
+
+
+def test_sql_errors_do_not_print_their_parameters(db_path):
+    from campaignctl import db
+
+    assert db.create_engine(db_path).hide_parameters is True

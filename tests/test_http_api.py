@@ -242,3 +242,24 @@ def _up(port: int) -> bool:
         return http("GET", f"http://127.0.0.1:{port}/healthz")[0] == 200
     except OSError:
         return False
+
+
+def test_a_campaign_with_only_an_expected_state_completes(cli, api, tmp_path):
+    base, secrets = api
+    cli("create", "-f", write(tmp_path, "c.yaml", "name: check\ndevices: {names: [cam-1]}\n"
+                                                  "expected_state: {fw: '1.2'}\n"))
+    cli("launch", "check")
+    status, _, body = http("GET", f"{base}/v1/devices/cam-1/configuration", headers=_auth(secrets["cam-1"]))
+    assert status == 200 and json.loads(body)["configuration"] == {}
+    http("PUT", f"{base}/v1/devices/cam-1/state", headers=_auth(secrets["cam-1"]), body='{"fw": "1.2"}')
+    data = wait_until(lambda: (d := cli.json("status", "check"))["status"] == "completed" and d, timeout=10)
+    assert data["devices"][0]["status"] == "valid"
+
+
+def test_integers_beyond_64_bits_are_refused(api, db_path):
+    base, secrets = api
+    before = db_dump(db_path)
+    status, _, body = http("PUT", f"{base}/v1/devices/cam-1/state", headers=_auth(secrets["cam-1"]),
+                           body='{"serial": 123456789012345678901234567890}')
+    assert status == 400 and "integers must fit in 64 bits" in json.loads(body)["error"]
+    assert db_dump(db_path) == before

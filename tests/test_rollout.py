@@ -519,3 +519,91 @@ def test_launch_json_of_a_scheduled_campaign(cli, fleet20, tmp_path):
     assert cli.json("launch", "roll") == {"campaign": "roll", "status": "scheduled",
                                           "start_at": "2030-01-01T00:00:00.000000Z", "job": None}
     assert "starts at 2030-01-01 00:00:00 UTC" in cli("status", "roll").stdout
+
+
+def test_cancel_during_an_mqtt_delivery_leaves_the_broker_consistent(cli, broker, prefix, tmp_path, db_path):
+    """What the broker holds is what the supervision says was delivered; cancelled
+    devices got nothing."""
+    head, count = tmp_path / "fleet.yaml", 20000
+    head.write_text(fleet_yaml(broker.url, prefix, devices=0))
+    cli("devices", "import", str(head))
+    cli("devices", "import", write(tmp_path, "d.csv", "name,type,interface\n" + "".join(
+        f"m-{i:05d},sensor-v2,broker\n" for i in range(count))))
+    cli("create", "-f", write(tmp_path, "c.yaml", "name: big\ndevices: {selector: {type: sensor-v2}}\n"
+                                                  "configurations: {mode: eco}\n"))
+    launch = subprocess.Popen(campaignctl_cmd("--db", str(db_path), "launch", "big", "--window", "1"),
+                              env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def delivered() -> int:
+        conn = sqlite3.connect(db_path, timeout=30)
+        try:
+            return conn.execute("SELECT count(*) FROM job_item WHERE status = 'delivered'").fetchone()[0]
+        finally:
+            conn.close()
+
+    wait_until(lambda: delivered() > 0, timeout=30, interval=0.02)
+    cli("cancel", "big")
+    launch.communicate(timeout=30)
+    sub = Subscriber(broker.port, f"{prefix}/+/config")
+    try:
+        time.sleep(1.0)
+        on_broker = {topic.split("/")[1] for topic in sub.messages}
+    finally:
+        sub.close()
+    data = _status(cli, "big")
+    kept = {d["device"] for d in data["devices"] if d["status"] != "cancelled"}
+    assert 0 < len(kept) < count and data["summary"]["cancelled"] == count - len(kept)
+    assert on_broker == kept
+
+
+def test_retried_timed_out_devices_keep_what_they_had_on_cancel(cli, tmp_path, db_path):
+    from campaignctl import db
+    from campaignctl.server import Server
+    from conftest import http
+
+    cli("devices", "import", write(tmp_path, "fleet.yaml", """\
+        interfaces:
+          devapi: {type: http, url: "http://127.0.0.1:1"}
+        device_types:
+          cam: {}
+        devices:
+          - {name: cam-1, type: cam, interface: devapi}
+        """))
+    cli("create", "-f", write(tmp_path, "c.yaml", """\
+        name: ri
+        devices: {names: [cam-1]}
+        configurations: {report_interval: 30}
+        expected_state: {report_interval: 30}
+        rollout: {success_threshold: 0%, device_timeout: 1s}
+        """))
+    engine = db.create_engine(db_path)
+    server = Server(engine, port=0, listen_mqtt=False, engine_interval=None).start()
+    try:
+        cli("launch", "ri")
+        secret = cli("devices", "credentials", "cam-1").stdout.strip()
+        url = f"http://127.0.0.1:{server.port}/v1/devices/cam-1/configuration"
+        assert json.loads(http("GET", url, headers={"Authorization": f"Bearer {secret}"})[2])["configuration"] == {
+            "report_interval": 30}
+        time.sleep(1.2)
+        assert _status(cli, "ri")["devices"][0]["status"] == "timed_out"
+        cli("retry", "ri", "--timed-out")
+        cli("cancel", "ri")
+        document = json.loads(http("GET", url, headers={"Authorization": f"Bearer {secret}"})[2])
+    finally:
+        server.stop()
+    assert document["configuration"] == {"report_interval": 30}  # not rolled back: it had it
+    assert _status(cli, "ri")["devices"][0]["status"] != "cancelled"
+
+
+def test_a_worker_gives_a_slow_rollout_a_time_slice(cli, fleet20, tmp_path, db_path):
+    from campaignctl import db, engine as rollout, jobs
+
+    cli("create", "-f", _campaign(tmp_path, "  batch_size: 20\n  success_threshold: 0%\n  max_per_minute: 60\n"))
+    engine = db.create_engine(db_path)
+    job_id, owner = jobs.launch(engine, "roll")  # created, not run: the worker takes it
+    jobs.release(engine, job_id, owner)
+    started = time.monotonic()
+    [result] = rollout.tick(engine, slice_seconds=1.0)
+    assert result["outcome"] == "waiting" and time.monotonic() - started < 3
+    delivered = _status(cli)["job"]["counts"]["delivered"]
+    assert 1 <= delivered < 20  # 60 a minute: one a second

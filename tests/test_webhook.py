@@ -20,7 +20,8 @@ class MisbehavingApi:
     busy-*   429 Retry-After: 1, then 200
     gone-*   404                    bad-*    400 with a body
     slow-*   first request hangs past the client's timeout, then 200
-    down-*   500 always
+    down-*   500 always               lag-*    200 after 50 ms
+    echo-*   400 with the request body echoed back
     """
 
     def __init__(self) -> None:
@@ -50,6 +51,10 @@ class MisbehavingApi:
             await asyncio.sleep(3)
         if kind == "down":
             return web.Response(status=500, text="boom")
+        if kind == "echo":
+            return web.Response(status=400, text="invalid document: " + json.dumps(seen[-1]["body"]))
+        if kind == "lag":
+            await asyncio.sleep(0.05)
         return web.json_response({"accepted": True})
 
     def _run(self) -> None:
@@ -82,7 +87,8 @@ def api():
     server.stop()
 
 
-def _fleet(tmp_path, port: int, names: list[str], headers: str = "{Authorization: THINGS_TOKEN}") -> str:
+def _fleet(tmp_path, port: int, names: list[str], headers: str = "{Authorization: THINGS_TOKEN}",
+           timeout: float = 0.5, concurrency: int = 64) -> str:
     devices = "\n".join(f"  - {{name: {n}, type: thing, interface: things}}" for n in names)
     return write(tmp_path, "fleet.yaml", f"""\
 interfaces:
@@ -91,7 +97,8 @@ interfaces:
     url: http://127.0.0.1:{port}/things/{{device}}/desired
     method: PUT
     headers: {headers}
-    timeout: 0.5
+    timeout: {timeout}
+    concurrency: {concurrency}
 device_types:
   thing: {{}}
 devices:
@@ -151,7 +158,7 @@ def test_missing_header_variable_fails_every_device_clearly(cli, api, tmp_path):
 
 def test_deliveries_run_concurrently(cli, api, tmp_path):
     names = [f"slow-{i}" for i in range(20)]
-    cli("devices", "import", _fleet(tmp_path, api.port, names, headers="{}").replace("timeout: 0.5", "timeout: 0.5"))
+    cli("devices", "import", _fleet(tmp_path, api.port, names, headers="{}"))
     cli("create", "-f", write(tmp_path, "c.yaml", "name: many\ndevices: {selector: {type: thing}}\nconfigurations: {a: 1}\n"))
     started = time.monotonic()
     cli("launch", "many", "--attempts", "2", "--backoff", "0.1")
@@ -171,3 +178,59 @@ def test_bad_webhook_settings(cli, tmp_path, db_path):
     assert "is not an environment variable name" in cli("devices", "import", bad, code=1).stderr
     if before is not None:
         assert db_dump(db_path) == before
+
+
+def test_an_echoed_request_does_not_leak_the_document_into_errors(cli, api, tmp_path):
+    cli("devices", "import", _fleet(tmp_path, api.port, ["echo-1"], headers="{}"))
+    cli("create", "-f", write(tmp_path, "c.yaml", "name: e\ndevices: {names: [echo-1]}\n"
+                                                  "configurations: {app_token: '${TOKEN}', mode: eco}\n"),
+        env={"TOKEN": "tok-5ecret-value"})
+    cli("launch", "e", code=1)
+    [error] = cli.json("jobs", "show", "1")["errors"]
+    assert error["error"].startswith("HTTP 400 Bad Request: invalid document:")
+    assert "tok-5ecret-value" not in error["error"] and "***" in error["error"]
+    assert "tok-5ecret-value" not in cli("status", "e").stdout
+
+
+def test_a_newer_document_is_not_replaced_by_the_job_s_older_one(cli, api, tmp_path, db_path):
+    """The job reads documents in chunks and sends them over time: a user's change made
+    meanwhile must be what the platform holds in the end."""
+    from campaignctl import db, engine as rollout, fleet, jobs
+
+    names = [f"lag-{i:03d}" for i in range(60)]
+    cli("devices", "import", _fleet(tmp_path, api.port, names, headers="{}", timeout=2, concurrency=1))
+    cli("create", "-f", write(tmp_path, "c.yaml", "name: slow\ndevices: {selector: {type: thing}}\n"
+                                                  "configurations: {mode: eco}\n"))
+    engine = db.create_engine(db_path)
+    job_id, owner = jobs.launch(engine, "slow")
+    runner = threading.Thread(target=rollout.advance, args=(engine, job_id, owner))
+    runner.start()
+    time.sleep(0.6)  # the job has read every document; it has sent about ten
+    newer = fleet.set_config(engine, "lag-050", {"mode": "boost"})
+    runner.join(30)
+    assert newer.delivered
+    last = api.requests["lag-050"][-1]["body"]
+    assert last == {"configuration": {"mode": "boost"}, "version": newer.version}
+    assert cli.json("jobs", "show", "1")["status"] == "success"
+
+
+def test_cancel_stops_a_webhook_delivery_and_records_what_was_in_flight(cli, api, tmp_path, db_path):
+    from campaignctl import db, engine as rollout, jobs
+
+    names = [f"lag-{i:03d}" for i in range(200)]
+    cli("devices", "import", _fleet(tmp_path, api.port, names, headers="{}", timeout=2, concurrency=2))
+    cli("create", "-f", write(tmp_path, "c.yaml", "name: big\ndevices: {selector: {type: thing}}\n"
+                                                  "configurations: {mode: eco}\n"))
+    engine = db.create_engine(db_path)
+    job_id, owner = jobs.launch(engine, "big")
+    runner = threading.Thread(target=rollout.advance, args=(engine, job_id, owner))
+    runner.start()
+    time.sleep(0.5)
+    rollout.cancel(engine, "big")
+    runner.join(30)
+    reached = {name for name, requests in api.requests.items() if requests}
+    counts = cli.json("jobs", "show", "1")["counts"]
+    assert 0 < len(reached) < 200
+    assert counts["delivered"] == len(reached) and counts["cancelled"] == 200 - len(reached)
+    time.sleep(0.3)
+    assert {name for name, requests in api.requests.items() if requests} == reached  # nothing after the stop

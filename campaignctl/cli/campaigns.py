@@ -140,8 +140,9 @@ def launch(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
         return
     info(f"campaign {name}: launched, job {job_id}")
     # With --wait, the exit code tells the outcome: failed deliveries count there.
-    _advance(db, job_id, lambda progress: rollout_engine.advance(db, job_id, owner, progress=progress),
-             output if not wait else None, fail_on_failed=not wait)
+    _advance(db, job_id, lambda progress: rollout_engine.advance(
+        db, job_id, owner, progress=progress, slice_seconds=limits[0] if limits else None),
+        output if not wait else None, fail_on_failed=not wait)
     if limits:
         _wait(db, name, output, *limits)
 

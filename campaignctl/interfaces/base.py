@@ -15,6 +15,7 @@ class Delivery:
     version: int
     payload: bytes  # {"version": ..., "configuration": {...}}
     attempts: int = 0
+    loaded_at: int = 0  # the global revision when the document was read (see JobRecorder)
 
 
 @dataclass(slots=True)
@@ -45,6 +46,7 @@ OnDelivered = Callable[[Delivery], None]
 OnFailed = Callable[[Failure], None]
 #: Re-read deliveries before they are retried: a newer document may have been written
 #: since (a retried publish of an old one would replace it as the retained message).
+#: Returning none withdraws them (the job was stopped): they get no callback.
 Refresh = Callable[[list[Delivery]], list[Delivery]]
 #: Send each delivery once, many in flight; call ``on_delivered`` as each is
 #: acknowledged, and return the ones that were not.
@@ -59,8 +61,10 @@ class Driver(Protocol):
 
     def deliver(self, deliveries: Iterable[Delivery], policy: DeliveryPolicy,
                 on_delivered: OnDelivered, on_failed: OnFailed, refresh: Refresh | None = None) -> None:
-        """Deliver everything, retrying as ``policy`` says (each retry with the
-        document ``refresh`` gives); every delivery ends in exactly one callback."""
+        """Deliver what ``deliveries`` yields, retrying as ``policy`` says (each retry
+        with the document ``refresh`` gives); every delivery ends in exactly one callback,
+        unless ``refresh`` withdraws it. A caller stops a delivery by ending the iterator:
+        what is in flight is then still acknowledged and recorded."""
         ...
 
 

@@ -14,7 +14,7 @@ import uuid
 from typing import Any, Callable, Iterable, Optional
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from campaignctl.errors import CampaignctlError
 from campaignctl.interfaces.base import (Delivery, DeliveryPolicy, Failure, OnDelivered, OnFailed, Refresh,
@@ -31,7 +31,7 @@ class Settings(BaseModel):
     ca: Optional[str] = None  # CA bundle to verify the broker (mqtts://)
     cert: Optional[str] = None  # client certificate, for brokers that require one
     key: Optional[str] = None
-    keepalive: int = 60
+    keepalive: int = Field(60, ge=5, le=65535)  # seconds
 
     @field_validator("url")
     @classmethod
@@ -99,7 +99,11 @@ def new_client(interface: str, settings: Settings, *, purpose: str) -> Any:
     if username is not None or password is not None:
         client.username_pw_set(username, password)
     if urlsplit(settings.url).scheme == "mqtts":
-        client.tls_set(ca_certs=settings.ca, certfile=settings.cert, keyfile=settings.key)
+        try:
+            client.tls_set(ca_certs=settings.ca, certfile=settings.cert, keyfile=settings.key)
+        except (OSError, ValueError) as exc:  # a missing file, or not a certificate
+            raise ConnectError(f"interface {interface}: TLS files (ca, cert, key) unusable: {exc}",
+                               permanent=True) from None
     return client
 
 

@@ -83,6 +83,30 @@ def retry_after_seconds(value: str | None) -> float | None:
         return None
 
 
+def _redact(text: str, payload: bytes) -> str:
+    """The API's error text without the document's values: a platform that echoes the
+    request would otherwise put tokens into job errors and the supervision."""
+    import json
+
+    values: list[str] = []
+
+    def collect(value: Any) -> None:
+        if isinstance(value, str) and len(value) >= 4:
+            values.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, list):
+            for item in value:
+                collect(item)
+
+    collect(json.loads(payload).get("configuration"))
+    for value in sorted(values, key=len, reverse=True):
+        text = text.replace(value, "***")
+        text = text.replace(json.dumps(value)[1:-1], "***")  # as escaped in JSON
+    return text
+
+
 class Driver:
     pushes = True
 
@@ -164,8 +188,10 @@ class Driver:
             async for attempt in retrying:
                 with attempt:
                     if self._refresh is not None:  # the newest document, not the one of the first try
-                        [fresh] = self._refresh([delivery])
-                        delivery.payload, delivery.version = fresh.payload, fresh.version
+                        fresh = self._refresh([delivery])
+                        if not fresh:
+                            return  # withdrawn: the job stopped
+                        delivery.payload, delivery.version = fresh[0].payload, fresh[0].version
                     delivery.attempts = attempt.retry_state.attempt_number + 1
                     await self._send(session, delivery)
         except Retryable as exc:
@@ -186,7 +212,7 @@ class Driver:
                 if 200 <= status < 300:
                     return
                 detail = f"HTTP {status} {response.reason or ''}".rstrip()
-                text = body[:200].decode(errors="replace").strip()
+                text = _redact(body[:200].decode(errors="replace").strip(), delivery.payload)
                 if text:
                     detail += f": {text}"
                 if status == 429 or status >= 500:
