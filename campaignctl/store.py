@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from campaignctl.errors import NotFoundError
 
@@ -59,9 +59,5 @@ def write_reported(conn: "Connection", rows: Sequence[tuple]) -> None:
 
 
 def loads(text: str | None) -> Any:
+    """A stored JSON column: canonical text, or NULL."""
     return None if text is None else json.loads(text)
-
-
-def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -50,6 +50,16 @@ def _by_batch(data) -> dict[int, list[dict]]:
     return out
 
 
+def _fleet_with_a_lost_device(cli, tmp_path, broker, prefix, *, devices: int) -> None:
+    """``devices`` sensors on the live broker, and lost-1 on an interface whose broker is down."""
+    dead = free_port()
+    path = tmp_path / "fleet.yaml"
+    path.write_text(fleet_yaml(broker.url, prefix, devices=devices).replace(
+        "interfaces:\n", f"interfaces:\n  dead: {{type: mqtt, url: 'mqtt://127.0.0.1:{dead}', topic_prefix: x}}\n"))
+    cli("devices", "import", str(path))
+    cli("devices", "import", write(tmp_path, "d.csv", "name,type,interface\nlost-1,sensor-v2,dead\n"))
+
+
 def _report_valid(cli, devices) -> None:
     for device in devices:
         cli("devices", "report", device["device"], "report_interval:=30")
@@ -199,12 +209,7 @@ def test_error_threshold_aborts_and_cancels_the_rest(cli, fleet20, tmp_path, bro
 
 
 def test_a_batch_that_can_no_longer_succeed_pauses(cli, tmp_path, broker, prefix):
-    dead = free_port()
-    path = tmp_path / "fleet.yaml"
-    path.write_text(fleet_yaml(broker.url, prefix, devices=4).replace(
-        "interfaces:\n", f"interfaces:\n  dead: {{type: mqtt, url: 'mqtt://127.0.0.1:{dead}', topic_prefix: x}}\n"))
-    cli("devices", "import", str(path))
-    cli("devices", "import", write(tmp_path, "d.csv", "name,type,interface\nlost-1,sensor-v2,dead\n"))
+    _fleet_with_a_lost_device(cli, tmp_path, broker, prefix, devices=4)
     cli("create", "-f", _campaign(tmp_path, """\
   batch_size: 5
   success_threshold: 100%
@@ -499,12 +504,7 @@ def test_a_canary_selector_that_picks_nothing_is_an_error(cli, fleet20, tmp_path
 
 
 def test_launch_wait_gates_on_the_outcome_even_when_deliveries_failed(cli, broker, prefix, tmp_path):
-    dead = free_port()
-    path = tmp_path / "fleet.yaml"
-    path.write_text(fleet_yaml(broker.url, prefix, devices=1).replace(
-        "interfaces:\n", f"interfaces:\n  dead: {{type: mqtt, url: 'mqtt://127.0.0.1:{dead}', topic_prefix: x}}\n"))
-    cli("devices", "import", str(path))
-    cli("devices", "import", write(tmp_path, "d.csv", "name,type,interface\nlost-1,sensor-v2,dead\n"))
+    _fleet_with_a_lost_device(cli, tmp_path, broker, prefix, devices=1)
     cli("create", "-f", write(tmp_path, "c.yaml", "name: mix\ndevices: {selector: {type: sensor-v2}}\n"
                                                   "configurations: {mode: eco}\n"))
     result = cli("launch", "mix", "--wait", "--min-valid", "50%", "--attempts", "1", "--ack-timeout", "0.5")
