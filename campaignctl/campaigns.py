@@ -143,7 +143,9 @@ def canaries(conn: "Connection", spec: CampaignSpec, ids: set[int], fail: Fail) 
     def canary_fail(message: str, path: tuple) -> Exception:
         if path == ("devices",):  # selects no device at all
             return fail(nothing, ("rollout", "canary"))
-        return fail(message, ("rollout", "canary", *path[2:]))
+        # ("devices", "names", 0) → names[0]; ("devices", "selector", "type") → type
+        rest = path[2:] if path[1:2] == ("selector",) else path[1:]
+        return fail(message, ("rollout", "canary", *rest))
 
     found = {d for d, _ in resolve_devices(conn, probe, canary_fail)} & ids if (probe.names or probe.selector) else set()
     if not found:

@@ -607,3 +607,10 @@ def test_a_worker_gives_a_slow_rollout_a_time_slice(cli, fleet20, tmp_path, db_p
     assert result["outcome"] == "waiting" and time.monotonic() - started < 3
     delivered = _status(cli)["job"]["counts"]["delivered"]
     assert 1 <= delivered < 20  # 60 a minute: one a second
+
+
+def test_canary_errors_name_the_canary_field(cli, fleet20, tmp_path):
+    path = _campaign(tmp_path, "  batches: [1, 100%]\n  canary: {names: [sensor-0001, ghost-9]}\n")
+    assert "rollout.canary.names[1]: unknown device(s): ghost-9" in cli("create", "-f", path, code=1).stderr
+    path = _campaign(tmp_path, "  batches: [1, 100%]\n  canary: {type: toaster}\n")
+    assert "rollout.canary.type: unknown device type 'toaster'" in cli("create", "-f", path, code=1).stderr
