@@ -277,11 +277,16 @@ def _write(ctx: Context, number: int, limit: int) -> int:
         # A device type the campaign writes nothing to (expected state only) gets revision
         # 0: any document it fetches holds "the job's write".
         valued = sorted({int(t) for t, p in ctx.plan.items() if p["configurations"]})
+        if len(valued) == len(ctx.plan):  # the common case: every device gets entries
+            item_revision, params = "?", (revision,)
+        else:
+            item_revision = (f"CASE WHEN (SELECT device_type_id FROM device WHERE id = job_item.device_id) "
+                             f"IN ({','.join('?' * len(valued))}) THEN ? ELSE 0 END")
+            params = (*valued, revision)
         conn.exec_driver_sql(
-            "UPDATE job_item SET status = 'syncing', updated_at = ?, revision = CASE WHEN "
-            f"(SELECT device_type_id FROM device WHERE id = job_item.device_id) IN ({','.join('?' * len(valued))}) "
-            "THEN ? ELSE 0 END WHERE job_id = ? AND batch = ? AND status = 'pending' AND device_id BETWEEN ? AND ?",
-            (stamp, *valued, revision, ctx.job_id, number, lo, hi))
+            f"UPDATE job_item SET status = 'syncing', updated_at = ?, revision = {item_revision} "
+            "WHERE job_id = ? AND batch = ? AND status = 'pending' AND device_id BETWEEN ? AND ?",
+            (stamp, *params, ctx.job_id, number, lo, hi))
     return count
 
 

@@ -181,6 +181,13 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (job_id, device_id, key)
     ) WITHOUT ROWID;
     """,
+    # 5: fewer job item indexes that hold the status: every status change rewrote all of
+    # them (the per-job status index is served by the batch index and the primary key)
+    """
+    DROP INDEX ix_job_item_status;
+    DROP INDEX ix_job_item_device;
+    CREATE INDEX ix_job_item_device ON job_item (device_id);
+    """,
 ]
 
 
