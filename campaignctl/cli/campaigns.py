@@ -45,7 +45,7 @@ def list_(ctx: typer.Context, output: Output = OutputOption) -> None:
                  short_time(r["launched_at"]), r["description"]) for r in rows])
 
 
-def show(ctx: typer.Context, name: str = typer.Argument(...),
+def show(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
          show_secrets: bool = typer.Option(False, "--show-secrets", help="Print secret values instead of ***."),
          output: Output = OutputOption) -> None:
     """A campaign's definition."""
@@ -89,7 +89,7 @@ def _selector(selector: Optional[dict[str, Any]]) -> str:
     return "selector: " + " ".join(parts) if parts else "selector: all devices"
 
 
-def delete(ctx: typer.Context, name: str = typer.Argument(...)) -> None:
+def delete(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME")) -> None:
     """Delete a campaign that was not launched."""
     from campaignctl import campaigns
 
@@ -104,7 +104,7 @@ def launch(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
                                                   help="With --wait: give up after this long (90s, 30m, 2h)."),
            min_valid: str = typer.Option("100%", "--min-valid", metavar="PERCENT",
                                          help="With --wait: share of devices valid for exit code 0."),
-           attempts: int = typer.Option(5, "--attempts", min=1, help="Delivery tries per device."),
+           attempts: int = typer.Option(5, "--attempts", min=1, metavar="N", help="Delivery tries per device."),
            ack_timeout: float = typer.Option(10.0, "--ack-timeout", min=0.1, metavar="SECONDS",
                                              help="Connect / acknowledgement timeout of one delivery."),
            backoff: float = typer.Option(1.0, "--backoff", min=0.0, metavar="SECONDS",
@@ -237,12 +237,12 @@ STATUS_STYLE = {"valid": "green", "waiting": "yellow", "syncing": "cyan", "pendi
                 "failed": "red", "invalid": "magenta", "timed_out": "red", "cancelled": "dim"}
 
 
-def status(ctx: typer.Context, name: str = typer.Argument(...),
+def status(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
            watch: bool = typer.Option(False, "--watch", "-w", help="Refresh live until interrupted."),
            interval: float = typer.Option(1.0, "--interval", min=0.1, metavar="SECONDS", help="Refresh period of --watch."),
            only: Optional[str] = typer.Option(None, "--status", metavar="STATUS",
                                               help="Only devices with this supervision status."),
-           limit: int = typer.Option(100, "--limit", min=0, help="Devices shown in the table (0: all)."),
+           limit: int = typer.Option(100, "--limit", min=0, metavar="N", help="Devices shown in the table (0: all)."),
            wait: bool = typer.Option(False, "--wait", help="Block until the campaign ends; the exit code tells how."),
            timeout: Optional[str] = typer.Option(None, "--timeout", metavar="DURATION",
                                                   help="With --wait: give up after this long (90s, 30m, 2h)."),

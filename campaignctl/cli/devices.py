@@ -48,7 +48,7 @@ def list_(ctx: typer.Context,
 
 
 @app.command("show")
-def show(ctx: typer.Context, name: str = typer.Argument(...),
+def show(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
          show_secrets: bool = typer.Option(False, "--show-secrets", help="Print secret values instead of ***."),
          output: Output = OutputOption) -> None:
     """A device and its configuration entries: desired and reported values."""
@@ -66,7 +66,7 @@ def show(ctx: typer.Context, name: str = typer.Argument(...),
 
 
 @app.command("set-config")
-def set_config(ctx: typer.Context, name: str = typer.Argument(...),
+def set_config(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
                values: List[str] = typer.Argument(..., metavar="KEY=VALUE|KEY:=JSON..."),
                secret: bool = typer.Option(False, "--secret", help="Mark these values secret (shown as ***)."),
                no_deliver: bool = typer.Option(False, "--no-deliver", help="Only write the database."),
@@ -89,7 +89,7 @@ def set_config(ctx: typer.Context, name: str = typer.Argument(...),
 
 
 @app.command("report")
-def report(ctx: typer.Context, name: str = typer.Argument(...),
+def report(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
            values: List[str] = typer.Argument(..., metavar="KEY=VALUE|KEY:=JSON...")) -> None:
     """Record reported state as if the device had sent it."""
     from campaignctl import fleet

@@ -9,7 +9,7 @@ from campaignctl.cli.common import engine, info
 
 def serve(ctx: typer.Context,
           host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
-          port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port to bind (0: any free port)."),
+          port: int = typer.Option(8080, "--port", min=0, max=65535, metavar="PORT", help="Port to bind (0: any free port)."),
           no_mqtt: bool = typer.Option(False, "--no-mqtt", help="Do not run the MQTT state listeners."),
           access_log: bool = typer.Option(False, "--access-log", help="Log every request on stderr."),
           engine_interval: str = typer.Option("2s", "--engine-interval", metavar="DURATION",
