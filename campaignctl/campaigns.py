@@ -26,7 +26,7 @@ def _fail_for(spec: CampaignSpec) -> Fail:
         try:
             text = spec.text if spec.text is not None else read_text(spec.source)
             return YamlDocument(text, spec.source).error(message, path)
-        except Exception:  # the file is gone: still name the field
+        except InputError:  # the file is gone or changed: still name the field
             from campaignctl.yamlfile import format_path
 
             return InputError(message, source=spec.source, field=format_path(path))
@@ -34,7 +34,7 @@ def _fail_for(spec: CampaignSpec) -> Fail:
     return fail
 
 
-def _fail_launched(name: str) -> Fail:
+def fail_stored(name: str) -> Fail:
     def fail(message: str, path: tuple) -> Exception:
         from campaignctl.yamlfile import format_path
 
@@ -61,14 +61,14 @@ def resolve_devices(conn: "Connection", spec: CampaignSpec, fail: Fail) -> list[
             raise fail(f"unknown device(s): {shown}", ("devices", "names", names.index(missing[0])))
         selected.update(found.values())
     if spec.selector is not None:
-        from campaignctl.fleet import _device_filter
+        from campaignctl.fleet import device_filter
 
         sel = spec.selector
         if sel.get("type") is not None and conn.exec_driver_sql(
             "SELECT 1 FROM device_type WHERE name = ?", (sel["type"],)
         ).first() is None:
             raise fail(f"unknown device type {sel['type']!r}", ("devices", "selector", "type"))
-        where, params = _device_filter(type=sel.get("type"), tags=sel.get("tags"))
+        where, params = device_filter(type=sel.get("type"), tags=sel.get("tags"))
         selected.update(conn.exec_driver_sql(f"SELECT d.id, d.device_type_id FROM device d {where}", tuple(params)).all())
     if not selected:
         raise fail("the campaign selects no device", ("devices",))
@@ -267,7 +267,7 @@ def show(engine: "Engine", name: str, *, show_secrets: bool = False) -> dict[str
         jobs = [{"id": r[0], "status": r[1], "total": r[2]} for r in conn.exec_driver_sql(
             "SELECT id, status, total FROM job WHERE campaign_id = ? ORDER BY id", (row.id,))]
         try:
-            devices = len(resolve_devices(conn, spec, _fail_launched(name))) if not jobs else jobs[-1]["total"]
+            devices = len(resolve_devices(conn, spec, fail_stored(name))) if not jobs else jobs[-1]["total"]
         except InputError:
             devices = 0
     secret = set(spec.secret_keys)

@@ -180,15 +180,12 @@ def job_deliveries(engine: "Engine", job_id: int, interface_id: int, chunk: int 
 
 
 def run_interface(engine: "Engine", job_id: int, interface: Any, policy: DeliveryPolicy,
-                  recorder: JobRecorder, stop: Callable[[], bool] = lambda: False) -> bool:
-    """Deliver a job's pending documents on one interface; False when the interface is
-    one the devices poll (nothing to push). Once ``stop()``, nothing new is sent: what is
-    in flight is acknowledged and recorded, the rest stays ``syncing``."""
+                  recorder: JobRecorder, stop: Callable[[], bool] = lambda: False) -> None:
+    """Deliver a job's pending documents on one interface that pushes. Once ``stop()``,
+    nothing new is sent: what is in flight is acknowledged and recorded, the rest stays
+    ``syncing``."""
     driver = interfaces.driver(interface.name, interface.type, json.loads(interface.settings))
-    if not driver.pushes:
-        return False
     refresh = refresher(engine)
     driver.deliver(job_deliveries(engine, job_id, interface.id, stop=stop), policy, recorder.delivered,
                    recorder.failed, lambda pending: [] if stop() else refresh(pending))
     recorder.flush()
-    return True

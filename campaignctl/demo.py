@@ -12,12 +12,15 @@ import asyncio
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
+
+from campaignctl import db
 
 OLD, NEW = "5.1.8", "5.1.9_beta01"
 SITES = ("lyon", "paris", "nice", "lille")
@@ -56,8 +59,6 @@ class Demo:
         self.prefix = f"campaignctl-demo-{uuid.uuid4().hex[:8]}"
 
     def run(self) -> dict[str, Any]:
-        from campaignctl import db
-
         workdir = Path(tempfile.mkdtemp(prefix="campaignctl-demo-"))
         # The device secrets' key goes with the temporary database, whatever the
         # environment says: nothing of the demo may outlive it.
@@ -101,8 +102,8 @@ class Demo:
             server.start_listeners()  # the devices' state comes back over the broker
         where = f"MQTT broker {self.mqtt}" if self.mqtt else f"the HTTP device API on 127.0.0.1:{server.port}"
         self._say(f"1. fleet: {result.devices.created} simulated sensor-v2 devices on {where}, all running app {OLD}")
-        with db_write(engine) as conn:
-            now = _now()
+        with db.write(engine) as conn:
+            now = db.utcnow()
             ids = [r[0] for r in conn.exec_driver_sql("SELECT id FROM device")]
             store.write_reported(conn, [(i, "app_version", f'"{OLD}"', now) for i in ids])
 
@@ -155,7 +156,7 @@ class Demo:
         from campaignctl.supervision import campaign_status
 
         deadline = time.monotonic() + self.timeout
-        live = self.live if self.live is not None else _isatty()
+        live = self.live if self.live is not None else sys.stdout.isatty()
         last: tuple | None = None
         steady_since = time.monotonic()
         view: Any = None
@@ -176,11 +177,11 @@ class Demo:
                     if view is None:
                         self._say(f"   {_summary_line(s)}")
                 if view is not None:
-                    from campaignctl.cli.campaigns import _status_view
+                    from campaignctl.cli.campaigns import status_view
 
                     # The devices still converging first: they are the interesting ones.
                     shown = dict(data, devices=sorted(data["devices"], key=lambda d: d["status"] == "valid"))
-                    view.update(_status_view(shown, None, 10), refresh=True)
+                    view.update(status_view(shown, None, 10), refresh=True)
                 settled = s["valid"] + s["failed"] + s["invalid"] + expected_stuck >= s["total"]
                 if (settled and time.monotonic() - steady_since > 3) or time.monotonic() > deadline:
                     return data
@@ -224,24 +225,6 @@ class Demo:
             pass
 
 
-def db_write(engine: Any):  # noqa: ANN201
-    from campaignctl import db
-
-    return db.write(engine)
-
-
-def _now() -> str:
-    from campaignctl import db
-
-    return db.utcnow()
-
-
-def _isatty() -> bool:
-    import sys
-
-    return sys.stdout.isatty()
-
-
 def _summary_line(s: dict[str, int]) -> str:
-    order = ("valid", "waiting", "syncing", "pending", "invalid", "failed")
+    order = ("valid", "waiting", "syncing", "pending", "invalid", "failed", "timed_out", "cancelled")
     return f"{s['total']} devices: " + ", ".join(f"{s[k]} {k}" for k in order if s[k])

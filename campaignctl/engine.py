@@ -86,18 +86,21 @@ def advance(engine: "Engine", job_id: int, owner: str, *, progress: jobs.Progres
         jobs.release(engine, job_id, owner)
 
 
-def _campaign_status(conn: "Connection", ctx: Context) -> tuple[str, str | None]:
-    row = conn.exec_driver_sql("SELECT status, reason FROM campaign WHERE id = ?", (ctx.campaign_id,)).one()
-    return row[0], row[1]
+def _campaign_status(conn: "Connection", ctx: Context) -> str:
+    return conn.exec_driver_sql("SELECT status FROM campaign WHERE id = ?", (ctx.campaign_id,)).scalar_one()
+
+
+def _stop_if_not_ours(conn: "Connection", ctx: Context) -> None:
+    """Stop unless the campaign still runs and this process still holds the job's lease."""
+    owner = conn.exec_driver_sql("SELECT lease_owner FROM job WHERE id = ?", (ctx.job_id,)).scalar()
+    if _campaign_status(conn, ctx) != "running" or owner != ctx.owner or ctx.heartbeat.lost:
+        raise Stop
 
 
 def _check(ctx: Context) -> None:
     """Between two units of work: stop if the campaign is no longer running."""
     with db.read(ctx.engine) as conn:
-        status, _ = _campaign_status(conn, ctx)
-        owner = conn.exec_driver_sql("SELECT lease_owner FROM job WHERE id = ?", (ctx.job_id,)).scalar()
-    if status != "running" or owner != ctx.owner or ctx.heartbeat.lost:
-        raise Stop
+        _stop_if_not_ours(conn, ctx)
 
 
 def _set_job(conn: "Connection", ctx: Context, **fields: Any) -> None:
@@ -105,16 +108,18 @@ def _set_job(conn: "Connection", ctx: Context, **fields: Any) -> None:
     conn.exec_driver_sql(f"UPDATE job SET {sets} WHERE id = ?", (*fields.values(), ctx.job_id))
 
 
+_BATCHES = ("SELECT number, size, status, accepted, started_at, delivered_at, reason FROM job_batch "
+            "WHERE job_id = ?")
+
+
 def _batches(conn: "Connection", ctx: Context) -> list[Any]:
-    return conn.exec_driver_sql(
-        "SELECT number, size, status, accepted, started_at, delivered_at, reason FROM job_batch WHERE job_id = ? "
-        "ORDER BY number", (ctx.job_id,)).all()
+    return conn.exec_driver_sql(_BATCHES + " ORDER BY number", (ctx.job_id,)).all()
 
 
 def _advance(ctx: Context) -> str:
     while True:
         with db.read(ctx.engine) as conn:
-            status, _ = _campaign_status(conn, ctx)
+            status = _campaign_status(conn, ctx)
             batches = _batches(conn, ctx)
         if status == "cancelled":
             _cancel_items(ctx, "cancelled", "the campaign was cancelled")
@@ -230,9 +235,7 @@ def _syncing(ctx: Context, batch: int | None = None) -> int:
 
 def _batch_row(ctx: Context, number: int) -> Any:
     with db.read(ctx.engine) as conn:
-        return conn.exec_driver_sql(
-            "SELECT number, size, status, accepted, started_at, delivered_at, reason FROM job_batch "
-            "WHERE job_id = ? AND number = ?", (ctx.job_id, number)).one()
+        return conn.exec_driver_sql(_BATCHES + " AND number = ?", (ctx.job_id, number)).one()
 
 
 def _write(ctx: Context, number: int, limit: int) -> int:
@@ -248,10 +251,7 @@ def _write(ctx: Context, number: int, limit: int) -> int:
              "AND v.key IS NOT NULL")
     cte = f"WITH v(device_type_id, key, value, secret) AS (VALUES {values_cte}) "
     with db.write(ctx.engine) as conn:
-        status, _ = _campaign_status(conn, ctx)
-        if status != "running" or conn.exec_driver_sql(
-                "SELECT lease_owner FROM job WHERE id = ?", (ctx.job_id,)).scalar() != ctx.owner:
-            raise Stop
+        _stop_if_not_ours(conn, ctx)
         lo, hi, count = conn.exec_driver_sql(
             "SELECT min(device_id), max(device_id), count(*) FROM (SELECT device_id FROM job_item "
             "WHERE job_id = ? AND batch = ? AND status = 'pending' ORDER BY device_id LIMIT ?)",
@@ -292,15 +292,16 @@ def _write(ctx: Context, number: int, limit: int) -> int:
 
 def _deliver(ctx: Context) -> None:
     """Deliver every written, undelivered document of the job on interfaces that push."""
+    from campaignctl import interfaces as kinds
     from campaignctl.delivery import JobRecorder, run_interface
 
     with db.read(ctx.engine) as conn:
-        interfaces = conn.exec_driver_sql(
+        interfaces = [i for i in conn.exec_driver_sql(
             "SELECT DISTINCT i.id, i.name, i.type, i.settings FROM job_item ji JOIN device d ON d.id = ji.device_id "
             "JOIN interface i ON i.id = d.interface_id WHERE ji.job_id = ? AND ji.status = 'syncing' "
-            "AND i.type != 'http' ORDER BY i.name", (ctx.job_id,)).all()
+            "ORDER BY i.name", (ctx.job_id,)).all() if kinds.module(i.type).Driver.pushes]
         if not interfaces:
-            return
+            return  # devices that poll fetch their documents themselves
         total = conn.exec_driver_sql("SELECT count(*) FROM job_item WHERE job_id = ? AND status != 'pending'",
                                      (ctx.job_id,)).scalar()
         done = total - conn.exec_driver_sql(
@@ -549,10 +550,6 @@ def _campaign(conn: "Connection", name: str) -> Any:
     return row
 
 
-def _latest_job(conn: "Connection", campaign_id: int) -> int | None:
-    return conn.exec_driver_sql("SELECT max(id) FROM job WHERE campaign_id = ?", (campaign_id,)).scalar()
-
-
 def pause(engine: "Engine", name: str) -> None:
     stamp = db.utcnow()
     with db.write(engine) as conn:
@@ -574,7 +571,7 @@ def resume(engine: "Engine", name: str) -> int:
         row = _campaign(conn, name)
         if row.status != "paused":
             raise ConflictError(f"campaign {name!r} is {row.status}: only a paused campaign can be resumed")
-        job_id = _latest_job(conn, row.id)
+        job_id = jobs.latest_job(conn, row.id)
         conn.exec_driver_sql("UPDATE campaign SET status = 'running', reason = NULL, updated_at = ? WHERE id = ?",
                              (stamp, row.id))
         tripped = conn.exec_driver_sql(
@@ -603,7 +600,7 @@ def cancel(engine: "Engine", name: str, *, wait: float = 10.0) -> dict[str, Any]
                                 "can be cancelled" + (" (delete a draft instead)" if row.status == "draft" else ""))
         conn.exec_driver_sql("UPDATE campaign SET status = 'cancelled', reason = ?, updated_at = ?, "
                              "completed_at = ? WHERE id = ?", (f"cancelled by a user at {stamp}", stamp, stamp, row.id))
-        job_id = _latest_job(conn, row.id)
+        job_id = jobs.latest_job(conn, row.id)
     if job_id is None:
         return {"job": None}
     deadline = time.monotonic() + wait
@@ -636,7 +633,7 @@ def retry(engine: "Engine", name: str, *, devices: list[str] | None = None,
             hint = " (resume it first: a paused campaign delivers nothing)" if row.status == "paused" else ""
             raise ConflictError(f"campaign {name!r} is {row.status}: only a running or completed campaign can be "
                                 f"retried{hint}")
-        job_id = _latest_job(conn, row.id)
+        job_id = jobs.latest_job(conn, row.id)
         job = jobs.job_row(conn, job_id)
         settings = json.loads(job.settings)
         states = device_statuses(conn, job_id, json.loads(job.plan), Rollout.from_dict(settings.get("rollout")))

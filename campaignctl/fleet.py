@@ -176,7 +176,7 @@ def _upsert_devices(conn: "Connection", fleet: "Fleet", now: str, counts: Counts
 
 def list_devices(engine: "Engine", *, type: str | None = None, tags: dict[str, str] | None = None,
                  interface: str | None = None) -> list[dict[str, Any]]:
-    where, params = _device_filter(type=type, tags=tags, interface=interface)
+    where, params = device_filter(type=type, tags=tags, interface=interface)
     with db.read(engine) as conn:
         rows = conn.exec_driver_sql(
             "SELECT d.name, t.name, i.name, d.tags, d.updated_at FROM device d "
@@ -186,7 +186,7 @@ def list_devices(engine: "Engine", *, type: str | None = None, tags: dict[str, s
             for r in rows]
 
 
-def _device_filter(*, type: str | None, tags: dict[str, str] | None, interface: str | None = None,
+def device_filter(*, type: str | None, tags: dict[str, str] | None, interface: str | None = None,
                    alias: str = "d") -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []

@@ -75,7 +75,7 @@ def launch(engine: "Engine", name: str, *, policy: DeliveryPolicy | None = None,
     with db.write(engine) as conn:
         row, spec = get_spec(conn, name)
         if row.status != "draft":
-            job = conn.exec_driver_sql("SELECT max(id) FROM job WHERE campaign_id = ?", (row.id,)).scalar()
+            job = latest_job(conn, row.id)
             raise ConflictError(f"campaign {name!r} was already launched ({row.status}"
                                 + (f", job {job})" if job else ")"))
         stamp = db.utcnow()
@@ -90,9 +90,9 @@ def launch(engine: "Engine", name: str, *, policy: DeliveryPolicy | None = None,
 
 def start(conn: "Connection", row: Any, spec: Any, settings: dict[str, Any]) -> tuple[int, str]:
     """Create the job of a campaign that starts now, in the caller's write transaction."""
-    from campaignctl.campaigns import _fail_launched, build_plan, resolve_devices
+    from campaignctl.campaigns import fail_stored, build_plan, resolve_devices
 
-    fail = _fail_launched(row.name)
+    fail = fail_stored(row.name)
     devices = resolve_devices(conn, spec, fail)
     plan = build_plan(conn, spec, {t for _, t in devices}, fail)
     rollout = Rollout.from_dict(spec.rollout)
@@ -116,11 +116,11 @@ def _insert_items(conn: "Connection", job_id: int, campaign: str, devices: list[
                   rollout: Rollout, spec: Any) -> None:
     from sqlalchemy import insert
 
-    from campaignctl.campaigns import _fail_launched, canaries as canary_ids
+    from campaignctl.campaigns import fail_stored, canaries as canary_ids
     from campaignctl.models import JobItem
 
     ids = [d for d, _ in devices]
-    canaries = canary_ids(conn, spec, set(ids), _fail_launched(campaign))
+    canaries = canary_ids(conn, spec, set(ids), fail_stored(campaign))
     order = ids
     if rollout.explicit:
         names = dict(conn.exec_driver_sql("SELECT id, name FROM device").all())
@@ -208,6 +208,11 @@ class Heartbeat(threading.Thread):
 
 
 # -- reading -----------------------------------------------------------------------------
+
+
+def latest_job(conn: "Connection", campaign_id: int) -> int | None:
+    """A campaign's job (None before it starts)."""
+    return conn.exec_driver_sql("SELECT max(id) FROM job WHERE campaign_id = ?", (campaign_id,)).scalar()
 
 
 def job_row(conn: "Connection", job_id: int) -> Any:

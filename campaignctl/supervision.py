@@ -128,19 +128,19 @@ def _mismatch(mismatch: str) -> str:
 def campaign_status(engine: "Engine", name: str) -> dict[str, Any]:
     """The supervision of a campaign, as documented for ``status -o json``."""
     from campaignctl import jobs
-    from campaignctl.campaigns import _fail_launched, get_spec
+    from campaignctl.campaigns import fail_stored, get_spec
     from campaignctl.errors import InputError
 
     with db.read(engine) as conn:
         row, spec = get_spec(conn, name)
         extra = conn.exec_driver_sql("SELECT reason, start_at FROM campaign WHERE id = ?", (row.id,)).one()
-        job_id = conn.exec_driver_sql("SELECT max(id) FROM job WHERE campaign_id = ?", (row.id,)).scalar()
+        job_id = jobs.latest_job(conn, row.id)
         batches: list[dict[str, Any]] = []
         if job_id is None:
             from campaignctl.campaigns import resolve_devices
 
             try:
-                ids = [d for d, _ in resolve_devices(conn, spec, _fail_launched(name))]
+                ids = [d for d, _ in resolve_devices(conn, spec, fail_stored(name))]
             except InputError:
                 ids = []
             why = "the campaign is not launched" if row.status == "draft" else f"the campaign is {row.status}"

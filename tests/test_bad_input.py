@@ -288,6 +288,12 @@ def test_deeply_nested_state_is_rejected_and_the_listener_goes_on(cli, fleet, db
 
 
 def test_sql_errors_do_not_print_their_parameters(db_path):
+    from sqlalchemy.exc import IntegrityError
+
     from campaignctl import db
 
-    assert db.create_engine(db_path).hide_parameters is True
+    engine = db.create_engine(db_path)
+    with pytest.raises(IntegrityError) as failure:
+        with db.write(engine) as conn:  # a duplicate key, with a token among the parameters
+            conn.exec_driver_sql("INSERT INTO meta (key, value) VALUES (?, ?)", ("revision", "tok-5ecret"))
+    assert "tok-5ecret" not in str(failure.value)

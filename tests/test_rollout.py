@@ -60,6 +60,14 @@ def _fleet_with_a_lost_device(cli, tmp_path, broker, prefix, *, devices: int) ->
     cli("devices", "import", write(tmp_path, "d.csv", "name,type,interface\nlost-1,sensor-v2,dead\n"))
 
 
+def _cams(cli, tmp_path, count: int) -> None:
+    """cam-1 … cam-N on an http interface (they fetch their documents themselves)."""
+    devices = "".join(f"  - {{name: cam-{i}, type: cam, interface: devapi}}\n" for i in range(1, count + 1))
+    cli("devices", "import", write(tmp_path, "cams.yaml", "interfaces:\n  devapi: {type: http, url: "
+                                                          "'http://127.0.0.1:1'}\ndevice_types:\n  cam: {}\n"
+                                                          f"devices:\n{devices}"))
+
+
 def _report_valid(cli, devices) -> None:
     for device in devices:
         cli("devices", "report", device["device"], "report_interval:=30")
@@ -324,16 +332,7 @@ def test_pause_resume_cancel_through_the_cli(cli, fleet20, tmp_path, broker, pre
 
 
 def test_cancel_puts_back_what_an_unfetched_document_would_have_changed(cli, tmp_path):
-    path = write(tmp_path, "fleet.yaml", """\
-        interfaces:
-          devapi: {type: http, url: "http://127.0.0.1:1"}
-        device_types:
-          cam: {}
-        devices:
-          - {name: cam-1, type: cam, interface: devapi}
-          - {name: cam-2, type: cam, interface: devapi}
-        """)
-    cli("devices", "import", path)
+    _cams(cli, tmp_path, 2)
     cli("devices", "set-config", "cam-1", "report_interval:=10")
     version = cli.json("devices", "show", "cam-1")["version"]
     cli("create", "-f", write(tmp_path, "c.yaml", """\
@@ -561,14 +560,7 @@ def test_retried_timed_out_devices_keep_what_they_had_on_cancel(cli, tmp_path, d
     from campaignctl.server import Server
     from conftest import http
 
-    cli("devices", "import", write(tmp_path, "fleet.yaml", """\
-        interfaces:
-          devapi: {type: http, url: "http://127.0.0.1:1"}
-        device_types:
-          cam: {}
-        devices:
-          - {name: cam-1, type: cam, interface: devapi}
-        """))
+    _cams(cli, tmp_path, 1)
     cli("create", "-f", write(tmp_path, "c.yaml", """\
         name: ri
         devices: {names: [cam-1]}

@@ -192,19 +192,27 @@ def test_an_echoed_request_does_not_leak_the_document_into_errors(cli, api, tmp_
     assert "tok-5ecret-value" not in cli("status", "e").stdout
 
 
+def _launch_in_background(db_path, name: str):
+    """Launch a campaign and run its job in a thread; returns (engine, thread)."""
+    from campaignctl import db, engine as rollout, jobs
+
+    engine = db.create_engine(db_path)
+    job_id, owner = jobs.launch(engine, name)
+    runner = threading.Thread(target=rollout.advance, args=(engine, job_id, owner))
+    runner.start()
+    return engine, runner
+
+
 def test_a_newer_document_is_not_replaced_by_the_job_s_older_one(cli, api, tmp_path, db_path):
     """The job reads documents in chunks and sends them over time: a user's change made
     meanwhile must be what the platform holds in the end."""
-    from campaignctl import db, engine as rollout, fleet, jobs
+    from campaignctl import fleet
 
     names = [f"lag-{i:03d}" for i in range(60)]
     cli("devices", "import", _fleet(tmp_path, api.port, names, headers="{}", timeout=2, concurrency=1))
     cli("create", "-f", write(tmp_path, "c.yaml", "name: slow\ndevices: {selector: {type: thing}}\n"
                                                   "configurations: {mode: eco}\n"))
-    engine = db.create_engine(db_path)
-    job_id, owner = jobs.launch(engine, "slow")
-    runner = threading.Thread(target=rollout.advance, args=(engine, job_id, owner))
-    runner.start()
+    engine, runner = _launch_in_background(db_path, "slow")
     time.sleep(0.6)  # the job has read every document; it has sent about ten
     newer = fleet.set_config(engine, "lag-050", {"mode": "boost"})
     runner.join(30)
@@ -215,16 +223,13 @@ def test_a_newer_document_is_not_replaced_by_the_job_s_older_one(cli, api, tmp_p
 
 
 def test_cancel_stops_a_webhook_delivery_and_records_what_was_in_flight(cli, api, tmp_path, db_path):
-    from campaignctl import db, engine as rollout, jobs
+    from campaignctl import engine as rollout
 
     names = [f"lag-{i:03d}" for i in range(200)]
     cli("devices", "import", _fleet(tmp_path, api.port, names, headers="{}", timeout=2, concurrency=2))
     cli("create", "-f", write(tmp_path, "c.yaml", "name: big\ndevices: {selector: {type: thing}}\n"
                                                   "configurations: {mode: eco}\n"))
-    engine = db.create_engine(db_path)
-    job_id, owner = jobs.launch(engine, "big")
-    runner = threading.Thread(target=rollout.advance, args=(engine, job_id, owner))
-    runner.start()
+    engine, runner = _launch_in_background(db_path, "big")
     time.sleep(0.5)
     rollout.cancel(engine, "big")
     runner.join(30)

@@ -116,7 +116,7 @@ def launch(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
                                           help="Devices written per database transaction."),
            output: Output = OutputOption) -> None:
     """Launch a campaign: write the desired configurations, then deliver them, batch by batch."""
-    from campaignctl import engine as rollout_engine, jobs
+    from campaignctl import jobs
     from campaignctl.interfaces.base import DeliveryPolicy
 
     if not wait and (timeout is not None or min_valid != "100%"):
@@ -140,9 +140,8 @@ def launch(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
         return
     info(f"campaign {name}: launched, job {job_id}")
     # With --wait, the exit code tells the outcome: failed deliveries count there.
-    _advance(db, job_id, lambda progress: rollout_engine.advance(
-        db, job_id, owner, progress=progress, slice_seconds=limits[0] if limits else None),
-        output if not wait else None, fail_on_failed=not wait)
+    advance_job(db, job_id, owner, output if not wait else None, fail_on_failed=not wait,
+                slice_seconds=limits[0] if limits else None)
     if limits:
         _wait(db, name, output, *limits)
 
@@ -161,15 +160,17 @@ def _wait_limits(timeout: Optional[str], min_valid: str) -> tuple[Optional[float
     return seconds, share
 
 
-def _advance(db: Any, job_id: int, run: Any, output: Optional[Output], *, fail_on_failed: bool = True) -> None:
-    """Run the engine on a job in this process, with a progress bar, and say where it stopped."""
-    from campaignctl import jobs
+def advance_job(db: Any, job_id: int, owner: str, output: Optional[Output], *, fail_on_failed: bool = True,
+                slice_seconds: Optional[float] = None) -> None:
+    """Run the engine on a job whose lease ``owner`` holds, in this process, with a
+    progress bar, and say where it stopped."""
+    from campaignctl import engine as rollout, jobs
     from campaignctl.errors import CampaignctlError
 
     started = time.monotonic()
     try:
         with progress_bar() as progress:
-            outcome = run(progress)
+            outcome = rollout.advance(db, job_id, owner, progress=progress, slice_seconds=slice_seconds)
     except KeyboardInterrupt:
         info(f"interrupted: job {job_id} stopped where it was; campaignctl jobs resume {job_id} (or any "
              "`campaignctl serve` / `run`) continues it")
@@ -212,7 +213,7 @@ def _wait(db: Any, name: str, output: Output, timeout: Optional[float], min_vali
         live.start()
     try:
         code, data = wait(db, name, timeout=timeout, min_valid=min_valid,
-                          on_update=(lambda d: live.update(_status_view(d, only, min(limit or 20, 20)),
+                          on_update=(lambda d: live.update(status_view(d, only, min(limit or 20, 20)),
                                                            refresh=True)) if live else
                           (lambda _d: None))
     except KeyboardInterrupt:
@@ -225,7 +226,7 @@ def _wait(db: Any, name: str, output: Output, timeout: Optional[float], min_vali
             data["devices"] = [d for d in data["devices"] if d["status"] == only]
         print_json({**data, "exit_code": code})
     elif live is None:
-        stdout_console().print(_status_view(data, only, limit))
+        stdout_console().print(status_view(data, only, limit))
     verdict = {0: "completed", 3: "cancelled" if data["status"] == "cancelled" else "ended below --min-valid",
                4: "timed out waiting",
                5: f"stopped: {data['status']}" + (f" ({data['reason']})" if data.get("reason") else "")}[code]
@@ -268,21 +269,21 @@ def status(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
         print_json(data)
         return
     if not watch:
-        stdout_console().print(_status_view(campaign_status(db, name), only, limit))
+        stdout_console().print(status_view(campaign_status(db, name), only, limit))
         return
     from rich.live import Live
 
     try:
-        with Live(_status_view(campaign_status(db, name), only, limit), console=stdout_console(),
+        with Live(status_view(campaign_status(db, name), only, limit), console=stdout_console(),
                   auto_refresh=False, screen=False) as live:
             while True:
                 time.sleep(interval)
-                live.update(_status_view(campaign_status(db, name), only, limit), refresh=True)
+                live.update(status_view(campaign_status(db, name), only, limit), refresh=True)
     except KeyboardInterrupt:
         pass
 
 
-def _status_view(data: dict[str, Any], only: Optional[str], limit: int) -> Any:
+def status_view(data: dict[str, Any], only: Optional[str], limit: int) -> Any:
     from rich.console import Group
     from rich.text import Text
 

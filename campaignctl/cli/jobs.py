@@ -52,10 +52,10 @@ def show(ctx: typer.Context, job_id: int = typer.Argument(..., metavar="ID"),
 def resume(ctx: typer.Context, job_id: int = typer.Argument(..., metavar="ID"),
            output: Output = OutputOption) -> None:
     """Go on with a job whose process died (it is never run by two processes at once)."""
-    from campaignctl import engine as rollout, jobs
-    from campaignctl.cli.campaigns import _advance
+    from campaignctl import jobs
+    from campaignctl.cli.campaigns import advance_job
 
     db = engine(ctx)
     owner = jobs.acquire(db, job_id)
     typer.echo(f"job {job_id}: resuming", err=True)
-    _advance(db, job_id, lambda progress: rollout.advance(db, job_id, owner, progress=progress), output)
+    advance_job(db, job_id, owner, output)

@@ -21,7 +21,7 @@ def resume(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
            output: Output = OutputOption) -> None:
     """Resume a paused campaign where it stopped (a batch that tripped the breaker is accepted)."""
     from campaignctl import engine as rollout, jobs
-    from campaignctl.cli.campaigns import _advance
+    from campaignctl.cli.campaigns import advance_job
 
     db = engine(ctx)
     job_id = rollout.resume(db, name)
@@ -30,7 +30,7 @@ def resume(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
     if owner is None:
         info("another process runs this job: it continues there")
         return
-    _advance(db, job_id, lambda progress: rollout.advance(db, job_id, owner, progress=progress), output)
+    advance_job(db, job_id, owner, output)
 
 
 def cancel(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
@@ -58,7 +58,7 @@ def retry(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
           output: Output = OutputOption) -> None:
     """Re-deliver to failed (and timed-out) devices only, as a new step of the same job."""
     from campaignctl import engine as rollout, jobs
-    from campaignctl.cli.campaigns import _advance
+    from campaignctl.cli.campaigns import advance_job
 
     from campaignctl.errors import CampaignctlError
 
@@ -69,8 +69,7 @@ def retry(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
     if owner is None:
         info("another process runs this job: it delivers them")
         return
-    _advance(db, job_id, lambda progress: rollout.advance(db, job_id, owner, progress=progress), output,
-             fail_on_failed=False)
+    advance_job(db, job_id, owner, output, fail_on_failed=False)
     failed = {e["device"] for e in jobs.show(db, job_id)["errors"]} & set(targets)
     if failed:
         raise CampaignctlError(f"{len(failed)} of the {len(targets)} retried device(s) could not be delivered "
