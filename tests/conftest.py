@@ -129,6 +129,14 @@ def fleet_yaml(url: str, prefix: str, devices: int = 4, *, extra: str = "") -> s
     return "\n".join(lines) + "\n" + extra
 
 
+def import_fleet(cli: Cli, tmp_path: Path, url: str, prefix: str, devices: int) -> Path:
+    """Import ``devices`` sensors on the MQTT broker at ``url`` (which may be down)."""
+    path = tmp_path / "fleet.yaml"
+    path.write_text(fleet_yaml(url, prefix, devices=devices))
+    cli("devices", "import", str(path))
+    return path
+
+
 @pytest.fixture
 def fleet(tmp_path: Path, broker: Broker, prefix: str, cli: Cli) -> Path:
     """Four sensors on the session broker, imported."""

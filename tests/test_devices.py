@@ -6,7 +6,7 @@ import json
 import os
 import stat
 
-from conftest import fleet_yaml, write
+from conftest import fleet_yaml, import_fleet, write
 
 
 def test_import_is_an_upsert_with_counts(cli, broker, prefix, tmp_path):
@@ -80,9 +80,7 @@ def test_secret_set_config_is_masked_unless_asked(cli, fleet):
 def test_set_config_on_an_unreachable_broker_keeps_the_value_and_says_so(cli, tmp_path, prefix):
     from conftest import free_port
 
-    path = tmp_path / "fleet.yaml"
-    path.write_text(fleet_yaml(f"mqtt://127.0.0.1:{free_port()}", prefix, devices=1))
-    cli("devices", "import", str(path))
+    import_fleet(cli, tmp_path, f"mqtt://127.0.0.1:{free_port()}", prefix, 1)
     result = cli("devices", "set-config", "sensor-0001", "mode=eco", code=1)
     assert "is saved but could not be delivered" in result.stderr and "Connection refused" in result.stderr
     entries = {e["key"]: e["desired"] for e in cli.json("devices", "show", "sensor-0001")["configuration"]}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Broker, Subscriber, campaignctl_cmd, free_port, fleet_yaml, subprocess_env, write
+from conftest import Broker, Subscriber, campaignctl_cmd, free_port, fleet_yaml, import_fleet, subprocess_env, write
 
 DEVICES = 1500
 
@@ -105,9 +105,7 @@ def test_sigkill_during_write_and_delivery_then_resume_loses_nothing(cli, broker
 
 def test_a_job_run_by_a_live_process_is_not_resumed_by_another(cli, tmp_path, prefix, db_path):
     port = free_port()  # the broker is down: the job keeps retrying
-    path = tmp_path / "fleet.yaml"
-    path.write_text(fleet_yaml(f"mqtt://127.0.0.1:{port}", prefix, devices=3))
-    cli("devices", "import", str(path))
+    import_fleet(cli, tmp_path, f"mqtt://127.0.0.1:{port}", prefix, 3)
     cli("create", "-f", write(tmp_path, "c.yaml", """\
         name: busy
         devices: {selector: {type: sensor-v2}}

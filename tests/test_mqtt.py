@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from conftest import Broker, Subscriber, fleet_yaml, publish, write
+from conftest import Broker, Subscriber, import_fleet, publish, write
 
 
 def _status(cli, name):
@@ -129,9 +129,7 @@ def test_broker_down_retries_then_fails_with_the_error(cli, tmp_path, prefix):
     from conftest import free_port
 
     port = free_port()  # nothing listens there
-    path = tmp_path / "fleet.yaml"
-    path.write_text(fleet_yaml(f"mqtt://127.0.0.1:{port}", prefix, devices=2))
-    cli("devices", "import", str(path))
+    import_fleet(cli, tmp_path, f"mqtt://127.0.0.1:{port}", prefix, 2)
     cli("create", "-f", write(tmp_path, "c.yaml", """\
         name: down
         devices: {selector: {type: sensor-v2}}
@@ -155,9 +153,7 @@ def test_broker_that_comes_back_during_retries_gets_everything(cli, tmp_path, pr
     from conftest import free_port
 
     port = free_port()
-    path = tmp_path / "fleet.yaml"
-    path.write_text(fleet_yaml(f"mqtt://127.0.0.1:{port}", prefix, devices=3))
-    cli("devices", "import", str(path))
+    import_fleet(cli, tmp_path, f"mqtt://127.0.0.1:{port}", prefix, 3)
     cli("create", "-f", write(tmp_path, "c.yaml", """\
         name: flaky
         devices: {selector: {type: sensor-v2}}
@@ -185,9 +181,7 @@ def test_a_retry_sends_the_newest_document_not_a_stale_one(cli, tmp_path, prefix
     from campaignctl.interfaces.base import DeliveryPolicy
 
     port = free_port()
-    path = tmp_path / "fleet.yaml"
-    path.write_text(fleet_yaml(f"mqtt://127.0.0.1:{port}", prefix, devices=1))
-    cli("devices", "import", str(path))
+    import_fleet(cli, tmp_path, f"mqtt://127.0.0.1:{port}", prefix, 1)
     cli("create", "-f", write(tmp_path, "c.yaml", "name: c\ndevices: {names: [sensor-0001]}\n"
                                                   "configurations: {mode: quiet}\n"))
     engine = db.create_engine(db_path)
@@ -216,9 +210,7 @@ def test_a_retry_sends_the_newest_document_not_a_stale_one(cli, tmp_path, prefix
 def test_a_failed_device_that_reports_the_expected_state_is_valid(cli, tmp_path, prefix):
     from conftest import free_port
 
-    path = tmp_path / "fleet.yaml"
-    path.write_text(fleet_yaml(f"mqtt://127.0.0.1:{free_port()}", prefix, devices=1))
-    cli("devices", "import", str(path))
+    import_fleet(cli, tmp_path, f"mqtt://127.0.0.1:{free_port()}", prefix, 1)
     cli("create", "-f", write(tmp_path, "c.yaml", "name: c\ndevices: {names: [sensor-0001]}\n"
                                                   "configurations: {mode: eco}\nexpected_state: {mode: eco}\n"))
     cli("launch", "c", "--attempts", "1", "--ack-timeout", "0.5", code=1)

@@ -15,18 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (Broker, Subscriber, campaignctl_cmd, fleet_yaml, free_port, subprocess_env, wait_until,
-                      write)
+from conftest import (Broker, Subscriber, campaignctl_cmd, fleet_yaml, free_port, import_fleet, subprocess_env,
+                      wait_until, write)
 
 DEVICES = 20
 
 
 @pytest.fixture
 def fleet20(cli, broker, prefix, tmp_path):
-    path = tmp_path / "fleet.yaml"
-    path.write_text(fleet_yaml(broker.url, prefix, devices=DEVICES))
-    cli("devices", "import", str(path))
-    return path
+    return import_fleet(cli, tmp_path, broker.url, prefix, DEVICES)
 
 
 def _campaign(tmp_path, rollout: str, *, name: str = "roll", extra: str = "") -> str:
@@ -354,9 +351,7 @@ def test_cancel_puts_back_what_an_unfetched_document_would_have_changed(cli, tmp
 
 def test_retry_redelivers_failed_devices_as_a_new_step(cli, tmp_path, prefix):
     port = free_port()
-    path = tmp_path / "fleet.yaml"
-    path.write_text(fleet_yaml(f"mqtt://127.0.0.1:{port}", prefix, devices=3))
-    cli("devices", "import", str(path))
+    import_fleet(cli, tmp_path, f"mqtt://127.0.0.1:{port}", prefix, 3)
     cli("create", "-f", write(tmp_path, "c.yaml", """\
         name: later
         devices: {selector: {type: sensor-v2}}
@@ -474,9 +469,7 @@ def test_wait_exit_codes_driven_by_the_simulator(cli, fleet20, tmp_path, db_path
 
 def test_resume_after_a_trip_before_the_batch_was_delivered(cli, tmp_path, prefix):
     dead = free_port()
-    path = tmp_path / "fleet.yaml"
-    path.write_text(fleet_yaml(f"mqtt://127.0.0.1:{dead}", prefix, devices=4))
-    cli("devices", "import", str(path))
+    import_fleet(cli, tmp_path, f"mqtt://127.0.0.1:{dead}", prefix, 4)
     cli("create", "-f", _campaign(tmp_path, "  batches: [2, 100%]\n  error_threshold: 50%\n"))
     result = cli("launch", "roll", "--attempts", "1", "--ack-timeout", "0.5")
     assert "campaign roll: paused: batch 1: 2 failed of 2 devices (100%)" in result.stderr
