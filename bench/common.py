@@ -35,7 +35,36 @@ def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen, int]:
     raise SystemExit("mosquitto did not start")
 
 
-def campaignctl(*args: str, db: Path, check: bool = True) -> tuple[float, int, str]:
+def start_postgres() -> object:
+    """A private PostgreSQL server on 127.0.0.1 (the tests' own, see tests/pgserver.py);
+    ``.url(name)`` for a database, ``.create_database()``, ``.stop()``."""
+    sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+    from pgserver import PostgresServer
+
+    return PostgresServer().start()
+
+
+def new_database(backend: str, work: Path, server: object | None, url: str | None = None) -> str:
+    """A fresh, migrated database: a file in ``work``, a database on the private
+    server, or a new database on the server of ``url`` (which must allow CREATE DATABASE)."""
+    if backend == "sqlite":
+        return str(work / f"bench-{time.monotonic_ns()}.db")
+    if url is not None:
+        import uuid
+
+        import psycopg
+
+        name = f"campaignctl_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        target = url.rsplit("/", 1)[0] + "/" + name
+    else:
+        target = server.url(server.create_database())  # type: ignore[attr-defined]
+    campaignctl("db", "upgrade", db=target)
+    return target
+
+
+def campaignctl(*args: str, db: Path | str, check: bool = True) -> tuple[float, int, str]:
     """Run the real command; returns (wall seconds, peak RSS in KiB, stdout)."""
     env = dict(os.environ, CAMPAIGNCTL_DB=str(db))
     started = time.perf_counter()

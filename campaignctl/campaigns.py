@@ -6,13 +6,16 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from campaignctl import db
+from campaignctl import db, dialect
 from campaignctl.errors import ConflictError, InputError, NotFoundError
 from campaignctl.spec import CampaignSpec
 from campaignctl.values import canonical, mask
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
+
+#: Device names per ``IN`` list: lists of any length, in statements of a bounded size.
+CHUNK = 5000
 
 #: Raised errors name the field; ``Fail`` builds an error for a spec path such as
 #: ("devices", "names") with the file and line when the spec came from a file.
@@ -49,11 +52,9 @@ def resolve_devices(conn: "Connection", spec: CampaignSpec, fail: Fail) -> list[
     names = spec.names
     if names:
         found: dict[str, tuple[int, int]] = {}
-        for start in range(0, len(names), 500):
-            part = names[start : start + 500]
-            for r in conn.exec_driver_sql(
-                f"SELECT name, id, device_type_id FROM device WHERE name IN ({','.join('?' * len(part))})", tuple(part)
-            ):
+        for start in range(0, len(names), CHUNK):
+            for r in db.run(conn, "SELECT name, id, device_type_id FROM device WHERE name IN :names",
+                            {"names": names[start : start + CHUNK]}, "names"):
                 found[r[0]] = (r[1], r[2])
         missing = [n for n in names if n not in found]
         if missing:
@@ -64,12 +65,13 @@ def resolve_devices(conn: "Connection", spec: CampaignSpec, fail: Fail) -> list[
         from campaignctl.fleet import device_filter
 
         sel = spec.selector
-        if sel.get("type") is not None and conn.exec_driver_sql(
-            "SELECT 1 FROM device_type WHERE name = ?", (sel["type"],)
+        if sel.get("type") is not None and db.run(
+            conn, "SELECT 1 FROM device_type WHERE name = :name", {"name": sel["type"]}
         ).first() is None:
             raise fail(f"unknown device type {sel['type']!r}", ("devices", "selector", "type"))
-        where, params = device_filter(type=sel.get("type"), tags=sel.get("tags"))
-        selected.update(conn.exec_driver_sql(f"SELECT d.id, d.device_type_id FROM device d {where}", tuple(params)).all())
+        where, params = device_filter(conn, type=sel.get("type"), tags=sel.get("tags"))
+        selected.update((r[0], r[1]) for r in db.run(conn, f"SELECT d.id, d.device_type_id FROM device d {where}",
+                                                     params))
     if not selected:
         raise fail("the campaign selects no device", ("devices",))
     return sorted(selected.items())
@@ -84,21 +86,24 @@ def build_plan(conn: "Connection", spec: CampaignSpec, type_ids: set[int], fail:
     plan: dict[str, Any] = {}
     secret_config = {k.split(".", 1)[1] for k in spec.secret_keys if k.startswith("configurations.")}
     secret_state = {k.split(".", 1)[1] for k in spec.secret_keys if k.startswith("expected_state.")}
-    types = dict(conn.exec_driver_sql("SELECT id, name FROM device_type").all())
+    types = {r[0]: r[1] for r in db.run(conn, "SELECT id, name FROM device_type")}
     for type_id in sorted(type_ids):
         configurations = {k: canonical(v) for k, v in spec.configurations.items()}
         expected = {k: canonical(v) for k, v in spec.expected_state.items()}
         secret = set(secret_config) | secret_state
         if spec.firmware:
             fw_type, version = spec.firmware["type"], spec.firmware["version"]
-            keys = conn.exec_driver_sql(
-                "SELECT version_key, url_key, token_key FROM firmware_type WHERE device_type_id = ? AND name = ?",
-                (type_id, fw_type)).first()
+            keys = db.run(
+                conn,
+                "SELECT version_key, url_key, token_key FROM firmware_type "
+                "WHERE device_type_id = :type_id AND name = :name", {"type_id": type_id, "name": fw_type}).first()
             if keys is None:
                 raise fail(f"device type {types[type_id]!r} has no firmware type {fw_type!r}", ("firmware", "type"))
-            fw = conn.exec_driver_sql(
-                "SELECT url, token FROM firmware WHERE device_type_id = ? AND firmware_type = ? AND version = ?",
-                (type_id, fw_type, version)).first()
+            fw = db.run(
+                conn,
+                "SELECT url, token FROM firmware "
+                "WHERE device_type_id = :type_id AND firmware_type = :firmware_type AND version = :version",
+                {"type_id": type_id, "firmware_type": fw_type, "version": version}).first()
             if fw is None:
                 raise fail(f"no {fw_type} firmware {version!r} for device type {types[type_id]!r} in the registry "
                            "(campaignctl firmwares add)", ("firmware", "version"))
@@ -160,31 +165,43 @@ class ApplyResult:
     changes: list[str]
 
 
+def _exists(name: str) -> ConflictError:
+    return ConflictError(f"a campaign named {name!r} already exists (use apply to update a draft)")
+
+
 def create(engine: "Engine", spec: CampaignSpec) -> ApplyResult:
     now = db.utcnow()
     with db.write(engine) as conn:
         if _row(conn, spec.name, required=False) is not None:
-            raise ConflictError(f"a campaign named {spec.name!r} already exists (use apply to update a draft)")
+            raise _exists(spec.name)
         _validate(conn, spec, _fail_for(spec))
-        _insert(conn, spec, now)
+        if not _insert(conn, spec, now):
+            raise _exists(spec.name)  # created by another process meanwhile
     return ApplyResult(spec.name, "created", [])
 
 
-def _insert(conn: "Connection", spec: CampaignSpec, now: str) -> None:
-    conn.exec_driver_sql(
+def _insert(conn: "Connection", spec: CampaignSpec, now: str) -> bool:
+    """Insert a draft; False when a campaign of that name exists (another process may
+    have created it since this transaction looked)."""
+    return bool(db.run(
+        conn,
         "INSERT INTO campaign (name, description, status, spec, secret_keys, created_at, updated_at) "
-        "VALUES (?, ?, 'draft', ?, ?, ?, ?)",
-        (spec.name, spec.description, spec.to_json(), json.dumps(spec.secret_keys), now, now))
+        "VALUES (:name, :description, 'draft', :spec, :secret_keys, :now, :now) ON CONFLICT (name) DO NOTHING",
+        {"name": spec.name, "description": spec.description, "spec": spec.to_json(),
+         "secret_keys": json.dumps(spec.secret_keys), "now": now}).rowcount == 1)
 
 
 def apply(engine: "Engine", spec: CampaignSpec) -> ApplyResult:
     """Create the campaign, or update it while it is a draft; ``unchanged`` when identical."""
     now = db.utcnow()
     with db.write(engine) as conn:
-        row = _row(conn, spec.name, required=False)
+        # Locked: a launch (or another apply) cannot change it before this one commits.
+        row = _row(conn, spec.name, required=False, lock=True)
         if row is None:
             _validate(conn, spec, _fail_for(spec))
-            _insert(conn, spec, now)
+            if not _insert(conn, spec, now):
+                raise ConflictError(f"campaign {spec.name!r} was created by another process meanwhile; "
+                                    "apply again to update it")
             return ApplyResult(spec.name, "created", [])
         current = CampaignSpec.from_json(row.spec, json.loads(row.secret_keys))
         changes = _diff(current, spec)
@@ -197,9 +214,11 @@ def apply(engine: "Engine", spec: CampaignSpec) -> ApplyResult:
         if not changes:
             return ApplyResult(spec.name, "unchanged", [])
         _validate(conn, spec, _fail_for(spec))
-        conn.exec_driver_sql(
-            "UPDATE campaign SET description = ?, spec = ?, secret_keys = ?, updated_at = ? WHERE id = ?",
-            (spec.description, spec.to_json(), json.dumps(spec.secret_keys), now, row.id))
+        db.run(conn,
+               "UPDATE campaign SET description = :description, spec = :spec, secret_keys = :secret_keys, "
+               "updated_at = :now WHERE id = :id",
+               {"description": spec.description, "spec": spec.to_json(), "secret_keys": json.dumps(spec.secret_keys),
+                "now": now, "id": row.id})
     return ApplyResult(spec.name, "updated", changes)
 
 
@@ -227,31 +246,37 @@ def _diff(old: CampaignSpec, new: CampaignSpec) -> list[str]:
     return changes
 
 
-def _row(conn: "Connection", name: str, *, required: bool = True) -> Any:
-    row = conn.exec_driver_sql(
+def _row(conn: "Connection", name: str, *, required: bool = True, lock: bool = False) -> Any:
+    """The campaign's row; ``lock`` (in a write transaction): locked until it ends, for
+    a caller that decides on its status."""
+    row = db.run(
+        conn,
         "SELECT id, name, description, status, spec, secret_keys, created_at, updated_at, launched_at, completed_at "
-        "FROM campaign WHERE name = ?", (name,)).one_or_none()
+        "FROM campaign WHERE name = :name" + (dialect.for_update(conn) if lock else ""), {"name": name}).one_or_none()
     if row is None and required:
         raise NotFoundError(f"no campaign named {name!r}")
     return row
 
 
-def get_spec(conn: "Connection", name: str) -> tuple[Any, CampaignSpec]:
-    row = _row(conn, name)
+def get_spec(conn: "Connection", name: str, *, lock: bool = False) -> tuple[Any, CampaignSpec]:
+    """The campaign's row and spec; ``lock=True`` in a write transaction that decides on
+    the campaign's status (a launch): the row stays locked until the transaction ends."""
+    row = _row(conn, name, lock=lock)
     return row, CampaignSpec.from_json(row.spec, json.loads(row.secret_keys))
 
 
 def delete(engine: "Engine", name: str) -> None:
     with db.write(engine) as conn:
-        row = _row(conn, name)
+        row = _row(conn, name, lock=True)
         if row.status != "draft":
             raise ConflictError(f"campaign {name!r} was launched ({row.status}); only drafts can be deleted")
-        conn.exec_driver_sql("DELETE FROM campaign WHERE id = ?", (row.id,))
+        db.run(conn, "DELETE FROM campaign WHERE id = :id", {"id": row.id})
 
 
 def list_campaigns(engine: "Engine") -> list[dict[str, Any]]:
     with db.read(engine) as conn:
-        rows = conn.exec_driver_sql(
+        rows = db.run(
+            conn,
             "SELECT c.name, c.status, c.description, c.created_at, c.launched_at, c.completed_at, "
             "j.id, j.status, j.total FROM campaign c "
             "LEFT JOIN job j ON j.id = (SELECT max(id) FROM job WHERE campaign_id = c.id) ORDER BY c.created_at, c.id"
@@ -264,8 +289,8 @@ def list_campaigns(engine: "Engine") -> list[dict[str, Any]]:
 def show(engine: "Engine", name: str, *, show_secrets: bool = False) -> dict[str, Any]:
     with db.read(engine) as conn:
         row, spec = get_spec(conn, name)
-        jobs = [{"id": r[0], "status": r[1], "total": r[2]} for r in conn.exec_driver_sql(
-            "SELECT id, status, total FROM job WHERE campaign_id = ? ORDER BY id", (row.id,))]
+        jobs = [{"id": r[0], "status": r[1], "total": r[2]} for r in db.run(
+            conn, "SELECT id, status, total FROM job WHERE campaign_id = :id ORDER BY id", {"id": row.id})]
         try:
             devices = len(resolve_devices(conn, spec, fail_stored(name))) if not jobs else jobs[-1]["total"]
         except InputError:

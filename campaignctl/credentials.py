@@ -27,10 +27,22 @@ from campaignctl.errors import CampaignctlError
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
+#: Names per ``IN`` list: lists of any length, in statements of a bounded size.
+CHUNK = 5000
+
 
 def key_path(engine: "Engine") -> Path:
+    """``$CAMPAIGNCTL_KEY_FILE``, else ``<database file>.key`` (SQLite), else a file
+    named after the PostgreSQL database in campaignctl's data directory (every machine
+    that serves the device API needs the same key: set CAMPAIGNCTL_KEY_FILE there)."""
     env = os.environ.get("CAMPAIGNCTL_KEY_FILE")
-    return Path(env) if env else Path(f"{engine.url.database}.key")
+    if env:
+        return Path(env)
+    location = db.location_of(engine)
+    if not location.is_postgres:
+        return Path(f"{location.target}.key")
+    url = engine.url
+    return db.data_dir() / f"{url.database}@{url.host or 'localhost'}-{url.port or 5432}.key"
 
 
 def load_key(engine: "Engine", *, create: bool = False) -> bytes:
@@ -69,17 +81,18 @@ def matches(stored_hash: str | None, presented: str) -> bool:
 def provision(conn: "Connection", key: bytes, *, rotate_ids: list[int] | None = None) -> int:
     """Give a secret to every HTTP device that has none (or to ``rotate_ids``)."""
     if rotate_ids is None:
-        ids = [r[0] for r in conn.exec_driver_sql(
+        ids = [r[0] for r in db.run(
+            conn,
             "SELECT d.id FROM device d JOIN interface i ON i.id = d.interface_id "
-            "WHERE i.type = 'http' AND d.secret_hash IS NULL")]
+            "WHERE i.type = 'http' AND d.secret_hash IS NULL ORDER BY d.id")]
     else:
         ids = rotate_ids
     rows = []
     for device_id in ids:
         salt = secrets.token_hex(16)
-        rows.append((salt, digest(derive(key, salt)), device_id))
+        rows.append({"salt": salt, "hash": digest(derive(key, salt)), "id": device_id})
     if rows:
-        conn.exec_driver_sql("UPDATE device SET secret_salt = ?, secret_hash = ? WHERE id = ?", rows)
+        db.run(conn, "UPDATE device SET secret_salt = :salt, secret_hash = :hash WHERE id = :id", rows)
     return len(rows)
 
 
@@ -94,7 +107,7 @@ def _http_device(conn: "Connection", name: str):  # noqa: ANN202
 def show_secret(engine: "Engine", name: str) -> str:
     with db.read(engine) as conn:
         _http_device(conn, name)
-        salt = conn.exec_driver_sql("SELECT secret_salt FROM device WHERE name = ?", (name,)).scalar()
+        salt = db.run(conn, "SELECT secret_salt FROM device WHERE name = :name", {"name": name}).scalar()
     if salt is None:
         raise CampaignctlError(f"device {name!r} has no secret yet (campaignctl devices rotate-secret {name})")
     return derive(load_key(engine), salt)
@@ -112,10 +125,9 @@ def secrets_of(engine: "Engine", names: list[str]) -> dict[str, str]:
     key = load_key(engine)
     out: dict[str, str] = {}
     with db.read(engine) as conn:
-        for start in range(0, len(names), 500):
-            part = names[start : start + 500]
-            for name, salt in conn.exec_driver_sql(
-                f"SELECT name, secret_salt FROM device WHERE secret_salt IS NOT NULL AND name IN "
-                f"({','.join('?' * len(part))})", tuple(part)):
+        for start in range(0, len(names), CHUNK):
+            for name, salt in db.run(
+                    conn, "SELECT name, secret_salt FROM device WHERE secret_salt IS NOT NULL AND name IN :names",
+                    {"names": names[start : start + CHUNK]}, "names"):
                 out[name] = derive(key, salt)
     return out

@@ -1,34 +1,148 @@
-"""The SQLite database: location, engine factory with pragmas, transactions, migrations."""
+"""The database: where it is, the engine for either backend, transactions, the schema check.
+
+``--db`` / ``CAMPAIGNCTL_DB`` is a file path (SQLite, the embedded default) or a
+``postgresql://`` URL (the shared store for teams and scale-out). Everything above this
+module is the same on both: SQL is written with named parameters, and what really
+differs between the two lives in ``campaignctl.dialect``.
+
+SQLite: WAL, ``BEGIN IMMEDIATE`` for writers (one writer at a time, waiting on the
+busy timeout), the file created 0600 and migrated on first use.
+PostgreSQL: READ COMMITTED writers that lock the rows they decide on, REPEATABLE READ
+read-only snapshots for readers, and a schema migrated only by ``campaignctl db upgrade``
+(never silently under running workers).
+"""
 
 from __future__ import annotations
 
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from campaignctl.errors import CampaignctlError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.sql.elements import TextClause
 
 BUSY_TIMEOUT_MS = 30_000
 POOL_SIZE = 40
+CONNECT_TIMEOUT_S = 10
 
 
-def default_path() -> Path:
-    env = os.environ.get("CAMPAIGNCTL_DB")
-    if env:
-        return Path(env)
+def data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "campaignctl" / "campaignctl.db"
+    return Path(base) / "campaignctl"
+
+
+def default_path() -> str:
+    return os.environ.get("CAMPAIGNCTL_DB") or str(data_dir() / "campaignctl.db")
 
 
 def utcnow() -> str:
     """Timestamps are stored as ISO 8601 UTC text, which sorts like time."""
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def epoch() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where the database is: ``backend`` is ``sqlite`` or ``postgresql``; ``shown``
+    names it for people (a URL never shows its password)."""
+
+    backend: str
+    target: str  # SQLite: the file path; PostgreSQL: the URL as given
+    shown: str
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.backend == "postgresql"
+
+
+def locate(target: str | os.PathLike[str]) -> Location:
+    text = os.fspath(target)
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(text)
+        except (ArgumentError, ValueError):
+            raise CampaignctlError("the database URL is not valid (postgresql://USER@HOST[:PORT]/DATABASE)") from None
+        return Location("postgresql", text, _describe(url))
+    if scheme and scheme != "sqlite":
+        raise CampaignctlError(f"unsupported database URL scheme {scheme!r}: give a file path (SQLite) or a "
+                               "postgresql:// URL")
+    if scheme == "sqlite":  # sqlite:///relative/path, sqlite:////absolute/path
+        from sqlalchemy.engine import make_url
+
+        text = make_url(text).database or ""
+    return Location("sqlite", text, text)
+
+
+def _describe(url: Any) -> str:
+    host = url.host or url.query.get("host") or "localhost"
+    port = f":{url.port}" if url.port else ""
+    return f"PostgreSQL database {url.database or '(default)'!s} on {host}{port}"
+
+
+def create_engine(target: str | os.PathLike[str], *, upgrade: bool | None = None, check: bool = True) -> "Engine":
+    """An engine on ``target``, checked to hold campaignctl's current schema.
+
+    ``upgrade``: migrate the schema first (default: on SQLite only; on PostgreSQL
+    ``campaignctl db upgrade`` does it, and an outdated schema is an error here).
+    ``check=False``: no schema check at all (``db status``), only a connection.
+    """
+    location = locate(target)
+    engine = _sqlite_engine(location) if not location.is_postgres else _postgres_engine(location)
+    engine.info_location = location  # type: ignore[attr-defined]
+    from campaignctl.migrations import ensure_schema
+
+    try:
+        if not check:
+            engine.connect().close()
+            return engine
+        ensure_schema(engine, upgrade=(not location.is_postgres) if upgrade is None else upgrade)
+    except CampaignctlError:
+        engine.dispose()
+        raise
+    except Exception as exc:
+        engine.dispose()
+        raise friendly(exc, location) from None
+    return engine
+
+
+def location_of(engine: "Engine") -> Location:
+    return engine.info_location  # type: ignore[attr-defined,no-any-return]
+
+
+def friendly(exc: BaseException, location: Location) -> CampaignctlError:
+    """A database error as one line naming the database (never a password)."""
+    from sqlalchemy.exc import DBAPIError
+
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    detail = " ".join(str(orig).split()) or type(orig).__name__
+    if location.is_postgres:
+        detail = _scrub(detail, location.target)
+        return CampaignctlError(f"cannot use the {location.shown}: {detail}")
+    return CampaignctlError(f"{location.shown} cannot be used as a campaignctl database: {detail}")
+
+
+def _scrub(text: str, url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(url).password
+    except Exception:  # noqa: BLE001 - nothing to scrub then
+        return text
+    return text.replace(str(password), "***") if password else text
 
 
 def _create_private_file(path: Path) -> None:
@@ -39,11 +153,10 @@ def _create_private_file(path: Path) -> None:
     os.close(fd)
 
 
-def create_engine(path: str | os.PathLike[str]) -> "Engine":
-    """An engine on ``path`` with campaignctl's pragmas; the file is created 0600, then migrated."""
+def _sqlite_engine(location: Location) -> "Engine":
     from sqlalchemy import create_engine as sa_create_engine, event
 
-    path = Path(path)
+    path = Path(location.target)
     if not path.exists():
         try:
             _create_private_file(path)
@@ -81,25 +194,39 @@ def create_engine(path: str | os.PathLike[str]) -> "Engine":
         # writes, fails with SQLITE_BUSY instead of waiting when another writer got there first.
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
-    from sqlalchemy.exc import DatabaseError, OperationalError
-
-    from campaignctl.migrations import migrate
-
-    try:
-        migrate(engine)
-    except (DatabaseError, OperationalError) as exc:
-        engine.dispose()
-        raise CampaignctlError(f"{path} cannot be used as a campaignctl database: {exc.orig}") from None
-    except Exception:
-        engine.dispose()
-        raise
     return engine
+
+
+def _postgres_engine(location: Location) -> "Engine":
+    from sqlalchemy import create_engine as sa_create_engine
+    from sqlalchemy.engine import make_url
+
+    url = make_url(location.target).set(drivername="postgresql+psycopg")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:  # pragma: no cover - a dependency
+        raise CampaignctlError("PostgreSQL needs the psycopg package (pip install 'psycopg[binary]')") from None
+    return sa_create_engine(
+        url,
+        hide_parameters=True,
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_SIZE,
+        pool_pre_ping=True,
+        # JIT compilation: queries over every device of a large job are estimated costly
+        # enough to be compiled first, which takes longer (~0.5 s) than running them.
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "campaignctl",
+                      "options": "-c jit=off"},
+    )
 
 
 @contextmanager
 def write(engine: "Engine") -> Iterator["Connection"]:
-    """A write transaction (BEGIN IMMEDIATE), committed on success, rolled back on error."""
-    with engine.connect() as conn:
+    """A write transaction, committed on success, rolled back on error.
+
+    SQLite: BEGIN IMMEDIATE, one writer at a time. PostgreSQL: READ COMMITTED; a
+    writer that decides on what it read locks those rows (``dialect.for_update``).
+    """
+    with _connect(engine) as conn:
         conn = conn.execution_options(write=True)
         with conn.begin():
             yield conn
@@ -108,16 +235,44 @@ def write(engine: "Engine") -> Iterator["Connection"]:
 @contextmanager
 def read(engine: "Engine") -> Iterator["Connection"]:
     """A read transaction: one consistent snapshot of the database."""
-    with engine.connect() as conn, conn.begin():
+    with _connect(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            # READ COMMITTED would give each statement its own snapshot.
+            conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        with conn.begin():
+            yield conn
+
+
+@contextmanager
+def _connect(engine: "Engine") -> Iterator["Connection"]:
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        conn = engine.connect()
+    except OperationalError as exc:
+        raise friendly(exc, location_of(engine)) from None
+    with conn:
         yield conn
 
 
 def session(engine: "Engine", *, write: bool = False):  # noqa: ANN201
-    """A SQLModel session; ``write=True`` makes its transaction BEGIN IMMEDIATE."""
+    """A SQLModel session; ``write=True`` makes its transaction BEGIN IMMEDIATE on SQLite."""
     from sqlmodel import Session
 
     return Session(engine.execution_options(write=True) if write else engine)
 
 
-def epoch() -> float:
-    return time.time()
+def sql(statement: str, *expanding: str) -> "TextClause":
+    """A statement with named parameters (``:name``); the names in ``expanding`` take a
+    list (``WHERE name IN :names``)."""
+    from sqlalchemy import bindparam, text
+
+    clause = text(statement)
+    if expanding:
+        clause = clause.bindparams(*(bindparam(name, expanding=True) for name in expanding))
+    return clause
+
+
+def run(conn: "Connection", statement: str, params: Any = None, *expanding: str) -> Any:
+    """Execute ``statement`` (named parameters) with a dict, or a list of dicts (executemany)."""
+    return conn.execute(sql(statement, *expanding), params if params is not None else {})

@@ -8,35 +8,50 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
-from campaignctl import db, interfaces
+from campaignctl import db, dialect, interfaces
 from campaignctl.interfaces.base import Delivery, DeliveryPolicy, Failure, document
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.sql.elements import TextClause
 
 CHUNK = 2000
 
 
-def load_documents(conn: Any, devices: Sequence[tuple[int, str]]) -> list[Delivery]:
+def _document_query(conn: "Connection") -> "TextClause":
+    """Each device's version and configuration object, for a range of device ids."""
+    name = conn.dialect.name
+    if name not in _DOCUMENT_QUERIES:
+        # Entries whose desired value was withdrawn (a cancelled campaign's, with no value
+        # before it) keep their revision: the version still only grows.
+        _DOCUMENT_QUERIES[name] = db.sql(
+            "SELECT device_id, max(desired_revision), "
+            f"{dialect.document_object(conn, 'key', 'desired', 'desired IS NOT NULL')} "
+            "FROM device_config WHERE device_id BETWEEN :first AND :last AND desired_revision IS NOT NULL "
+            "GROUP BY device_id")
+    return _DOCUMENT_QUERIES[name]
+
+
+_DOCUMENT_QUERIES: dict[str, "TextClause"] = {}
+_REVISION = db.sql("SELECT value FROM meta WHERE key = 'revision'")
+
+
+def load_documents(conn: "Connection", devices: Sequence[tuple[int, str]]) -> list[Delivery]:
     """The current desired document of each (device_id, name), in the given order.
 
-    ``devices`` must be sorted by id; they are read with one range query, and SQLite
-    builds each configuration object itself (keys in order, values already canonical).
-    ``conn`` is a SQLAlchemy connection or a DB-API one (the device API's).
+    ``devices`` must be sorted by id; they are read with one range query, and the
+    database builds each configuration object itself (keys in byte order, values
+    already canonical: the same bytes on every backend). Call it in a read
+    transaction: the revision it records (``loaded_at``) is the documents' snapshot's.
     """
     if not devices:
         return []
-    execute = conn.exec_driver_sql if hasattr(conn, "exec_driver_sql") else conn.execute
-    loaded_at = execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0]
-    # Entries whose desired value was withdrawn (a cancelled campaign's, with no value
-    # before it) keep their revision: the version still only grows.
-    rows = execute(
-        "SELECT device_id, max(desired_revision), "
-        "json_group_object(key, json(desired)) FILTER (WHERE desired IS NOT NULL) "
-        "FROM device_config WHERE device_id BETWEEN ? AND ? AND desired_revision IS NOT NULL GROUP BY device_id",
-        (devices[0][0], devices[-1][0]),
-    ).fetchall()
-    found = {r[0]: (r[1], r[2]) for r in rows}
+    loaded_at = conn.execute(_REVISION).scalar_one()
+    result = conn.execute(_document_query(conn), {"first": devices[0][0], "last": devices[-1][0]})
+    try:  # plain DB-API tuples: this is the hot path of delivering 100k devices
+        found = {device_id: (version, configuration) for device_id, version, configuration in result.cursor}
+    finally:
+        result.close()
     out = []
     for device_id, name in devices:
         version, configuration = found.get(device_id, (0, None))
@@ -70,9 +85,9 @@ def deliver_devices(engine: "Engine", device_ids: Iterable[int], *, policy: Deli
     outcome = Outcome()
     ids = sorted(set(device_ids))
     with db.read(engine) as conn:
-        rows = conn.exec_driver_sql(
-            "SELECT d.id, d.name, i.name, i.type, i.settings FROM device d JOIN interface i ON i.id = d.interface_id "
-            f"WHERE d.id IN ({','.join('?' * len(ids))}) ORDER BY d.id", tuple(ids)).all()
+        rows = db.run(conn, "SELECT d.id, d.name, i.name, i.type, i.settings FROM device d "
+                            "JOIN interface i ON i.id = d.interface_id WHERE d.id IN :ids ORDER BY d.id",
+                      {"ids": ids}, "ids").all()
         groups = itertools.groupby(sorted(rows, key=lambda r: (r[2], r[0])), key=lambda r: r[2:])
         work = [(key, load_documents(conn, [(r[0], r[1]) for r in group])) for key, group in groups]
     for (name, kind, settings), deliveries in work:
@@ -126,53 +141,64 @@ class JobRecorder:
             if stale:
                 delivered = [d for d in delivered if d[1] not in stale]
             # `status = 'syncing'` keeps a result from a stale run from overwriting a final one.
-            if delivered:
-                conn.exec_driver_sql(
-                    "UPDATE job_item SET status = 'delivered', attempts = attempts + ?, error = NULL, updated_at = ?, "
-                    "delivered_at = ? WHERE job_id = ? AND device_id = ? AND status = 'syncing'",
-                    [(a, now, now, self.job_id, d) for a, d, _v, _l in delivered])
+            # Deliveries mostly took the same number of tries: one statement per count
+            # (half the time of an executemany on either backend).
+            by_attempts: dict[int, list[int]] = {}
+            for a, d, _v, _l in delivered:
+                by_attempts.setdefault(a, []).append(d)
+            for a, ids in by_attempts.items():
+                for start in range(0, len(ids), 5000):
+                    db.run(conn,
+                           "UPDATE job_item SET status = 'delivered', attempts = attempts + :attempts, error = NULL, "
+                           "updated_at = :now, delivered_at = :now "
+                           "WHERE job_id = :job_id AND device_id IN :ids AND status = 'syncing'",
+                           {"attempts": a, "now": now, "job_id": self.job_id, "ids": ids[start : start + 5000]}, "ids")
             if failed:
-                conn.exec_driver_sql(
-                    "UPDATE job_item SET status = 'failed', attempts = attempts + ?, error = ?, updated_at = ? "
-                    "WHERE job_id = ? AND device_id = ? AND status = 'syncing'",
-                    [(a, e, now, self.job_id, d) for a, e, d in failed])
+                db.run(conn,
+                       "UPDATE job_item SET status = 'failed', attempts = attempts + :attempts, error = :error, "
+                       "updated_at = :now WHERE job_id = :job_id AND device_id = :device_id AND status = 'syncing'",
+                       [{"attempts": a, "error": e, "now": now, "job_id": self.job_id, "device_id": d}
+                        for a, e, d in failed])
         if notify:
             self.on_flush(len(delivered), len(failed))
 
 
 def _stale(conn: "Connection", delivered: list[tuple]) -> set[int]:
     """Devices whose delivered document is older than their current one."""
-    current = conn.exec_driver_sql("SELECT value FROM meta WHERE key = 'revision'").scalar()
+    current = conn.execute(_REVISION).scalar_one()
     suspects = {d: version for _a, d, version, loaded_at in delivered if loaded_at < current}
     if not suspects:
         return set()  # nothing was written anywhere since the documents were read
     stale: set[int] = set()
     ids = sorted(suspects)
     for start in range(0, len(ids), 500):
-        part = ids[start : start + 500]
-        for device_id, version in conn.exec_driver_sql(
-                "SELECT device_id, max(desired_revision) FROM device_config WHERE device_id IN "
-                f"({','.join('?' * len(part))}) GROUP BY device_id", tuple(part)):
+        for device_id, version in db.run(
+                conn, "SELECT device_id, max(desired_revision) FROM device_config WHERE device_id IN :ids "
+                "GROUP BY device_id", {"ids": ids[start : start + 500]}, "ids"):
             if version is not None and version > suspects[device_id]:
                 stale.add(device_id)
     return stale
 
 
 def job_deliveries(engine: "Engine", job_id: int, interface_id: int, chunk: int = CHUNK,
-                   stop: Callable[[], bool] = lambda: False) -> Iterator[Delivery]:
-    """The job's devices on one interface that still await delivery, read chunk by chunk
-    so that memory stays flat whatever the fleet size; ends early once ``stop()``."""
-    last = 0
+                   stop: Callable[[], bool] = lambda: False, *, first: int | None = None,
+                   last: int | None = None) -> Iterator[Delivery]:
+    """The job's devices on one interface that still await delivery (with ids from
+    ``first`` to ``last``, a shard's range, when given), read chunk by chunk so that
+    memory stays flat whatever the fleet size; ends early once ``stop()``."""
+    after = -1 if first is None else first - 1
+    upto = 2**62 if last is None else last
     while True:
         with db.read(engine) as conn:
-            devices = conn.exec_driver_sql(
+            devices = db.run(conn,
                 "SELECT ji.device_id, d.name FROM job_item ji JOIN device d ON d.id = ji.device_id "
-                "WHERE ji.job_id = ? AND ji.device_id > ? AND ji.status = 'syncing' AND d.interface_id = ? "
-                "ORDER BY ji.device_id LIMIT ?", (job_id, last, interface_id, chunk)).all()
+                "WHERE ji.job_id = :job AND ji.device_id > :after AND ji.device_id <= :upto "
+                "AND ji.status = 'syncing' AND d.interface_id = :interface ORDER BY ji.device_id LIMIT :chunk",
+                {"job": job_id, "after": after, "upto": upto, "interface": interface_id, "chunk": chunk}).all()
             if not devices:
                 return
             deliveries = load_documents(conn, [(r[0], r[1]) for r in devices])
-        last = devices[-1][0]
+        after = devices[-1][0]
         for delivery in deliveries:
             if stop():
                 return
@@ -180,12 +206,13 @@ def job_deliveries(engine: "Engine", job_id: int, interface_id: int, chunk: int 
 
 
 def run_interface(engine: "Engine", job_id: int, interface: Any, policy: DeliveryPolicy,
-                  recorder: JobRecorder, stop: Callable[[], bool] = lambda: False) -> None:
+                  recorder: JobRecorder, stop: Callable[[], bool] = lambda: False, *, first: int | None = None,
+                  last: int | None = None) -> None:
     """Deliver a job's pending documents on one interface that pushes. Once ``stop()``,
     nothing new is sent: what is in flight is acknowledged and recorded, the rest stays
     ``syncing``."""
     driver = interfaces.driver(interface.name, interface.type, json.loads(interface.settings))
     refresh = refresher(engine)
-    driver.deliver(job_deliveries(engine, job_id, interface.id, stop=stop), policy, recorder.delivered,
-                   recorder.failed, lambda pending: [] if stop() else refresh(pending))
+    driver.deliver(job_deliveries(engine, job_id, interface.id, stop=stop, first=first, last=last), policy,
+                   recorder.delivered, recorder.failed, lambda pending: [] if stop() else refresh(pending))
     recorder.flush()

@@ -104,7 +104,7 @@ class Demo:
         self._say(f"1. fleet: {result.devices.created} simulated sensor-v2 devices on {where}, all running app {OLD}")
         with db.write(engine) as conn:
             now = db.utcnow()
-            ids = [r[0] for r in conn.exec_driver_sql("SELECT id FROM device")]
+            ids = [r[0] for r in db.run(conn, "SELECT id FROM device ORDER BY id")]
             store.write_reported(conn, [(i, "app_version", f'"{OLD}"', now) for i in ids])
 
         os.environ["CAMPAIGNCTL_DEMO_TOKEN"] = secrets.token_urlsafe(24)

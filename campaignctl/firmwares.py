@@ -33,34 +33,37 @@ def add(engine: "Engine", *, device_type: str, firmware_type: str, version: str,
         if token is None:
             raise InputError(f"environment variable {token_env} is not set", field="--token-env")
     with db.write(engine) as conn:
-        type_id = conn.exec_driver_sql("SELECT id FROM device_type WHERE name = ?", (device_type,)).scalar()
+        type_id = db.run(conn, "SELECT id FROM device_type WHERE name = :name", {"name": device_type}).scalar()
         if type_id is None:
             raise NotFoundError(f"no device type named {device_type!r}")
-        if conn.exec_driver_sql("SELECT 1 FROM firmware_type WHERE device_type_id = ? AND name = ?",
-                                (type_id, firmware_type)).first() is None:
+        if db.run(conn, "SELECT 1 FROM firmware_type WHERE device_type_id = :type_id AND name = :name",
+                  {"type_id": type_id, "name": firmware_type}).first() is None:
             raise NotFoundError(f"device type {device_type!r} has no firmware type {firmware_type!r} "
                                 "(declare it in the fleet manifest)")
-        if conn.exec_driver_sql(
-            "SELECT 1 FROM firmware WHERE device_type_id = ? AND firmware_type = ? AND version = ?",
-            (type_id, firmware_type, version)).first():
-            raise ConflictError(f"{device_type} {firmware_type} firmware {version!r} is already in the registry")
-        conn.exec_driver_sql(
+        # The unique (device type, firmware type, version) decides, even against another
+        # process adding the same version at the same moment.
+        added = db.run(
+            conn,
             "INSERT INTO firmware (device_type_id, firmware_type, version, url, token, sha256, size, description, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (type_id, firmware_type, version, url, token, sha256.lower() if sha256 else None, size, description,
-             db.utcnow()))
+            "created_at) VALUES (:type_id, :firmware_type, :version, :url, :token, :sha256, :size, :description, "
+            ":now) ON CONFLICT (device_type_id, firmware_type, version) DO NOTHING",
+            {"type_id": type_id, "firmware_type": firmware_type, "version": version, "url": url, "token": token,
+             "sha256": sha256.lower() if sha256 else None, "size": size, "description": description,
+             "now": db.utcnow()}).rowcount
+        if added != 1:
+            raise ConflictError(f"{device_type} {firmware_type} firmware {version!r} is already in the registry")
     return {"device_type": device_type, "firmware_type": firmware_type, "version": version}
 
 
 def list_firmwares(engine: "Engine", *, device_type: str | None = None, show_secrets: bool = False) -> list[dict]:
     sql = ("SELECT t.name, f.firmware_type, f.version, f.url, f.token, f.sha256, f.size, f.description, f.created_at "
            "FROM firmware f JOIN device_type t ON t.id = f.device_type_id")
-    params: tuple = ()
+    params: dict[str, Any] = {}
     if device_type is not None:
-        sql += " WHERE t.name = ?"
-        params = (device_type,)
+        sql += " WHERE t.name = :device_type"
+        params["device_type"] = device_type
     with db.read(engine) as conn:
-        rows = conn.exec_driver_sql(sql + " ORDER BY t.name, f.firmware_type, f.created_at, f.id", params).all()
+        rows = db.run(conn, sql + " ORDER BY t.name, f.firmware_type, f.created_at, f.id", params).all()
     return [{"device_type": r[0], "firmware_type": r[1], "version": r[2], "url": r[3],
              "token": None if r[4] is None else mask(r[4], True, show_secrets=show_secrets),
              "sha256": r[5], "size": r[6], "description": r[7], "created_at": r[8]} for r in rows]

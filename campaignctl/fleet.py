@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from campaignctl import db, store
+from campaignctl import db, dialect, store
 from campaignctl.errors import InputError
 from campaignctl.values import canonical, check_key, loads, mask
 
@@ -49,17 +49,20 @@ def import_fleet(engine: "Engine", path: str) -> ImportResult:
     result = ImportResult()
     now = db.utcnow()
     with db.write(engine) as conn:
+        # Imports decide on what they read (new or changed, keys shared by firmware types)
+        # about rows that may not exist yet: one import at a time.
+        dialect.exclusive(conn, "fleet import")
         _upsert_interfaces(conn, fleet, now, result.interfaces)
         _upsert_device_types(conn, fleet, now, result.device_types, path)
         _upsert_devices(conn, fleet, now, result.devices, path)
         # A device (or interface) that left HTTP polling loses its secret: the device API
         # must not keep accepting it.
-        conn.exec_driver_sql(
-            "UPDATE device SET secret_salt = NULL, secret_hash = NULL WHERE secret_hash IS NOT NULL "
-            "AND interface_id IN (SELECT id FROM interface WHERE type != 'http')")
-        if conn.exec_driver_sql(
-            "SELECT 1 FROM device d JOIN interface i ON i.id = d.interface_id "
-            "WHERE i.type = 'http' AND d.secret_hash IS NULL LIMIT 1").first():
+        db.run(conn,
+               "UPDATE device SET secret_salt = NULL, secret_hash = NULL WHERE secret_hash IS NOT NULL "
+               "AND interface_id IN (SELECT id FROM interface WHERE type <> 'http')")
+        if db.run(conn,
+                  "SELECT 1 FROM device d JOIN interface i ON i.id = d.interface_id "
+                  "WHERE i.type = 'http' AND d.secret_hash IS NULL LIMIT 1").first():
             from campaignctl import credentials
 
             result.secrets = credentials.provision(conn, credentials.load_key(engine, create=True))
@@ -67,54 +70,58 @@ def import_fleet(engine: "Engine", path: str) -> ImportResult:
 
 
 def _upsert_interfaces(conn: "Connection", fleet: "Fleet", now: str, counts: Counts) -> None:
-    existing = {r.name: r for r in conn.exec_driver_sql("SELECT id, name, type, settings FROM interface")}
+    existing = {r.name: r for r in db.run(conn, "SELECT id, name, type, settings FROM interface")}
     for name, spec in fleet.interfaces.items():
         settings = canonical(spec["settings"])
         row = existing.get(name)
         if row is None:
-            conn.exec_driver_sql(
-                "INSERT INTO interface (name, type, settings, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                (name, spec["type"], settings, now, now),
-            )
+            db.run(conn,
+                   "INSERT INTO interface (name, type, settings, created_at, updated_at) "
+                   "VALUES (:name, :type, :settings, :now, :now)",
+                   {"name": name, "type": spec["type"], "settings": settings, "now": now})
             counts.created += 1
         elif row.type != spec["type"] or row.settings != settings:
-            conn.exec_driver_sql("UPDATE interface SET type = ?, settings = ?, updated_at = ? WHERE id = ?",
-                                 (spec["type"], settings, now, row.id))
+            db.run(conn, "UPDATE interface SET type = :type, settings = :settings, updated_at = :now WHERE id = :id",
+                   {"type": spec["type"], "settings": settings, "now": now, "id": row.id})
             counts.updated += 1
         else:
             counts.unchanged += 1
 
 
 def _upsert_device_types(conn: "Connection", fleet: "Fleet", now: str, counts: Counts, source: str) -> None:
-    types = {r.name: r.id for r in conn.exec_driver_sql("SELECT id, name FROM device_type")}
+    types = {r.name: r.id for r in db.run(conn, "SELECT id, name FROM device_type")}
     for name, spec in fleet.device_types.items():
         type_id = types.get(name)
         is_new, changed = type_id is None, False
         if is_new:
-            type_id = conn.exec_driver_sql(
-                "INSERT INTO device_type (name, created_at) VALUES (?, ?) RETURNING id", (name, now)
-            ).scalar_one()
+            type_id = db.run(conn, "INSERT INTO device_type (name, created_at) VALUES (:name, :now) RETURNING id",
+                             {"name": name, "now": now}).scalar_one()
             counts.created += 1
-        current = {r.name: r for r in conn.exec_driver_sql(
-            "SELECT id, name, version_key, url_key, token_key FROM firmware_type WHERE device_type_id = ?", (type_id,))}
+        current = {r.name: r for r in db.run(
+            conn, "SELECT id, name, version_key, url_key, token_key FROM firmware_type WHERE device_type_id = :type_id",
+            {"type_id": type_id})}
         for fw_name, fw in spec.firmware_types.items():
             row = current.get(fw_name)
             wanted = (fw.version_key, fw.url_key, fw.token_key)
+            keys = {"version_key": fw.version_key, "url_key": fw.url_key, "token_key": fw.token_key}
             if row is None:
-                conn.exec_driver_sql(
-                    "INSERT INTO firmware_type (device_type_id, name, version_key, url_key, token_key) "
-                    "VALUES (?, ?, ?, ?, ?)", (type_id, fw_name, *wanted))
+                db.run(conn,
+                       "INSERT INTO firmware_type (device_type_id, name, version_key, url_key, token_key) "
+                       "VALUES (:type_id, :name, :version_key, :url_key, :token_key)",
+                       {"type_id": type_id, "name": fw_name, **keys})
                 changed = True
             elif (row.version_key, row.url_key, row.token_key) != wanted:
-                conn.exec_driver_sql(
-                    "UPDATE firmware_type SET version_key = ?, url_key = ?, token_key = ? WHERE id = ?",
-                    (*wanted, row.id))
+                db.run(conn,
+                       "UPDATE firmware_type SET version_key = :version_key, url_key = :url_key, "
+                       "token_key = :token_key WHERE id = :id", {**keys, "id": row.id})
                 changed = True
         # Firmware types kept from earlier imports must not share keys with the new ones.
         owners: dict[str, str] = {}
-        for r in conn.exec_driver_sql(
-            "SELECT name, version_key, url_key, token_key FROM firmware_type WHERE device_type_id = ? ORDER BY name",
-            (type_id,),
+        for r in db.run(
+            conn,
+            "SELECT name, version_key, url_key, token_key FROM firmware_type WHERE device_type_id = :type_id "
+            "ORDER BY name",
+            {"type_id": type_id},
         ):
             for key in (r.version_key, r.url_key, r.token_key):
                 if key is None:
@@ -137,12 +144,11 @@ def _fleet_error(fleet: "Fleet", message: str, path: tuple, source: str) -> Inpu
 def _upsert_devices(conn: "Connection", fleet: "Fleet", now: str, counts: Counts, source: str) -> None:
     if not fleet.devices:
         return
-    types = {r.name: r.id for r in conn.exec_driver_sql("SELECT id, name FROM device_type")}
-    ifaces = {r.name: r.id for r in conn.exec_driver_sql("SELECT id, name FROM interface")}
-    existing = {r[0]: r[1:] for r in conn.exec_driver_sql(
-        "SELECT name, id, device_type_id, interface_id, tags FROM device")}
-    inserts: list[tuple] = []
-    updates: list[tuple] = []
+    types = {r.name: r.id for r in db.run(conn, "SELECT id, name FROM device_type")}
+    ifaces = {r.name: r.id for r in db.run(conn, "SELECT id, name FROM interface")}
+    existing = {r[0]: r[1:] for r in db.run(conn, "SELECT name, id, device_type_id, interface_id, tags FROM device")}
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
 
     def hint(section: str) -> str:
         return f" (declare it under {section})" if fleet.doc else " (import a YAML fleet manifest that declares it)"
@@ -158,56 +164,63 @@ def _upsert_devices(conn: "Connection", fleet: "Fleet", now: str, counts: Counts
         tags = canonical(device.tags)
         row = existing.get(device.name)
         if row is None:
-            inserts.append((device.name, type_id, iface_id, tags, now, now))
+            inserts.append({"name": device.name, "type_id": type_id, "interface_id": iface_id, "tags": tags,
+                            "now": now})
         elif (row[1], row[2], row[3]) != (type_id, iface_id, tags):
-            updates.append((type_id, iface_id, tags, now, row[0]))
+            updates.append({"type_id": type_id, "interface_id": iface_id, "tags": tags, "now": now, "id": row[0]})
         else:
             counts.unchanged += 1
     if inserts:
-        conn.exec_driver_sql(
-            "INSERT INTO device (name, device_type_id, interface_id, tags, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)", inserts)
+        db.run(conn,
+               "INSERT INTO device (name, device_type_id, interface_id, tags, created_at, updated_at) "
+               "VALUES (:name, :type_id, :interface_id, :tags, :now, :now)", inserts)
     if updates:
-        conn.exec_driver_sql(
-            "UPDATE device SET device_type_id = ?, interface_id = ?, tags = ?, updated_at = ? WHERE id = ?", updates)
+        db.run(conn,
+               "UPDATE device SET device_type_id = :type_id, interface_id = :interface_id, tags = :tags, "
+               "updated_at = :now WHERE id = :id", updates)
     counts.created += len(inserts)
     counts.updated += len(updates)
 
 
 def list_devices(engine: "Engine", *, type: str | None = None, tags: dict[str, str] | None = None,
                  interface: str | None = None) -> list[dict[str, Any]]:
-    where, params = device_filter(type=type, tags=tags, interface=interface)
     with db.read(engine) as conn:
-        rows = conn.exec_driver_sql(
+        where, params = device_filter(conn, type=type, tags=tags, interface=interface)
+        rows = db.run(
+            conn,
             "SELECT d.name, t.name, i.name, d.tags, d.updated_at FROM device d "
             "JOIN device_type t ON t.id = d.device_type_id JOIN interface i ON i.id = d.interface_id "
-            f"{where} ORDER BY d.name", tuple(params)).all()
+            f"{where} ORDER BY d.name", params).all()
     return [{"name": r[0], "type": r[1], "interface": r[2], "tags": json.loads(r[3]), "updated_at": r[4]}
             for r in rows]
 
 
-def device_filter(*, type: str | None, tags: dict[str, str] | None, interface: str | None = None,
-                   alias: str = "d") -> tuple[str, list[Any]]:
+def device_filter(conn: "Connection", *, type: str | None, tags: dict[str, str] | None,
+                  interface: str | None = None, alias: str = "d") -> tuple[str, dict[str, Any]]:
+    """A WHERE clause (or "") selecting devices by type, tags and interface, and its
+    named parameters (``filter_type``, ``filter_interface``, ``tag_key_N``, ``tag_value_N``)."""
     clauses: list[str] = []
-    params: list[Any] = []
+    params: dict[str, Any] = {}
     if type is not None:
-        clauses.append(f"{alias}.device_type_id = (SELECT id FROM device_type WHERE name = ?)")
-        params.append(type)
+        clauses.append(f"{alias}.device_type_id = (SELECT id FROM device_type WHERE name = :filter_type)")
+        params["filter_type"] = type
     if interface is not None:
-        clauses.append(f"{alias}.interface_id = (SELECT id FROM interface WHERE name = ?)")
-        params.append(interface)
-    for key, value in (tags or {}).items():
-        clauses.append(f"json_extract({alias}.tags, ?) = ?")
-        params += [f'$."{key}"', value]
+        clauses.append(f"{alias}.interface_id = (SELECT id FROM interface WHERE name = :filter_interface)")
+        params["filter_interface"] = interface
+    for n, (key, value) in enumerate((tags or {}).items()):
+        clause, tag_params = dialect.tag_equals(conn, alias, key, value, n)
+        clauses.append(clause)
+        params.update(tag_params)
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
 def show_device(engine: "Engine", name: str, *, show_secrets: bool = False) -> dict[str, Any]:
     with db.read(engine) as conn:
         device = store.device_row(conn, name)
-        entries = conn.exec_driver_sql(
+        entries = db.run(
+            conn,
             "SELECT key, desired, desired_at, desired_revision, desired_by, secret, reported, reported_at "
-            "FROM device_config WHERE device_id = ? ORDER BY key", (device.id,)).all()
+            "FROM device_config WHERE device_id = :device_id ORDER BY key", {"device_id": device.id}).all()
     version = max((e.desired_revision or 0 for e in entries), default=0)
     return {
         "name": device.name,

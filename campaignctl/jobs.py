@@ -6,9 +6,13 @@ batch, decided once, deterministically, and stored. ``campaignctl.engine`` then 
 the job forward; every step is a sequence of transactions that can be replayed after a
 crash.
 
-A job is run by one process at a time. The runner holds a lease in the job row, renewed
-by a heartbeat; another process may take the job over once the lease has expired, or
-at once when the owner was a process of this host that no longer exists.
+A job's state machine is driven by one process at a time. The driver holds a lease in
+the job row, timed by the database's clock and renewed by a heartbeat; another process
+may take the job over once the lease has expired, or at once when the owner was a
+process of this host that no longer exists. Taking a lease is a compare-and-set on the
+locked job row, so two processes never both get it; every write of the driver checks,
+on the same locked row, that the lease is still its own (``engine.stop_if_not_ours``).
+The delivery itself is shared out in shards (``campaignctl.shards``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
-from campaignctl import db
+from campaignctl import db, dialect
 from campaignctl.errors import ConflictError, NotFoundError
 from campaignctl.interfaces.base import DeliveryPolicy
 from campaignctl.rollout import Rollout, batch_sizes, order_devices
@@ -42,7 +46,8 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _owner_alive(owner: str) -> bool:
+def owner_alive(owner: str) -> bool:
+    """False only when ``owner`` was a process of this host that no longer exists."""
     host, _, rest = owner.partition(":")
     if host != socket.gethostname():
         return True  # cannot tell: trust the lease's expiry
@@ -55,13 +60,17 @@ def _owner_alive(owner: str) -> bool:
     return True
 
 
-def _lease_held(job: Any) -> bool:
-    return bool(job.lease_owner and job.lease_expires_at and job.lease_expires_at > time.time()
-                and _owner_alive(job.lease_owner))
+def db_clock(conn: "Connection") -> float:
+    return float(db.run(conn, f"SELECT {dialect.clock(conn)}").scalar_one())
+
+
+def _lease_held(job: Any, now: float) -> bool:
+    return bool(job.lease_owner and job.lease_expires_at and job.lease_expires_at > now
+                and owner_alive(job.lease_owner))
 
 
 def launch(engine: "Engine", name: str, *, policy: DeliveryPolicy | None = None, chunk_size: int = WRITE_CHUNK,
-           now: bool = False) -> tuple[int | None, str | None]:
+           shard_size: int | None = None, now: bool = False) -> tuple[int | None, str | None]:
     """Launch a draft campaign: ``scheduled`` when its ``start_at`` is in the future
     (unless ``now``), else ``running`` with its job created. Returns (job id, lease
     owner), or (None, None) when scheduled.
@@ -73,17 +82,20 @@ def launch(engine: "Engine", name: str, *, policy: DeliveryPolicy | None = None,
 
     policy = policy or DeliveryPolicy()
     with db.write(engine) as conn:
-        row, spec = get_spec(conn, name)
+        # Locked: of two launches at once, the second waits, then finds it launched.
+        row, spec = get_spec(conn, name, lock=True)
         if row.status != "draft":
             job = latest_job(conn, row.id)
             raise ConflictError(f"campaign {name!r} was already launched ({row.status}"
                                 + (f", job {job})" if job else ")"))
         stamp = db.utcnow()
-        settings = {**policy.to_dict(), "chunk_size": chunk_size}
+        from campaignctl.shards import DEFAULT_SIZE
+
+        settings = {**policy.to_dict(), "chunk_size": chunk_size, "shard_size": shard_size or DEFAULT_SIZE}
         if spec.start_at and spec.start_at > stamp and not now:
-            conn.exec_driver_sql(
-                "UPDATE campaign SET status = 'scheduled', start_at = ?, launched_at = ?, updated_at = ?, "
-                "launch_settings = ? WHERE id = ?", (spec.start_at, stamp, stamp, json.dumps(settings), row.id))
+            db.run(conn, "UPDATE campaign SET status = 'scheduled', start_at = :start_at, launched_at = :now, "
+                   "updated_at = :now, launch_settings = :settings WHERE id = :id",
+                   {"start_at": spec.start_at, "now": stamp, "settings": json.dumps(settings), "id": row.id})
             return None, None
         return start(conn, row, spec, settings)
 
@@ -97,17 +109,20 @@ def start(conn: "Connection", row: Any, spec: Any, settings: dict[str, Any]) -> 
     plan = build_plan(conn, spec, {t for _, t in devices}, fail)
     rollout = Rollout.from_dict(spec.rollout)
     stamp = db.utcnow()
-    updated = conn.exec_driver_sql(
-        "UPDATE campaign SET status = 'running', launched_at = coalesce(launched_at, ?), updated_at = ?, "
-        "reason = NULL WHERE id = ? AND status IN ('draft', 'scheduled')", (stamp, stamp, row.id)).rowcount
-    if updated != 1:  # cannot happen under BEGIN IMMEDIATE; kept as the invariant's guard
+    # Conditional on the status: of two processes launching (or starting) the same
+    # campaign at once, the second finds it no longer a draft once the first commits.
+    updated = db.run(conn, "UPDATE campaign SET status = 'running', launched_at = coalesce(launched_at, :now), "
+                     "updated_at = :now, reason = NULL WHERE id = :id AND status IN ('draft', 'scheduled')",
+                     {"now": stamp, "id": row.id}).rowcount
+    if updated != 1:
         raise ConflictError(f"campaign {row.name!r} was launched by another process")
     owner = new_owner()
-    job_id = conn.exec_driver_sql(
+    job_id = db.run(conn,
         "INSERT INTO job (campaign_id, status, step, plan, settings, total, lease_owner, lease_expires_at, "
-        "created_at) VALUES (?, 'created', 'write', ?, ?, ?, ?, ?, ?) RETURNING id",
-        (row.id, json.dumps(plan), json.dumps({**settings, "rollout": rollout.to_dict()}), len(devices), owner,
-         time.time() + LEASE_SECONDS, stamp)).scalar_one()
+        f"created_at) VALUES (:campaign, 'created', 'write', :plan, :settings, :total, :owner, "
+        f"{dialect.clock(conn)} + :lease, :now) RETURNING id",
+        {"campaign": row.id, "plan": json.dumps(plan), "settings": json.dumps({**settings, "rollout": rollout.to_dict()}),
+         "total": len(devices), "owner": owner, "lease": LEASE_SECONDS, "now": stamp}).scalar_one()
     _insert_items(conn, job_id, row.name, devices, rollout, spec)
     return job_id, owner
 
@@ -123,7 +138,7 @@ def _insert_items(conn: "Connection", job_id: int, campaign: str, devices: list[
     canaries = canary_ids(conn, spec, set(ids), fail_stored(campaign))
     order = ids
     if rollout.explicit:
-        names = dict(conn.exec_driver_sql("SELECT id, name FROM device").all())
+        names = dict(db.run(conn, "SELECT id, name FROM device").all())
         order = order_devices(campaign, [(d, names[d], d in canaries) for d in ids])
     sizes = batch_sizes(rollout, len(order))
     batch_of: dict[int, int] = {}
@@ -132,8 +147,8 @@ def _insert_items(conn: "Connection", job_id: int, campaign: str, devices: list[
         for device_id in order[position : position + size]:
             batch_of[device_id] = number
         position += size
-    conn.exec_driver_sql("INSERT INTO job_batch (job_id, number, size) VALUES (?, ?, ?)",
-                         [(job_id, n, size) for n, size in enumerate(sizes, start=1)])
+    db.run(conn, "INSERT INTO job_batch (job_id, number, size) VALUES (:job, :number, :size)",
+           [{"job": job_id, "number": n, "size": size} for n, size in enumerate(sizes, start=1)])
     stmt = insert(JobItem.__table__)
     for start_at in range(0, len(ids), 50_000):
         conn.execute(stmt, [{"job_id": job_id, "device_id": d, "status": "pending", "attempts": 0,
@@ -155,56 +170,83 @@ def try_acquire(engine: "Engine", job_id: int, *, explain: bool = False) -> str 
     finished or another live process runs it."""
     owner = new_owner()
     with db.write(engine) as conn:
-        job = job_row(conn, job_id)
+        job = lock_job(conn, job_id)
+        now = db_clock(conn)
         if job.step == "done":
             if explain:
                 raise ConflictError(f"job {job_id} has already finished ({job.status})")
             return None
-        if _lease_held(job):
+        if _lease_held(job, now):
             if explain:
                 host, _, rest = job.lease_owner.partition(":")
                 raise ConflictError(
                     f"job {job_id} is being run by process {rest.split(':')[0]} on {host} (lease renewed until "
                     f"{time.strftime('%H:%M:%S', time.localtime(job.lease_expires_at))}); not running it twice")
             return None
-        conn.exec_driver_sql("UPDATE job SET lease_owner = ?, lease_expires_at = ? WHERE id = ?",
-                             (owner, time.time() + LEASE_SECONDS, job_id))
-    return owner
+        # Compare-and-set on what was read: on the locked row nobody can have changed it,
+        # and the check keeps that true should the lock ever be missing.
+        taken = db.run(conn, "UPDATE job SET lease_owner = :owner, lease_expires_at = :now + :lease WHERE id = :id "
+                       "AND lease_owner IS NOT DISTINCT FROM :seen", {
+                           "owner": owner, "now": now, "lease": LEASE_SECONDS, "id": job_id,
+                           "seen": job.lease_owner}).rowcount
+    return owner if taken == 1 else None
+
+
+def lock_job(conn: "Connection", job_id: int) -> Any:
+    """The job row, locked until the end of the write transaction (PostgreSQL; SQLite's
+    writer already holds the database)."""
+    row = db.run(conn, "SELECT id, status, step, lease_owner, lease_expires_at FROM job WHERE id = :id"
+                 + dialect.for_update(conn), {"id": job_id}).one_or_none()
+    if row is None:
+        raise NotFoundError(f"no job {job_id}")
+    return row
 
 
 def renew(engine: "Engine", job_id: int, owner: str) -> bool:
     with db.write(engine) as conn:
-        return conn.exec_driver_sql("UPDATE job SET lease_expires_at = ? WHERE id = ? AND lease_owner = ?",
-                                    (time.time() + LEASE_SECONDS, job_id, owner)).rowcount == 1
+        return db.run(conn, f"UPDATE job SET lease_expires_at = {dialect.clock(conn)} + :lease "
+                      "WHERE id = :id AND lease_owner = :owner",
+                      {"lease": LEASE_SECONDS, "id": job_id, "owner": owner}).rowcount == 1
 
 
 def release(engine: "Engine", job_id: int, owner: str) -> None:
     try:
         with db.write(engine) as conn:
-            conn.exec_driver_sql(
-                "UPDATE job SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND lease_owner = ?",
-                (job_id, owner))
-    except Exception:  # the lease then simply expires
+            db.run(conn, "UPDATE job SET lease_owner = NULL, lease_expires_at = NULL WHERE id = :id "
+                   "AND lease_owner = :owner", {"id": job_id, "owner": owner})
+    except Exception:  # noqa: BLE001 - the lease then simply expires
         pass
 
 
 class Heartbeat(threading.Thread):
-    """Renews a lease while its owner works; ``lost`` once another process took it."""
+    """Renews a lease while its owner works. ``lost`` once another process took it, or
+    once the lease could not be renewed for as long as it lasts (the database is
+    unreachable: another process may take it over now); ``error`` says why."""
 
-    def __init__(self, engine: "Engine", job_id: int, owner: str) -> None:
-        super().__init__(name=f"job-{job_id}-heartbeat", daemon=True)
-        self.engine, self.job_id, self.owner = engine, job_id, owner
+    def __init__(self, renew: Callable[[], bool], name: str, lease: float = LEASE_SECONDS) -> None:
+        super().__init__(name=name, daemon=True)
+        self.renew, self.lease = renew, lease
         self.stopped = threading.Event()
         self.lost = False
+        self.error: str | None = None
+
+    @classmethod
+    def for_job(cls, engine: "Engine", job_id: int, owner: str) -> "Heartbeat":
+        return cls(lambda: renew(engine, job_id, owner), f"job-{job_id}-heartbeat")
 
     def run(self) -> None:
+        renewed = time.monotonic()
         while not self.stopped.wait(HEARTBEAT_SECONDS):
             try:
-                self.lost = not renew(self.engine, self.job_id, self.owner)
-            except Exception:  # a busy database: try again at the next beat
-                continue
-            if self.lost:
-                return
+                if not self.renew():
+                    self.lost, self.error = True, "the lease was taken over by another process"
+                    return
+                renewed, self.error = time.monotonic(), None
+            except Exception as exc:  # noqa: BLE001 - a busy or unreachable database
+                self.error = f"cannot renew the lease: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+                if time.monotonic() - renewed >= self.lease - HEARTBEAT_SECONDS:
+                    self.lost = True  # it expires before the next beat: stop writing
+                    return
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -212,13 +254,12 @@ class Heartbeat(threading.Thread):
 
 def latest_job(conn: "Connection", campaign_id: int) -> int | None:
     """A campaign's job (None before it starts)."""
-    return conn.exec_driver_sql("SELECT max(id) FROM job WHERE campaign_id = ?", (campaign_id,)).scalar()
+    return db.run(conn, "SELECT max(id) FROM job WHERE campaign_id = :id", {"id": campaign_id}).scalar()
 
 
 def job_row(conn: "Connection", job_id: int) -> Any:
-    row = conn.exec_driver_sql(
-        "SELECT j.*, c.name AS campaign FROM job j JOIN campaign c ON c.id = j.campaign_id WHERE j.id = ?",
-        (job_id,)).one_or_none()
+    row = db.run(conn, "SELECT j.*, c.name AS campaign FROM job j JOIN campaign c ON c.id = j.campaign_id "
+                 "WHERE j.id = :id", {"id": job_id}).one_or_none()
     if row is None:
         raise NotFoundError(f"no job {job_id}")
     return row
@@ -226,12 +267,10 @@ def job_row(conn: "Connection", job_id: int) -> Any:
 
 def counts(conn: "Connection", job_id: int, batch: int | None = None) -> dict[str, int]:
     out = dict.fromkeys(ITEM_STATES, 0)
-    sql = "SELECT status, count(*) FROM job_item WHERE job_id = ?"
-    params: tuple = (job_id,)
+    sql = "SELECT status, count(*) FROM job_item WHERE job_id = :job"
     if batch is not None:
-        sql += " AND batch = ?"
-        params += (batch,)
-    out.update(conn.exec_driver_sql(sql + " GROUP BY status", params).all())
+        sql += " AND batch = :batch"
+    out.update(db.run(conn, sql + " GROUP BY status", {"job": job_id, "batch": batch}).all())
     return out
 
 
@@ -246,7 +285,7 @@ def summary(conn: "Connection", job_id: int) -> dict[str, Any]:
         "total": job.total,
         "counts": counts(conn, job_id),
         "settings": {k: v for k, v in settings.items() if k != "rollout"},
-        "running": _lease_held(job),
+        "running": _lease_held(job, db_clock(conn)),
         "created_at": job.created_at,
         "started_at": job.started_at,
         "written_at": job.written_at,
@@ -256,9 +295,8 @@ def summary(conn: "Connection", job_id: int) -> dict[str, Any]:
 
 def steps(conn: "Connection", job_id: int) -> list[dict[str, Any]]:
     return [{"number": r[0], "kind": r[1], "batch": r[2], "devices": r[3], "started_at": r[4]}
-            for r in conn.exec_driver_sql(
-                "SELECT number, kind, batch, devices, started_at FROM job_step WHERE job_id = ? ORDER BY number",
-                (job_id,))]
+            for r in db.run(conn, "SELECT number, kind, batch, devices, started_at FROM job_step "
+                            "WHERE job_id = :job ORDER BY number", {"job": job_id})]
 
 
 def show(engine: "Engine", job_id: int) -> dict[str, Any]:
@@ -266,17 +304,20 @@ def show(engine: "Engine", job_id: int) -> dict[str, Any]:
         data = summary(conn, job_id)
         data["steps"] = steps(conn, job_id)
         data["errors"] = [{"device": r[0], "attempts": r[1], "error": r[2], "at": r[3]}
-                          for r in conn.exec_driver_sql(
+                          for r in db.run(conn,
             "SELECT d.name, ji.attempts, ji.error, ji.updated_at FROM job_item ji JOIN device d ON d.id = ji.device_id "
-            "WHERE ji.job_id = ? AND ji.status = 'failed' ORDER BY d.name", (job_id,))]
+            "WHERE ji.job_id = :job AND ji.status = 'failed' ORDER BY d.name", {"job": job_id})]
         data["history"] = [{"device": r[0], "step": r[1], "status": r[2], "attempts": r[3], "error": r[4], "at": r[5]}
-                           for r in conn.exec_driver_sql(
+                           for r in db.run(conn,
             "SELECT d.name, h.step, h.status, h.attempts, h.error, h.at FROM job_item_history h "
-            "JOIN device d ON d.id = h.device_id WHERE h.job_id = ? ORDER BY h.step, d.name", (job_id,))]
+            "JOIN device d ON d.id = h.device_id WHERE h.job_id = :job ORDER BY h.step, d.name", {"job": job_id})]
+        from campaignctl import shards
+
+        data["shards"] = shards.list_shards(conn, job_id)
     return data
 
 
 def list_jobs(engine: "Engine") -> list[dict[str, Any]]:
     with db.read(engine) as conn:
-        ids = [r[0] for r in conn.exec_driver_sql("SELECT id FROM job ORDER BY id")]
+        ids = [r[0] for r in db.run(conn, "SELECT id FROM job ORDER BY id")]
         return [summary(conn, i) for i in ids]

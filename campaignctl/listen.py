@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -43,9 +44,11 @@ class StateIngest:
         key = (interface, device)
         if key not in self._ids:
             with db.read(self.engine) as conn:
-                found = conn.exec_driver_sql(
-                    "SELECT d.id FROM device d JOIN interface i ON i.id = d.interface_id WHERE d.name = ? AND i.name = ?",
-                    (device, interface)).scalar()
+                found = db.run(
+                    conn,
+                    "SELECT d.id FROM device d JOIN interface i ON i.id = d.interface_id "
+                    "WHERE d.name = :device AND i.name = :interface",
+                    {"device": device, "interface": interface}).scalar()
             if found is None:
                 return None
             self._ids[key] = found
@@ -85,9 +88,18 @@ def _parse(payload: bytes) -> dict[str, str]:
     return parse_state_payload(payload)
 
 
+_SHARE_GROUP = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_share(group: str) -> None:
+    if not _SHARE_GROUP.fullmatch(group):
+        raise InputError(f"share group {group!r} is not valid: 1 to 64 letters, digits, '-' and '_'",
+                         field="--share")
+
+
 def mqtt_interfaces(engine: "Engine", names: list[str] | None = None) -> list[tuple[str, dict]]:
     with db.read(engine) as conn:
-        rows = conn.exec_driver_sql("SELECT name, settings FROM interface WHERE type = 'mqtt' ORDER BY name").all()
+        rows = db.run(conn, "SELECT name, settings FROM interface WHERE type = 'mqtt' ORDER BY name").all()
     found = [(r[0], json.loads(r[1])) for r in rows]
     if names:
         missing = set(names) - {n for n, _ in found}
@@ -99,10 +111,11 @@ def mqtt_interfaces(engine: "Engine", names: list[str] | None = None) -> list[tu
 
 def listen(engine: "Engine", *, timeout: float | None = None, interfaces: list[str] | None = None,
            info: Callable[[str], None] = lambda _m: None, warn: Callable[[str], None] = lambda _m: None,
-           stop: threading.Event | None = None, flush_interval: float = 0.2) -> ListenStats:
+           stop: threading.Event | None = None, flush_interval: float = 0.2, share: str | None = None) -> ListenStats:
     """Subscribe to the state topic of every MQTT interface and record reported state
     until ``timeout`` seconds have passed, ``stop`` is set or the user presses Ctrl-C
-    (the normal way to end it: what was received is recorded, and the counts returned)."""
+    (the normal way to end it: what was received is recorded, and the counts returned).
+    ``share``: subscribe as a member of that shared-subscription group."""
     from campaignctl.interfaces.mqtt import Settings, StateListener
 
     targets = mqtt_interfaces(engine, interfaces)
@@ -110,7 +123,10 @@ def listen(engine: "Engine", *, timeout: float | None = None, interfaces: list[s
         raise CampaignctlError("there is no MQTT interface to listen to (import a fleet manifest first)")
     inbox: queue.Queue[tuple[str, str, bytes]] = queue.Queue()
     ingest = StateIngest(engine, warn)
-    listeners = [StateListener(name, Settings.model_validate(s), lambda i, d, p: inbox.put((i, d, p)), info)
+    if share is not None:
+        check_share(share)
+    listeners = [StateListener(name, Settings.model_validate(s), lambda i, d, p: inbox.put((i, d, p)), info,
+                               share=share)
                  for name, s in targets]
     stop = stop or threading.Event()
     deadline = None if timeout is None else time.monotonic() + timeout

@@ -1,191 +1,263 @@
-"""The database tables, as SQLModel models.
+"""The database tables, as SQLModel models: the one definition of the schema.
 
-The schema itself is created and changed by the numbered migrations in
-``campaignctl.migrations``; these models mirror it (a test keeps them in step).
+Alembic revisions (``campaignctl/migrations/versions``) are written from these models,
+and a test compares the migrated schema of both backends with them.
 JSON columns hold canonical JSON text (see ``campaignctl.values.canonical``) so that
-SQL can compare values without decoding them.
+SQL can compare values without decoding them. Text sorts by byte (``COLLATE "C"`` on
+PostgreSQL, SQLite's default) so that names and keys are listed in the same order on
+both backends. Timestamps are ISO 8601 UTC text, which sorts like time.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
-from sqlmodel import Field, SQLModel
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, Text, UniqueConstraint, false
+from sqlmodel import Column, Field, SQLModel
+
+#: Text compared and sorted by byte on both backends.
+CText = Text().with_variant(Text(collation="C"), "postgresql")
+#: Tables whose primary key is their only access path are WITHOUT ROWID on SQLite.
+NO_ROWID = {"sqlite_with_rowid": False}
+
+
+def _col(type_: Any, *args: Any, nullable: bool = True, primary_key: bool = False, default: Any = None,
+         server_default: Any = None, unique: bool = False, index: bool = False) -> Any:
+    return Field(default=default, sa_column=Column(type_, *args, nullable=nullable and not primary_key,
+                                                   primary_key=primary_key, server_default=server_default,
+                                                   unique=unique, index=index))
+
+
+def text(*, nullable: bool = True, default: Any = None, server_default: Any = None, primary_key: bool = False,
+         unique: bool = False) -> Any:
+    return _col(CText, nullable=nullable, default=default, server_default=server_default, primary_key=primary_key,
+                unique=unique)
+
+
+def ref(target: str, *, cascade: bool = False, nullable: bool = False, primary_key: bool = False) -> Any:
+    return _col(Integer, ForeignKey(target, ondelete="CASCADE" if cascade else None), nullable=nullable,
+                primary_key=primary_key)
+
+
+def serial() -> Any:
+    return Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
+
+
+def integer(*, nullable: bool = True, default: Any = None, server_default: Any = None,
+            primary_key: bool = False, big: bool = False) -> Any:
+    return _col(BigInteger if big else Integer, nullable=nullable, default=default,
+                server_default=server_default, primary_key=primary_key)
+
+
+def boolean() -> Any:
+    return _col(Boolean, nullable=False, default=False, server_default=false())
 
 
 class Interface(SQLModel, table=True):
     __tablename__ = "interface"
-    id: Optional[int] = Field(default=None, primary_key=True)
-    name: str = Field(unique=True)
-    type: str
-    settings: str = "{}"  # JSON object; credentials are named by env variable, never stored
-    created_at: str
-    updated_at: str
+    id: Optional[int] = serial()
+    name: str = text(nullable=False, unique=True)
+    type: str = text(nullable=False)
+    settings: str = text(nullable=False, default="{}", server_default="{}")  # JSON; credentials by env name
+    created_at: str = text(nullable=False)
+    updated_at: str = text(nullable=False)
 
 
 class DeviceType(SQLModel, table=True):
     __tablename__ = "device_type"
-    id: Optional[int] = Field(default=None, primary_key=True)
-    name: str = Field(unique=True)
-    created_at: str
+    id: Optional[int] = serial()
+    name: str = text(nullable=False, unique=True)
+    created_at: str = text(nullable=False)
 
 
 class FirmwareType(SQLModel, table=True):
     __tablename__ = "firmware_type"
-    id: Optional[int] = Field(default=None, primary_key=True)
-    device_type_id: int = Field(foreign_key="device_type.id")
-    name: str
-    version_key: str
-    url_key: str
-    token_key: Optional[str] = None
+    __table_args__ = (UniqueConstraint("device_type_id", "name"),)
+    id: Optional[int] = serial()
+    device_type_id: int = ref("device_type.id", cascade=True)
+    name: str = text(nullable=False)
+    version_key: str = text(nullable=False)
+    url_key: str = text(nullable=False)
+    token_key: Optional[str] = text()
 
 
 class Device(SQLModel, table=True):
     __tablename__ = "device"
-    id: Optional[int] = Field(default=None, primary_key=True)
-    name: str = Field(unique=True)
-    device_type_id: int = Field(foreign_key="device_type.id")
-    interface_id: int = Field(foreign_key="interface.id")
-    tags: str = "{}"  # JSON object of strings
-    created_at: str
-    updated_at: str
-    secret_salt: Optional[str] = None  # HTTP devices: the secret is derived from it and the key file
-    secret_hash: Optional[str] = None  # SHA-256 of the secret, to check a device's bearer token
+    __table_args__ = (Index("ix_device_type", "device_type_id"), Index("ix_device_interface", "interface_id"))
+    id: Optional[int] = serial()
+    name: str = text(nullable=False, unique=True)
+    device_type_id: int = ref("device_type.id")
+    interface_id: int = ref("interface.id")
+    tags: str = text(nullable=False, default="{}", server_default="{}")  # JSON object of strings
+    created_at: str = text(nullable=False)
+    updated_at: str = text(nullable=False)
+    secret_salt: Optional[str] = text()  # HTTP devices: the secret is derived from it and the key file
+    secret_hash: Optional[str] = text()  # SHA-256 of the secret, to check a device's bearer token
 
 
 class DeviceConfig(SQLModel, table=True):
     """One configuration entry of a device: desired (users, campaigns) and reported (device)."""
 
     __tablename__ = "device_config"
-    device_id: int = Field(foreign_key="device.id", primary_key=True)
-    key: str = Field(primary_key=True)
-    desired: Optional[str] = None  # canonical JSON; NULL when never set
-    desired_at: Optional[str] = None
-    desired_revision: Optional[int] = None  # from the global revision counter
-    desired_by: Optional[str] = None  # "user" or "job:<id>"
-    secret: bool = False
-    reported: Optional[str] = None
-    reported_at: Optional[str] = None
+    __table_args__ = (NO_ROWID,)
+    device_id: int = ref("device.id", cascade=True, primary_key=True)
+    key: str = text(primary_key=True)
+    desired: Optional[str] = text()  # canonical JSON; NULL when never set
+    desired_at: Optional[str] = text()
+    desired_revision: Optional[int] = integer(big=True)  # from the global revision counter
+    desired_by: Optional[str] = text()  # "user" or "job:<id>"
+    secret: bool = boolean()
+    reported: Optional[str] = text()
+    reported_at: Optional[str] = text()
 
 
 class Firmware(SQLModel, table=True):
     __tablename__ = "firmware"
-    id: Optional[int] = Field(default=None, primary_key=True)
-    device_type_id: int = Field(foreign_key="device_type.id")
-    firmware_type: str
-    version: str
-    url: str
-    token: Optional[str] = None
-    sha256: Optional[str] = None
-    size: Optional[int] = None
-    description: Optional[str] = None
-    created_at: str
+    __table_args__ = (UniqueConstraint("device_type_id", "firmware_type", "version"),)
+    id: Optional[int] = serial()
+    device_type_id: int = ref("device_type.id")
+    firmware_type: str = text(nullable=False)
+    version: str = text(nullable=False)
+    url: str = text(nullable=False)
+    token: Optional[str] = text()
+    sha256: Optional[str] = text()
+    size: Optional[int] = integer(big=True)
+    description: Optional[str] = text()
+    created_at: str = text(nullable=False)
 
 
 class Campaign(SQLModel, table=True):
     __tablename__ = "campaign"
-    id: Optional[int] = Field(default=None, primary_key=True)
-    name: str = Field(unique=True)
-    description: Optional[str] = None
-    status: str = "draft"
-    spec: str  # JSON: the normalised manifest (devices, configurations, expected_state, firmware)
-    secret_keys: str = "[]"  # JSON list of configuration / expected_state keys that are secret
-    created_at: str
-    updated_at: str
-    launched_at: Optional[str] = None
-    completed_at: Optional[str] = None
-    start_at: Optional[str] = None  # scheduled start (UTC ISO 8601)
-    reason: Optional[str] = None  # why it is paused, aborted or cancelled
-    launch_settings: Optional[str] = None  # JSON: the launch options, kept until a scheduled start
+    __table_args__ = (Index("ix_campaign_status", "status", "start_at"),)
+    id: Optional[int] = serial()
+    name: str = text(nullable=False, unique=True)
+    description: Optional[str] = text()
+    status: str = text(nullable=False, default="draft", server_default="draft")
+    spec: str = text(nullable=False)  # JSON: the normalised manifest
+    secret_keys: str = text(nullable=False, default="[]", server_default="[]")  # JSON list of secret keys
+    created_at: str = text(nullable=False)
+    updated_at: str = text(nullable=False)
+    launched_at: Optional[str] = text()
+    completed_at: Optional[str] = text()
+    start_at: Optional[str] = text()  # scheduled start (UTC ISO 8601)
+    reason: Optional[str] = text()  # why it is paused, aborted or cancelled
+    launch_settings: Optional[str] = text()  # JSON: the launch options, kept until a scheduled start
 
 
 class Job(SQLModel, table=True):
     __tablename__ = "job"
-    id: Optional[int] = Field(default=None, primary_key=True)
-    campaign_id: int = Field(foreign_key="campaign.id")
-    status: str = "created"
-    step: str = "resolve"
-    plan: str = "{}"  # JSON: values per device type, frozen at launch
-    settings: str = "{}"  # JSON: delivery policy (attempts, timeouts, window)
-    total: int = 0
-    lease_owner: Optional[str] = None
-    lease_expires_at: Optional[float] = None
-    error: Optional[str] = None
-    created_at: str
-    started_at: Optional[str] = None
-    written_at: Optional[str] = None  # the write step finished
-    finished_at: Optional[str] = None
+    __table_args__ = (Index("ix_job_campaign", "campaign_id"),)
+    id: Optional[int] = serial()
+    campaign_id: int = ref("campaign.id")
+    status: str = text(nullable=False, default="created", server_default="created")
+    step: str = text(nullable=False, default="resolve", server_default="resolve")
+    plan: str = text(nullable=False, default="{}", server_default="{}")  # JSON: values per device type
+    settings: str = text(nullable=False, default="{}", server_default="{}")  # JSON: delivery policy
+    total: int = integer(nullable=False, default=0, server_default="0")
+    lease_owner: Optional[str] = text()
+    lease_expires_at: Optional[float] = _col(Float)  # the database's clock, epoch seconds
+    error: Optional[str] = text()
+    created_at: str = text(nullable=False)
+    started_at: Optional[str] = text()
+    finished_at: Optional[str] = text()
+    written_at: Optional[str] = text()  # the write step finished
 
 
 class JobItem(SQLModel, table=True):
     """One device of a job: pending → syncing (written) → delivered | failed; or cancelled."""
 
     __tablename__ = "job_item"
-    job_id: int = Field(foreign_key="job.id", primary_key=True)
-    device_id: int = Field(foreign_key="device.id", primary_key=True)
-    status: str = "pending"
-    revision: Optional[int] = None
-    attempts: int = 0
-    error: Optional[str] = None
-    updated_at: Optional[str] = None
-    batch: int = 1
-    delivered_at: Optional[str] = None
+    __table_args__ = (Index("ix_job_item_batch", "job_id", "batch", "status"),
+                      Index("ix_job_item_device", "device_id"), NO_ROWID)
+    job_id: int = ref("job.id", cascade=True, primary_key=True)
+    device_id: int = ref("device.id", primary_key=True)
+    status: str = text(nullable=False, default="pending", server_default="pending")
+    revision: Optional[int] = integer(big=True)
+    attempts: int = integer(nullable=False, default=0, server_default="0")
+    error: Optional[str] = text()
+    updated_at: Optional[str] = text()
+    batch: int = integer(nullable=False, default=1, server_default="1")
+    delivered_at: Optional[str] = text()
 
 
 class JobBatch(SQLModel, table=True):
     """pending → releasing → delivering → baking → promoted | tripped; or cancelled."""
 
     __tablename__ = "job_batch"
-    job_id: int = Field(foreign_key="job.id", primary_key=True)
-    number: int = Field(primary_key=True)
-    size: int
-    status: str = "pending"
-    accepted: bool = False  # resumed by a user after it tripped: no more thresholds
-    started_at: Optional[str] = None
-    delivered_at: Optional[str] = None
-    finished_at: Optional[str] = None
-    reason: Optional[str] = None
+    __table_args__ = (NO_ROWID,)
+    job_id: int = ref("job.id", cascade=True, primary_key=True)
+    number: int = integer(primary_key=True)
+    size: int = integer(nullable=False)
+    status: str = text(nullable=False, default="pending", server_default="pending")
+    accepted: bool = boolean()  # resumed by a user after it tripped: no more thresholds
+    started_at: Optional[str] = text()
+    delivered_at: Optional[str] = text()
+    finished_at: Optional[str] = text()
+    reason: Optional[str] = text()
 
 
 class JobStep(SQLModel, table=True):
     """A unit of delivery work: a batch's release, or a retry."""
 
     __tablename__ = "job_step"
-    job_id: int = Field(foreign_key="job.id", primary_key=True)
-    number: int = Field(primary_key=True)
-    kind: str  # batch | retry
-    batch: Optional[int] = None
-    devices: int = 0
-    started_at: str
+    __table_args__ = (NO_ROWID,)
+    job_id: int = ref("job.id", cascade=True, primary_key=True)
+    number: int = integer(primary_key=True)
+    kind: str = text(nullable=False)  # batch | retry
+    batch: Optional[int] = integer()
+    devices: int = integer(nullable=False, default=0, server_default="0")
+    started_at: str = text(nullable=False)
 
 
 class JobItemHistory(SQLModel, table=True):
     """What a job item was before a retry step reset it."""
 
     __tablename__ = "job_item_history"
-    job_id: int = Field(foreign_key="job.id", primary_key=True)
-    device_id: int = Field(primary_key=True)
-    step: int = Field(primary_key=True)
-    status: str
-    attempts: int
-    error: Optional[str] = None
-    at: str
+    __table_args__ = (NO_ROWID,)
+    job_id: int = ref("job.id", cascade=True, primary_key=True)
+    device_id: int = integer(primary_key=True)
+    step: int = integer(primary_key=True)
+    status: str = text(nullable=False)
+    attempts: int = integer(nullable=False)
+    error: Optional[str] = text()
+    at: str = text(nullable=False)
 
 
 class JobItemBefore(SQLModel, table=True):
     """A desired entry as it was before the job overwrote it."""
 
     __tablename__ = "job_item_before"
-    job_id: int = Field(foreign_key="job.id", primary_key=True)
-    device_id: int = Field(primary_key=True)
-    key: str = Field(primary_key=True)
-    desired: Optional[str] = None
-    desired_at: Optional[str] = None
-    desired_by: Optional[str] = None
-    secret: bool = False
+    __table_args__ = (NO_ROWID,)
+    job_id: int = ref("job.id", cascade=True, primary_key=True)
+    device_id: int = integer(primary_key=True)
+    key: str = text(primary_key=True)
+    desired: Optional[str] = text()
+    desired_at: Optional[str] = text()
+    desired_by: Optional[str] = text()
+    secret: bool = boolean()
+
+
+class JobShard(SQLModel, table=True):
+    """A range of a job's devices that one worker delivers at a time, under a lease:
+    pending → running → done; or back to pending (stopped, lease lost), or cancelled."""
+
+    __tablename__ = "job_shard"
+    __table_args__ = (Index("ix_job_shard_status", "status", "job_id"), NO_ROWID)
+    job_id: int = ref("job.id", cascade=True, primary_key=True)
+    number: int = integer(primary_key=True)
+    first_device_id: int = integer(nullable=False)
+    last_device_id: int = integer(nullable=False)
+    size: int = integer(nullable=False)
+    status: str = text(nullable=False, default="pending", server_default="pending")
+    worker: Optional[str] = text()
+    lease_expires_at: Optional[float] = _col(Float)  # the database's clock, epoch seconds
+    delivered: int = integer(nullable=False, default=0, server_default="0")
+    failed: int = integer(nullable=False, default=0, server_default="0")
+    started_at: Optional[str] = text()
+    finished_at: Optional[str] = text()
 
 
 class Meta(SQLModel, table=True):
     __tablename__ = "meta"
-    key: str = Field(primary_key=True)
-    value: int = 0
+    key: str = text(primary_key=True)
+    value: int = integer(nullable=False, default=0, server_default="0", big=True)

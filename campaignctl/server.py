@@ -17,11 +17,14 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from campaignctl import __version__, credentials, db, store
+from campaignctl import __version__, credentials, db, dialect, store
 from campaignctl.errors import InputError
+from campaignctl.interfaces.base import document
+from campaignctl.names import name_problem
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.sql.elements import TextClause
 
 MAX_BODY = 64 * 1024
 
@@ -80,31 +83,23 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail))  # unknown paths and methods: the same error shape
 
-    # Reads run on the event loop's thread with one connection of their own: a device
-    # poll is two index lookups, cheaper than handing it to a worker thread (which
-    # costs more than the queries). Writes, which may wait for SQLite's lock, go to
-    # worker threads.
-    reader = app.state.reader = engine.raw_connection()
+    reader = app.state.reader = Reader(engine)
 
-    def authenticate(name: str, request: Request) -> int:
-        token = _token(request.headers.get("authorization"))
-        reader.execute("BEGIN")
-        try:
-            row = reader.execute(
-                "SELECT d.id, d.secret_hash FROM device d JOIN interface i ON i.id = d.interface_id "
-                "WHERE d.name = ? AND i.type = 'http'", (name,)).fetchone()
-        finally:
-            reader.execute("COMMIT")
+    def authenticate(row: Any, token: str) -> None:
         # Unknown device, device on another interface and wrong secret look the same:
         # names are not disclosed.
         if row is None or not credentials.matches(row[1], token):
             raise ApiError(401, "invalid device secret")
-        return row[0]
+
+    def lookup(statement: Any, name: str) -> Any:
+        # A name no device can have (a NUL byte, which PostgreSQL text cannot hold) is
+        # not worth a query: it is an unknown device.
+        return None if name_problem(name) else reader.one(statement, {"name": name})
 
     @app.get("/healthz", summary="Liveness", responses={200: {"content": {"application/json": {}}}})
     def healthz() -> dict[str, str]:
         with db.read(engine) as conn:
-            conn.exec_driver_sql("SELECT 1").scalar()
+            db.run(conn, "SELECT 1").scalar()
         return {"status": "ok"}
 
     @app.get(
@@ -118,23 +113,17 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
                                        "description": "The ETag of the document the device has"}]},
     )
     async def get_configuration(name: str, request: Request) -> Response:
-        from campaignctl.delivery import load_documents
-
-        device_id = authenticate(name, request)
-        reader.execute("BEGIN")
-        try:
-            [document] = load_documents(reader, [(device_id, name)])
-            syncing = reader.execute(
-                "SELECT 1 FROM job_item WHERE device_id = ? AND status = 'syncing' AND revision <= ? LIMIT 1",
-                (device_id, document.version)).fetchone()
-        finally:
-            reader.execute("COMMIT")
-        if syncing:
-            await run_in_threadpool(_record_fetch, engine, device_id, document.version)
-        etag = f'"{document.version}"'
-        if _etag_matches(request.headers.get("if-none-match"), document.version):
+        token = _token(request.headers.get("authorization"))
+        row = lookup(_configuration_query, name)
+        authenticate(row, token)
+        device_id, _, version, configuration, waiting = row
+        if waiting is not None and waiting <= version:  # a job waits for the device to fetch this
+            await run_in_threadpool(_record_fetch, engine, device_id, version)
+        etag = f'"{version}"'
+        if _etag_matches(request.headers.get("if-none-match"), version):
             return Response(status_code=304, headers={"ETag": etag})
-        return Response(document.payload, media_type="application/json", headers={"ETag": etag})
+        return Response(document(version, configuration or "{}"), media_type="application/json",
+                        headers={"ETag": etag})
 
     @app.put(
         "/v1/devices/{name}/state",
@@ -149,7 +138,10 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
     async def put_state(name: str, request: Request) -> Response:
         from campaignctl.fleet import parse_state_payload
 
-        device_id = authenticate(name, request)
+        token = _token(request.headers.get("authorization"))
+        row = lookup(_AUTHENTICATE, name)
+        authenticate(row, token)
+        device_id = row[0]
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_body:
             raise ApiError(413, f"body larger than {max_body} bytes")
@@ -196,15 +188,91 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
     return app
 
 
+class Reader:
+    """The device API's reads, each one statement, on one connection of their own used
+    from the event loop's thread only. A device poll is a few index lookups, cheaper
+    than handing it to a worker thread, which costs more than the query (measured on
+    both backends); writes, which may wait for a lock, go to worker threads.
+
+    The statements are written with named parameters and compiled by SQLAlchemy once;
+    they run on the connection's DB-API cursor in autocommit (no BEGIN and COMMIT), as
+    SQLAlchemy's per-statement work would cost several times the query itself. The
+    connection is opened on first use, and again after an error."""
+
+    def __init__(self, engine: "Engine") -> None:
+        self.engine = engine
+        self.conn: "Connection | None" = None
+        self._compiled: dict[int, tuple[str, tuple[str, ...] | None]] = {}
+
+    def one(self, statement: "TextClause | Callable[[Connection], TextClause]", params: dict[str, Any]) -> Any:
+        """The first row of ``statement`` (or of the statement that function builds for
+        this connection's dialect), a plain tuple, or None."""
+        while True:
+            fresh = self.conn is None
+            if fresh:
+                self.conn = dialect.autocommit(self.engine.connect())
+            conn = self.conn
+            clause = statement if not callable(statement) else statement(conn)
+            compiled = self._compiled.get(id(clause))
+            if compiled is None:
+                done = clause.compile(dialect=conn.dialect)
+                order = tuple(done.positiontup or ()) if done.positional else None
+                compiled = self._compiled[id(clause)] = (done.string, order)
+            sql, order = compiled
+            try:
+                cursor = conn.connection.driver_connection.cursor()
+                try:
+                    cursor.execute(sql, params if order is None else tuple(params[name] for name in order))
+                    return cursor.fetchone()
+                finally:
+                    cursor.close()
+            except Exception:
+                # Whatever went wrong, the next read starts afresh; a connection that
+                # served before may just have been dropped (a database restart): this
+                # read is tried once more on a new one.
+                self.close(invalidate=True)
+                if fresh:
+                    raise
+
+    def close(self, *, invalidate: bool = False) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            if invalidate:
+                conn.invalidate()
+            conn.close()
+
+
+_AUTHENTICATE = db.sql("SELECT d.id, d.secret_hash FROM device d JOIN interface i ON i.id = d.interface_id "
+                       "WHERE d.name = :name AND i.type = 'http'")
+_CONFIGURATION: dict[str, "TextClause"] = {}
+
+
+def _configuration_query(conn: "Connection") -> "TextClause":
+    """In one statement (one round trip), for the http device ``:name``: its id and
+    secret hash, its document's version and configuration object (built as
+    ``load_documents`` builds them), and the lowest revision among its job items that
+    wait for it to fetch a document."""
+    name = conn.dialect.name
+    if name not in _CONFIGURATION:
+        configuration = dialect.document_object(conn, "c.key", "c.desired", "c.desired IS NOT NULL")
+        _CONFIGURATION[name] = db.sql(
+            f"SELECT d.id, d.secret_hash, coalesce(max(c.desired_revision), 0), {configuration}, "
+            "(SELECT min(ji.revision) FROM job_item ji WHERE ji.device_id = d.id AND ji.status = 'syncing') "
+            "FROM device d JOIN interface i ON i.id = d.interface_id "
+            "LEFT JOIN device_config c ON c.device_id = d.id AND c.desired_revision IS NOT NULL "
+            "WHERE d.name = :name AND i.type = 'http' GROUP BY d.id")
+    return _CONFIGURATION[name]
+
+
 def _record_fetch(engine: "Engine", device_id: int, version: int) -> None:
     """The device now has every write up to ``version``: its job items are delivered
     (the rollout engine moves the jobs on)."""
     now = db.utcnow()
     with db.write(engine) as conn:
-        conn.exec_driver_sql(
-            "UPDATE job_item SET status = 'delivered', attempts = attempts + 1, error = NULL, updated_at = ?, "
-            "delivered_at = ? WHERE device_id = ? AND status = 'syncing' AND revision <= ?",
-            (now, now, device_id, version))
+        db.run(conn, "UPDATE job_item SET status = 'delivered', attempts = attempts + 1, error = NULL, "
+                     "updated_at = :now, delivered_at = :now "
+                     "WHERE device_id = :id AND status = 'syncing' AND revision <= :version",
+               {"now": now, "id": device_id, "version": version})
 
 
 class Server:
@@ -213,7 +281,8 @@ class Server:
     def __init__(self, engine: "Engine", host: str = "127.0.0.1", port: int = 8080, *,
                  listen_mqtt: bool = True, engine_interval: float | None = 2.0,
                  info: Callable[[str], None] = lambda _m: None,
-                 warn: Callable[[str], None] = lambda _m: None, access_log: bool = False) -> None:
+                 warn: Callable[[str], None] = lambda _m: None, access_log: bool = False,
+                 share: str | None = None) -> None:
         import uvicorn
 
         self.engine, self.info, self.warn = engine, info, warn
@@ -229,7 +298,7 @@ class Server:
                                 access_log=access_log, lifespan="off", log_config=logging)
         self.server = uvicorn.Server(config)
         self._socket: Any = None
-        self.listen_mqtt = listen_mqtt
+        self.listen_mqtt, self.share = listen_mqtt, share
         self.engine_interval = engine_interval
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -269,7 +338,7 @@ class Server:
     def _run_engine(self) -> None:
         """The rollout engine: devices fetching their documents, bake times and
         schedules move campaigns on without anyone running commands."""
-        from campaignctl.engine import run_worker
+        from campaignctl.worker import run_worker
 
         try:
             run_worker(self.engine, interval=self.engine_interval or 2.0, stop=self._stop, info=self.info)
@@ -302,7 +371,7 @@ class Server:
         from campaignctl.listen import listen
 
         try:
-            listen(self.engine, stop=self._stop, info=self.info, warn=self.warn)
+            listen(self.engine, stop=self._stop, info=self.info, warn=self.warn, share=self.share)
         except Exception as exc:  # noqa: BLE001
             self.errors.append(exc)
             self.warn(f"MQTT listeners stopped: {exc}")

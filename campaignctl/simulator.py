@@ -89,29 +89,30 @@ class Simulator:
 
     def _load(self, interface: str | None, limit: int | None) -> tuple[dict[str, Any], list[Device]]:
         with db.read(self.engine) as conn:
-            rows = conn.exec_driver_sql(
+            rows = db.run(
+                conn,
                 "SELECT name, type, settings FROM interface WHERE type IN ('mqtt', 'http')"
-                + (" AND name = ?" if interface else "") + " ORDER BY name", (interface,) if interface else ()).all()
+                + (" AND name = :name" if interface else "") + " ORDER BY name", {"name": interface}).all()
             if interface and not rows:
-                kind = conn.exec_driver_sql("SELECT type FROM interface WHERE name = ?", (interface,)).scalar()
+                kind = db.run(conn, "SELECT type FROM interface WHERE name = :name", {"name": interface}).scalar()
                 raise CampaignctlError(f"no interface named {interface!r}" if kind is None else
                                        f"interface {interface!r} is a {kind} interface: only mqtt and http devices "
                                        "can be simulated")
             interfaces = {r[0]: {"type": r[1], "settings": json.loads(r[2])} for r in rows}
-            devices = conn.exec_driver_sql(
+            devices = db.run(
+                conn,
                 "SELECT d.id, d.name, i.name, d.device_type_id FROM device d JOIN interface i ON i.id = d.interface_id "
-                f"WHERE i.name IN ({','.join('?' * len(interfaces))}) ORDER BY d.name"
-                + (" LIMIT ?" if limit is not None else ""),
-                (*interfaces, *((limit,) if limit is not None else ()))).all() if interfaces else []
+                "WHERE i.name IN :interfaces ORDER BY d.name" + (" LIMIT :limit" if limit is not None else ""),
+                {"interfaces": list(interfaces), "limit": limit}, "interfaces").all() if interfaces else []
             firmware: dict[int, tuple[set[str], set[str]]] = {}
-            for type_id, version_key, url_key, token_key in conn.exec_driver_sql(
-                    "SELECT device_type_id, version_key, url_key, token_key FROM firmware_type"):
+            for type_id, version_key, url_key, token_key in db.run(
+                    conn, "SELECT device_type_id, version_key, url_key, token_key FROM firmware_type"):
                 versions, hidden = firmware.setdefault(type_id, (set(), set()))
                 versions.add(version_key)
                 hidden.update(k for k in (url_key, token_key) if k)
             reported: dict[int, dict[str, Any]] = {}
-            for device_id, key, value in conn.exec_driver_sql(
-                    "SELECT device_id, key, reported FROM device_config WHERE reported IS NOT NULL"):
+            for device_id, key, value in db.run(
+                    conn, "SELECT device_id, key, reported FROM device_config WHERE reported IS NOT NULL"):
                 reported.setdefault(device_id, {})[key] = json.loads(value)
         if not devices:
             raise CampaignctlError("no device to simulate (mqtt and http interfaces only)")

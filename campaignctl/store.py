@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Sequence
 
+from campaignctl import db
 from campaignctl.errors import NotFoundError
 
 if TYPE_CHECKING:
@@ -12,16 +13,19 @@ if TYPE_CHECKING:
 
 UPSERT_DESIRED = (
     "INSERT INTO device_config (device_id, key, desired, desired_at, desired_revision, desired_by, secret) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "VALUES (:device_id, :key, :desired, :desired_at, :desired_revision, :desired_by, :secret) "
     "ON CONFLICT (device_id, key) DO UPDATE SET desired = excluded.desired, desired_at = excluded.desired_at, "
     "desired_revision = excluded.desired_revision, desired_by = excluded.desired_by, "
     # Once secret, always secret: the device may still report the old secret value.
-    "secret = max(device_config.secret, excluded.secret)"
+    "secret = (device_config.secret OR excluded.secret)"
 )
 UPSERT_REPORTED = (
-    "INSERT INTO device_config (device_id, key, reported, reported_at) VALUES (?, ?, ?, ?) "
+    "INSERT INTO device_config (device_id, key, reported, reported_at) "
+    "VALUES (:device_id, :key, :reported, :reported_at) "
     "ON CONFLICT (device_id, key) DO UPDATE SET reported = excluded.reported, reported_at = excluded.reported_at"
 )
+_DESIRED = ("device_id", "key", "desired", "desired_at", "desired_revision", "desired_by", "secret")
+_REPORTED = ("device_id", "key", "reported", "reported_at")
 
 
 def next_revision(conn: "Connection") -> int:
@@ -30,32 +34,43 @@ def next_revision(conn: "Connection") -> int:
     A device's document version is the highest revision among its desired entries, so
     it only grows, whoever writes.
     """
-    return conn.exec_driver_sql("UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value").scalar_one()
+    return int(db.run(conn, "UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value").scalar_one())
 
 
 def device_row(conn: "Connection", name: str) -> Any:
-    row = conn.exec_driver_sql(
+    row = db.run(
+        conn,
         "SELECT d.id, d.name, d.tags, d.created_at, d.updated_at, t.name AS type, i.name AS interface, "
         "i.type AS interface_type, i.settings AS interface_settings "
         "FROM device d JOIN device_type t ON t.id = d.device_type_id JOIN interface i ON i.id = d.interface_id "
-        "WHERE d.name = ?",
-        (name,),
+        "WHERE d.name = :name",
+        {"name": name},
     ).one_or_none()
     if row is None:
         raise NotFoundError(f"no device named {name!r}")
     return row
 
 
+def _in_key_order(rows: Sequence[tuple]) -> list[tuple]:
+    """One row per (device_id, key), the last one given, in key order: concurrent writers
+    (PostgreSQL) lock the rows they upsert in the same order, so they wait for each other
+    instead of deadlocking."""
+    return sorted({(row[0], row[1]): row for row in rows}.values(), key=lambda row: (row[0], row[1]))
+
+
 def write_desired(conn: "Connection", rows: Sequence[tuple]) -> None:
     """Bulk upsert of desired entries: (device_id, key, json, at, revision, by, secret)."""
     if rows:
-        conn.exec_driver_sql(UPSERT_DESIRED, list(rows))
+        params = [dict(zip(_DESIRED, row)) for row in _in_key_order(rows)]
+        for p in params:
+            p["secret"] = bool(p["secret"])
+        db.run(conn, UPSERT_DESIRED, params)
 
 
 def write_reported(conn: "Connection", rows: Sequence[tuple]) -> None:
     """Bulk upsert of reported entries: (device_id, key, json, at)."""
     if rows:
-        conn.exec_driver_sql(UPSERT_REPORTED, list(rows))
+        db.run(conn, UPSERT_REPORTED, [dict(zip(_REPORTED, row)) for row in _in_key_order(rows)])
 
 
 def loads(text: str | None) -> Any:

@@ -15,8 +15,8 @@ Device statuses, in the order they are decided:
 - ``syncing``: written, not yet delivered to the interface (or fetched by the device);
 - ``waiting``: delivered, the reported state does not yet equal the expected state.
 
-The comparisons run in SQLite over canonical JSON texts, so a 100k-device campaign is
-judged in one query.
+The comparisons run in the database over canonical JSON texts, so a 100k-device campaign is
+judged in one query over its devices (and one over the few devices written to since).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from campaignctl import db
+from campaignctl import db, dialect
 from campaignctl.rollout import Rollout, format_duration
 from campaignctl.values import SECRET_MASK
 
@@ -36,58 +36,105 @@ if TYPE_CHECKING:
 DEVICE_STATES = ("pending", "syncing", "waiting", "valid", "invalid", "failed", "timed_out", "cancelled")
 
 
-def _values_cte(name: str, rows: list[tuple[int, str, str, int]]) -> tuple[str, list[Any]]:
-    # Rows in key order: the subqueries below take the first mismatch in scan order,
-    # which for a VALUES table is this order (an ORDER BY per device costs ~20% more).
+def _values_cte(name: str, rows: list[tuple[int, str, str, bool]]) -> tuple[str, dict[str, Any]]:
+    """A CTE of the plan's (type_id, key, value, secret) rows, with ``n``: their number in
+    (type, key) order (Python's str order is UTF-8 byte order, the keys' order in SQL),
+    so that "the first mismatch" is the same on every backend whatever the plan."""
     rows = sorted(rows, key=lambda r: (r[0], r[1]))
+    columns = f"{name}(type_id, key, value, secret, n)"
     if not rows:
-        return f"{name}(type_id, key, value, secret) AS (SELECT NULL, NULL, NULL, 0 WHERE 0)", []
-    return (f"{name}(type_id, key, value, secret) AS (VALUES {','.join('(?, ?, ?, ?)' for _ in rows)})",
-            [x for r in rows for x in r])
+        return (f"{columns} AS (SELECT CAST(NULL AS INTEGER), CAST(NULL AS TEXT), CAST(NULL AS TEXT), false, "
+                "CAST(NULL AS INTEGER) WHERE 1 = 0)"), {}
+    params: dict[str, Any] = {}
+    values = []
+    for n, (type_id, key, value, secret) in enumerate(rows):
+        t, k, v, f = (f"{name}_{x}{n}" for x in "tkvs")
+        params.update({t: type_id, k: key, v: value, f: bool(secret)})
+        if n == 0:  # the first row types the columns
+            values.append(f"(CAST(:{t} AS INTEGER), CAST(:{k} AS TEXT), CAST(:{v} AS TEXT), CAST(:{f} AS BOOLEAN), "
+                          f"CAST({n} AS INTEGER))")
+        else:
+            values.append(f"(:{t}, :{k}, :{v}, :{f}, {n})")
+    return f"{columns} AS (VALUES {', '.join(values)})", params
 
 
 def _epoch(text: str | None) -> float | None:
     return None if text is None else datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def _tuples(conn: Any, sql: str, params: dict[str, Any]) -> list[tuple]:
+    """All rows as plain DB-API tuples: SQLAlchemy's row objects cost more than the
+    query at 100k rows."""
+    result = db.run(conn, sql, params)
+    try:
+        return result.cursor.fetchall()  # type: ignore[no-any-return]
+    finally:
+        result.close()
+
+
+#: An expected key's number n is written as N + n: ten digits, so that the smallest
+#: text is the first key, whatever the collation.
+_N = 1_000_000_000
+
+
 def device_statuses(conn: Any, job_id: int, plan: dict[str, Any], rollout: Rollout, *,
                     batch: int | None = None, now: float | None = None) -> list[dict[str, Any]]:
     """Every device of a job (or of one of its batches) with its supervision status."""
     config_rows = [(int(t), k, v, k in p["secret"]) for t, p in plan.items() for k, v in p["configurations"].items()]
-    state_rows = [(int(t), k, v, k in p["secret"]) for t, p in plan.items() for k, v in p["expected_state"].items()]
+    state_rows = sorted((int(t), k, v, k in p["secret"])
+                        for t, p in plan.items() for k, v in p["expected_state"].items())
     cfg_cte, cfg_params = _values_cte("cfg", config_rows)
     exp_cte, exp_params = _values_cte("exp", state_rows)
-    # For each device: the first campaign key whose desired value differs (invalid), and
-    # the first expected key whose reported value differs (waiting), with what is there.
+    expected = [(key, secret) for _t, key, _v, secret in state_rows]  # by n
+    sep = dialect.separator(conn)
+    in_batch = "AND ji.batch = :batch" if batch is not None else ""
+    params = {"job_id": job_id, "batch": batch}
     # Revisions only grow, so a campaign key can only have changed on a device that has
-    # an entry written after the job's: the key-by-key look is for those alone.
-    sql = f"""
-        WITH {cfg_cte}, {exp_cte}
-        SELECT d.name, ji.status, ji.error, ji.attempts, ji.updated_at, ji.batch,
-          {"ji.delivered_at" if rollout.device_timeout is not None else "NULL"}, d.device_type_id,
-          CASE WHEN ji.revision IS NOT NULL AND EXISTS (SELECT 1 FROM device_config later
-                WHERE later.device_id = ji.device_id AND later.desired_revision > ji.revision) THEN
-          (SELECT cfg.key || char(31) || coalesce(c.desired_by, '') || char(31) || coalesce(c.desired_at, '')
+    # an entry written after the job's: the key-by-key look for the first campaign key
+    # whose desired value differs (invalid) is for those alone.
+    changed = dict(_tuples(conn, f"""
+        WITH {cfg_cte}
+        SELECT ji.device_id,
+          (SELECT cfg.key || {sep} || coalesce(c.desired_by, '') || {sep} || coalesce(c.desired_at, '')
              FROM cfg JOIN device_config c ON c.device_id = ji.device_id AND c.key = cfg.key
-            WHERE cfg.type_id = d.device_type_id AND c.desired IS NOT cfg.value LIMIT 1) END,
-          (SELECT exp.key || char(31) || exp.secret || char(31) || coalesce(c.reported, '')
-             FROM exp LEFT JOIN device_config c ON c.device_id = ji.device_id AND c.key = exp.key
-            WHERE exp.type_id = d.device_type_id AND c.reported IS NOT exp.value LIMIT 1)
+            WHERE cfg.type_id = d.device_type_id AND c.desired IS DISTINCT FROM cfg.value
+            ORDER BY cfg.n LIMIT 1)
         FROM job_item ji JOIN device d ON d.id = ji.device_id
-        WHERE ji.job_id = ? {"AND ji.batch = ?" if batch is not None else ""}
+        WHERE ji.job_id = :job_id {in_batch} AND ji.revision IS NOT NULL
+          AND EXISTS (SELECT 1 FROM device_config later
+                      WHERE later.device_id = ji.device_id AND later.desired_revision > ji.revision)
+    """, {**cfg_params, **params}))
+    # For each device, the first expected key whose reported value differs (waiting),
+    # with what is there: one aggregate over the device's expected keys, whose smallest
+    # mismatch is the key's number, fixed width, then the reported value ('' for none).
+    rows = _tuples(conn, f"""
+        WITH {exp_cte}
+        SELECT d.name, ji.status, ji.error, ji.attempts, ji.updated_at, ji.batch,
+          {"ji.delivered_at" if rollout.device_timeout is not None else "NULL"}, d.device_type_id, ji.device_id,
+          min(CASE WHEN c.reported IS DISTINCT FROM exp.value
+                   THEN CAST({_N} + exp.n AS TEXT) || coalesce(c.reported, '') END)
+        FROM job_item ji JOIN device d ON d.id = ji.device_id
+        LEFT JOIN exp ON exp.type_id = d.device_type_id
+        LEFT JOIN device_config c ON c.device_id = ji.device_id AND c.key = exp.key
+        WHERE ji.job_id = :job_id {in_batch}
+        GROUP BY ji.job_id, ji.device_id, d.id
         ORDER BY d.name
-    """
-    params = (*cfg_params, *exp_params, job_id, *([batch] if batch is not None else []))
-    raw = conn.connection.driver_connection if hasattr(conn, "connection") else conn
-    # Plain DB-API tuples: SQLAlchemy's row objects cost more than the query at 100k rows.
-    rows = raw.execute(sql, params).fetchall()
-    started = {n for (n,) in raw.execute(
-        "SELECT number FROM job_batch WHERE job_id = ? AND status != 'pending'", (job_id,))}
+    """, {**exp_params, **params})
+    started = {n for (n,) in db.run(
+        conn, "SELECT number FROM job_batch WHERE job_id = :job_id AND status <> 'pending'", {"job_id": job_id})}
     timeout = rollout.device_timeout
     now = time.time() if now is None else now
     expecting = {int(t) for t, p in plan.items() if p["expected_state"]}
+    reasons: dict[str, str] = {}  # a fleet's devices mostly report the same few things
+
+    def mismatch_reason(mismatch: str) -> str:
+        reason = reasons.get(mismatch)
+        if reason is None:
+            reason = reasons[mismatch] = _mismatch(expected, mismatch)
+        return reason
+
     devices = []
-    for name, item, error, attempts, updated_at, number, delivered_at, type_id, changed, mismatch in rows:
+    for name, item, error, attempts, updated_at, number, delivered_at, type_id, device_id, mismatch in rows:
         reason = None
         if item == "pending":
             status = "pending"
@@ -95,8 +142,8 @@ def device_statuses(conn: Any, job_id: int, plan: dict[str, Any], rollout: Rollo
                 reason = f"batch {number} has not started"
         elif item == "cancelled":
             status, reason = "cancelled", error
-        elif changed is not None:
-            key, by, at = changed.split("\x1f")
+        elif changed.get(device_id) is not None:
+            key, by, at = changed[device_id].split("\x1f")
             status = "invalid"
             reason = f"{key} was changed after the campaign set it" + (f" (by {by} at {at})" if by else "")
         elif item == "failed" and not (mismatch is None and type_id in expecting):
@@ -108,21 +155,22 @@ def device_statuses(conn: Any, job_id: int, plan: dict[str, Any], rollout: Rollo
             what = "delivered" if item == "delivered" else "written, never fetched,"
             reason = f"{what} {format_duration(timeout)} ago and still not valid"
             if mismatch is not None:
-                reason += f" ({_mismatch(mismatch)})"
+                reason += f" ({mismatch_reason(mismatch)})"
         elif item == "syncing":
             status = "syncing"
         else:
-            status, reason = "waiting", _mismatch(mismatch)
+            status, reason = "waiting", mismatch_reason(mismatch)
         devices.append({"device": name, "status": status, "reason": reason, "batch": number,
                         "attempts": attempts, "updated_at": updated_at})
     return devices
 
 
-def _mismatch(mismatch: str) -> str:
-    key, secret, reported = mismatch.split("\x1f", 2)
+def _mismatch(expected: list[tuple[str, bool]], mismatch: str) -> str:
+    key, secret = expected[int(mismatch[:10]) - _N]
+    reported = mismatch[10:]
     if not reported:
         return f"{key} not reported yet"
-    return f"{key} reported {SECRET_MASK if secret == '1' else reported}"
+    return f"{key} reported {SECRET_MASK if secret else reported}"
 
 
 def campaign_status(engine: "Engine", name: str) -> dict[str, Any]:
@@ -133,7 +181,7 @@ def campaign_status(engine: "Engine", name: str) -> dict[str, Any]:
 
     with db.read(engine) as conn:
         row, spec = get_spec(conn, name)
-        extra = conn.exec_driver_sql("SELECT reason, start_at FROM campaign WHERE id = ?", (row.id,)).one()
+        extra = db.run(conn, "SELECT reason, start_at FROM campaign WHERE id = :id", {"id": row.id}).one()
         job_id = jobs.latest_job(conn, row.id)
         batches: list[dict[str, Any]] = []
         if job_id is None:
@@ -149,7 +197,7 @@ def campaign_status(engine: "Engine", name: str) -> dict[str, Any]:
             job = None
         else:
             job = jobs.summary(conn, job_id)
-            stored = conn.exec_driver_sql("SELECT plan, settings FROM job WHERE id = ?", (job_id,)).one()
+            stored = db.run(conn, "SELECT plan, settings FROM job WHERE id = :id", {"id": job_id}).one()
             rollout = Rollout.from_dict(json.loads(stored[1]).get("rollout"))
             devices = device_statuses(conn, job_id, json.loads(stored[0]), rollout)
             batches = _batches(conn, job_id, devices)
@@ -177,15 +225,14 @@ def _batches(conn: Any, job_id: int, devices: list[dict[str, Any]]) -> list[dict
         per[number][device["status"]] += 1
     return [{"number": r[0], "size": r[1], "status": r[2], "started_at": r[3], "delivered_at": r[4],
              "finished_at": r[5], "reason": r[6], "summary": per.get(r[0], dict.fromkeys(DEVICE_STATES, 0))}
-            for r in conn.exec_driver_sql(
-                "SELECT number, size, status, started_at, delivered_at, finished_at, reason FROM job_batch "
-                "WHERE job_id = ? ORDER BY number", (job_id,))]
+            for r in db.run(
+                conn, "SELECT number, size, status, started_at, delivered_at, finished_at, reason FROM job_batch "
+                "WHERE job_id = :job_id ORDER BY number", {"job_id": job_id})]
 
 
 def _names(conn: Any, ids: list[int]) -> list[str]:
     names: list[str] = []
-    for start in range(0, len(ids), 500):
-        part = ids[start : start + 500]
-        names += [r[0] for r in conn.exec_driver_sql(
-            f"SELECT name FROM device WHERE id IN ({','.join('?' * len(part))})", tuple(part))]
-    return sorted(names)
+    for start in range(0, len(ids), 5000):
+        names += [r[0] for r in db.run(conn, "SELECT name FROM device WHERE id IN :ids",
+                                       {"ids": ids[start : start + 5000]}, "ids")]
+    return sorted(names)  # str order: UTF-8 byte order, as d.name sorts in SQL

@@ -12,7 +12,8 @@ from campaignctl.errors import InputError
 
 MAX_KEY_LENGTH = 255
 SECRET_MASK = "***"
-_KEY_FORBIDDEN = re.compile(r"[\s#$.]")
+# Control characters have no place in a key, and PostgreSQL text cannot hold NUL.
+_KEY_FORBIDDEN = re.compile(r"[\s#$.\x00-\x1f\x7f]")
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -26,7 +27,8 @@ def key_problem(key: object) -> str | None:
         return f"key is longer than {MAX_KEY_LENGTH} characters"
     bad = _KEY_FORBIDDEN.search(key)  # \s also finds a trailing newline
     if bad:
-        return f"key {key!r} contains {bad.group()!r} (whitespace, '#', '$' and '.' are not allowed)"
+        return (f"key {key!r} contains {bad.group()!r} (whitespace, control characters, '#', '$' and '.' are "
+                "not allowed)")
     return None
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: real SQLite files, a real mosquitto on a free loopback port, the CLI."""
+"""Shared fixtures: a database on each backend (an SQLite file, a database on a real
+PostgreSQL server started for the session), a real mosquitto on a free loopback port, the CLI."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from campaignctl.cli import app
+from pgserver import PostgresServer
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -81,18 +83,56 @@ def prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[tuple[PostgresServer, str]]:
+    """The session's PostgreSQL server, and a template database at the current schema
+    that each test's database is copied from."""
+    from campaignctl import db
+
+    server = PostgresServer().start()
+    template = server.create_database()
+    db.create_engine(server.url(template), upgrade=True).dispose()
+    yield server, template
+    server.stop()
+
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The test's own database: a file path (SQLite) or a postgresql:// URL."""
+    # Device secrets' key file, and anything else campaignctl keeps beside a database,
+    # stay in the test's directory whatever the backend.
+    monkeypatch.setenv("CAMPAIGNCTL_KEY_FILE", str(tmp_path / "campaignctl.key"))
+    if backend == "sqlite":
+        yield str(tmp_path / "campaignctl.db")
+        return
+    server, template = request.getfixturevalue("postgres")
+    name = server.create_database(template)
+    yield server.url(name)
+    server.drop_database(name)
+
+
+@pytest.fixture
+def sqlite_path(tmp_path: Path) -> Path:
+    """For the tests about SQLite itself (pragmas, file modes, 0.1 databases)."""
     return tmp_path / "campaignctl.db"
 
 
 class Cli:
-    def __init__(self, db_path: Path) -> None:
-        self.db_path = db_path
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
         self.runner = CliRunner()
 
     def __call__(self, *args: str, code: int | None = 0, env: dict[str, str] | None = None, input: str | None = None):
-        result = self.runner.invoke(app, ["--db", str(self.db_path), *args], env=env, input=input,
+        result = self.runner.invoke(app, ["--db", str(self.db_url), *args], env=env, input=input,
                                     catch_exceptions=False)
         if code is not None:
             assert result.exit_code == code, (
@@ -104,8 +144,15 @@ class Cli:
 
 
 @pytest.fixture
-def cli(db_path: Path) -> Cli:
-    return Cli(db_path)
+def cli(db_url: str) -> Cli:
+    return Cli(db_url)
+
+
+@pytest.fixture
+def cli_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A CLI on a database of the test's choosing (e.g. a PostgreSQL URL it made)."""
+    monkeypatch.setenv("CAMPAIGNCTL_KEY_FILE", str(tmp_path / "campaignctl.key"))
+    return Cli
 
 
 def fleet_yaml(url: str, prefix: str, devices: int = 4, *, extra: str = "") -> str:
@@ -200,15 +247,47 @@ def publish(port: int, topic: str, payload: bytes | str, *, retain: bool = False
     client.loop_stop()
 
 
-def db_dump(db_path: Path) -> list[str]:
-    """Every row of every table, to check that a failed command changed nothing."""
-    import sqlite3
+def db_dump(db_url: str | Path) -> list[str]:
+    """Every table and every row, to check that a failed command changed nothing."""
+    from sqlalchemy import inspect
 
-    conn = sqlite3.connect(db_path)
+    engine = _plain_engine(db_url)
     try:
-        return list(conn.iterdump())
+        with engine.connect() as conn:
+            out = []
+            for table in sorted(inspect(conn).get_table_names()):
+                out.append(f"table {table}")
+                rows = conn.exec_driver_sql(f'SELECT * FROM "{table}"').all()
+                out += sorted(repr(tuple(r)) for r in rows)
+            return out
     finally:
-        conn.close()
+        engine.dispose()
+
+
+def _plain_engine(db_url: str | Path):
+    """An engine without campaignctl's checks: tests look at the database as it is."""
+    from sqlalchemy import create_engine
+
+    text = str(db_url)
+    if text.startswith("postgresql://"):
+        return create_engine(text.replace("postgresql://", "postgresql+psycopg://", 1))
+    return create_engine(f"sqlite:///{text}")
+
+
+_QUERY_ENGINES: dict[str, Any] = {}
+
+
+def query(db_url: str | Path, statement: str, params: dict[str, Any] | None = None) -> list[tuple]:
+    """Rows of one portable statement (named parameters), run straight on the database
+    (tests poll with it: the engine is kept per database)."""
+    from sqlalchemy import text
+
+    engine = _QUERY_ENGINES.get(str(db_url))
+    if engine is None:
+        engine = _QUERY_ENGINES[str(db_url)] = _plain_engine(db_url)
+    with engine.begin() as conn:
+        result = conn.execute(text(statement), params or {})
+        return [tuple(r) for r in result] if result.returns_rows else []
 
 
 def campaignctl_cmd(*args: str) -> list[str]:

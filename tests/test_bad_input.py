@@ -71,15 +71,15 @@ FLEET_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(FLEET_CASES))
-def test_bad_fleet_manifest(case, cli, fleet, tmp_path, db_path):
+def test_bad_fleet_manifest(case, cli, fleet, tmp_path, db_url):
     text, expected = FLEET_CASES[case]
     path = write(tmp_path, "fleet.yaml", text)
-    before = db_dump(db_path)
+    before = db_dump(db_url)
     result = cli("devices", "import", path, code=1)
     assert result.stderr.startswith(f"Error: {tmp_path}/"), result.stderr
     assert expected in result.stderr, result.stderr
     assert result.stdout == ""
-    assert db_dump(db_path) == before
+    assert db_dump(db_url) == before
 
 
 CSV_CASES = {
@@ -94,13 +94,13 @@ CSV_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CSV_CASES))
-def test_bad_csv(case, cli, fleet, tmp_path, db_path):
+def test_bad_csv(case, cli, fleet, tmp_path, db_url):
     text, expected = CSV_CASES[case]
     path = write(tmp_path, "devices.csv", text)
-    before = db_dump(db_path)
+    before = db_dump(db_url)
     result = cli("devices", "import", path, code=1)
     assert expected in result.stderr, result.stderr
-    assert db_dump(db_path) == before
+    assert db_dump(db_url) == before
 
 
 CAMPAIGN_CASES = {
@@ -135,13 +135,13 @@ CAMPAIGN_CASES = {
 
 @pytest.mark.parametrize("command", ["create", "apply"])
 @pytest.mark.parametrize("case", sorted(CAMPAIGN_CASES))
-def test_bad_campaign_manifest(case, command, cli, fleet, tmp_path, db_path):
+def test_bad_campaign_manifest(case, command, cli, fleet, tmp_path, db_url):
     text, expected = CAMPAIGN_CASES[case]
     path = write(tmp_path, "c.yaml", text)
-    before = db_dump(db_path)
+    before = db_dump(db_url)
     result = cli(command, "-f", path, code=1)
     assert expected in result.stderr, result.stderr
-    assert db_dump(db_path) == before
+    assert db_dump(db_url) == before
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -153,11 +153,11 @@ def test_bad_campaign_manifest(case, command, cli, fleet, tmp_path, db_path):
     (["run", "--interval", "often"], "Invalid value for --interval: 'often' is not a duration"),
     (["serve", "--engine-interval", "often"], "Invalid value for --engine-interval: 'often' is not a duration"),
 ])
-def test_usage_errors_exit_2(cli, fleet, db_path, args, expected):
-    before = db_dump(db_path)
+def test_usage_errors_exit_2(cli, fleet, db_url, args, expected):
+    before = db_dump(db_url)
     result = cli(*args, code=2)
     assert expected in result.stderr, result.stderr
-    assert db_dump(db_path) == before
+    assert db_dump(db_url) == before
 
 
 def test_manifest_on_stdin_keeps_its_line_numbers(cli, fleet):
@@ -197,23 +197,25 @@ def test_missing_file(cli, tmp_path):
     (["firmwares", "add", "--device-type", "sensor-v2", "--firmware-type", "app", "--version", "1",
       "--url", "https://x/y", "--sha256", "abc"], "--sha256: must be 64 hexadecimal digits"),
 ])
-def test_bad_flags(args, expected, cli, fleet, db_path):
-    before = db_dump(db_path)
+def test_bad_flags(args, expected, cli, fleet, db_url):
+    before = db_dump(db_url)
     result = cli(*args, code=1)
     assert result.stderr.startswith("Error: ") and expected in result.stderr, result.stderr
-    assert db_dump(db_path) == before
+    assert db_dump(db_url) == before
 
 
-def test_a_bad_state_payload_is_rejected_whole(cli, fleet, db_path):
+def test_a_bad_state_payload_is_rejected_whole(cli, fleet, db_url):
     from campaignctl import db, listen
 
     warnings = []
-    ingest = listen.StateIngest(db.create_engine(db_path), warnings.append)
-    before = db_dump(db_path)
+    engine = db.create_engine(db_url)
+    ingest = listen.StateIngest(engine, warnings.append)
+    before = db_dump(db_url)
     for payload in (b'{"ok": 1, "bad key": 2}', b"[1, 2]", b"\xff\xfe", b"{}", b'{"a": NaN}'):
         ingest.add("broker", "sensor-0001", payload)
     ingest.flush()
-    assert db_dump(db_path) == before
+    engine.dispose()
+    assert db_dump(db_url) == before
     assert len(warnings) == 5 and all(w.startswith("broker: state of sensor-0001 rejected: ") for w in warnings)
     assert "key 'bad key' contains ' '" in warnings[0]
 
@@ -226,12 +228,12 @@ def test_a_bad_state_payload_is_rejected_whole(cli, fleet, db_path):
     ("devices.csv", "name,type,interface,tags\nd1,sensor-v2,broker,\"" + "a" * 140_000 + "\"\n",
      "not valid CSV: field larger than field limit"),
 ], ids=["self-referencing alias", "65-bit integer", "huge CSV field"])
-def test_inputs_that_used_to_crash(name, text, expected, cli, fleet, tmp_path, db_path):
+def test_inputs_that_used_to_crash(name, text, expected, cli, fleet, tmp_path, db_url):
     path = write(tmp_path, name, text)
-    before = db_dump(db_path)
+    before = db_dump(db_url)
     command = ["devices", "import", path] if name.endswith(".csv") else ["create", "-f", path]
     assert expected in cli(*command, code=1).stderr
-    assert db_dump(db_path) == before
+    assert db_dump(db_url) == before
 
 
 def test_csv_with_a_byte_order_mark(cli, fleet, tmp_path):
@@ -246,10 +248,10 @@ def test_csv_with_a_byte_order_mark(cli, fleet, tmp_path):
     (["firmwares", "add", "--device-type", "sensor-v2", "--firmware-type", "app", "--version", "1",
       "--url", "https://x/y", "--size", "99999999999999999999"], "--size: must be between 0 and 2^63-1"),
 ])
-def test_values_out_of_range(args, expected, cli, fleet, db_path):
-    before = db_dump(db_path)
+def test_values_out_of_range(args, expected, cli, fleet, db_url):
+    before = db_dump(db_url)
     assert expected in cli(*args, code=1).stderr
-    assert db_dump(db_path) == before
+    assert db_dump(db_url) == before
 
 
 def test_a_file_that_is_not_a_database(tmp_path):
@@ -276,24 +278,29 @@ def test_bad_mqtt_settings_are_refused_or_reported(cli, tmp_path):
     assert result.stderr.startswith("Error: interface b: TLS files (ca, cert, key) unusable")
 
 
-def test_deeply_nested_state_is_rejected_and_the_listener_goes_on(cli, fleet, db_path):
+def test_deeply_nested_state_is_rejected_and_the_listener_goes_on(cli, fleet, db_url):
     from campaignctl import db, listen
 
     warnings = []
-    ingest = listen.StateIngest(db.create_engine(db_path), warnings.append)
+    engine = db.create_engine(db_url)
+    ingest = listen.StateIngest(engine, warnings.append)
     ingest.add("broker", "sensor-0001", ("{\"a\":" + "[" * 30000 + "]" * 30000 + "}").encode())
     ingest.add("broker", "sensor-0001", b'{"ok": 1}')
     ingest.flush()
+    engine.dispose()
     assert "nested too deeply" in warnings[0] and ingest.stats.recorded == 1
 
 
-def test_sql_errors_do_not_print_their_parameters(db_path):
+def test_sql_errors_do_not_print_their_parameters(db_url):
     from sqlalchemy.exc import IntegrityError
 
     from campaignctl import db
 
-    engine = db.create_engine(db_path)
+    engine = db.create_engine(db_url)
+    insert = "INSERT INTO device_type (name, created_at) VALUES (:name, :at)"
     with pytest.raises(IntegrityError) as failure:
-        with db.write(engine) as conn:  # a duplicate key, with a token among the parameters
-            conn.exec_driver_sql("INSERT INTO meta (key, value) VALUES (?, ?)", ("revision", "tok-5ecret"))
+        with db.write(engine) as conn:  # a duplicate name, with a token among the parameters
+            db.run(conn, insert, {"name": "t", "at": "tok-5ecret"})
+            db.run(conn, insert, {"name": "t", "at": "tok-5ecret"})
     assert "tok-5ecret" not in str(failure.value)
+    engine.dispose()

@@ -155,7 +155,7 @@ def test_status_table_and_json_contract(cli, fleet, tmp_path):
     assert only["devices"] == [] and only["summary"]["total"] == 3
 
 
-def test_status_watch_refreshes_until_interrupted(cli, fleet, tmp_path, db_path):
+def test_status_watch_refreshes_until_interrupted(cli, fleet, tmp_path, db_url):
     import signal
     import subprocess
     import time
@@ -164,7 +164,7 @@ def test_status_watch_refreshes_until_interrupted(cli, fleet, tmp_path, db_path)
 
     cli("create", "-f", write(tmp_path, "c.yaml", CAMPAIGN))
     cli("launch", "interval")
-    proc = subprocess.Popen(campaignctl_cmd("--db", str(db_path), "status", "interval", "--watch", "--interval", "0.2"),
+    proc = subprocess.Popen(campaignctl_cmd("--db", str(db_url), "status", "interval", "--watch", "--interval", "0.2"),
                             env=subprocess_env(COLUMNS="120"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     time.sleep(2.0)
@@ -174,3 +174,30 @@ def test_status_watch_refreshes_until_interrupted(cli, fleet, tmp_path, db_path)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "interval  [completed]" in out and "1 valid" in out
+
+
+def test_concurrent_creates_of_one_campaign_make_one(cli, fleet, tmp_path, db_url):
+    import threading
+
+    from campaignctl import campaigns, db
+    from campaignctl.errors import ConflictError
+    from campaignctl.manifests import load_campaign
+
+    spec = load_campaign(write(tmp_path, "c.yaml", CAMPAIGN))
+    engine = db.create_engine(db_url)
+    outcomes: list[str] = []
+
+    def run() -> None:
+        try:
+            outcomes.append(campaigns.create(engine, spec).action)
+        except ConflictError:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    engine.dispose()
+    assert sorted(outcomes) == ["conflict", "conflict", "conflict", "created"]
+    assert [c["name"] for c in cli.json("list")] == ["interval"]

@@ -1,69 +1,78 @@
-"""The database: migrations, the models that mirror them, pragmas, transactions."""
+"""The database: schema revisions on both backends, SQLite's pragmas and 0.1 databases,
+PostgreSQL's connection errors, leases and snapshots under concurrency."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 
 import pytest
 
-from campaignctl import db
+from campaignctl import db, migrations
 from campaignctl.errors import CampaignctlError
-from campaignctl.migrations import MIGRATIONS
+from campaignctl.migrations.legacy_sqlite import MIGRATIONS
+from conftest import query
 
 
-def test_migrated_schema_matches_the_models(db_path):
+def test_head_constant_is_the_newest_revision():
+    from alembic.script import ScriptDirectory
+
+    from campaignctl.migrations import _config
+
+    assert ScriptDirectory.from_config(_config(None)).get_current_head() == migrations.HEAD
+
+
+def test_migrated_schema_matches_the_models(db_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
     from sqlmodel import SQLModel
 
     import campaignctl.models  # noqa: F401  (registers the tables)
 
-    db.create_engine(db_path)
-    conn = sqlite3.connect(db_path)
-    for table in SQLModel.metadata.sorted_tables:
-        columns = {r[1]: r for r in conn.execute(f"PRAGMA table_info({table.name})")}
-        assert set(columns) == {c.name for c in table.columns}, table.name
-        primary = {name for name, r in columns.items() if r[5]}
-        assert primary == {c.name for c in table.primary_key.columns}, table.name
-    conn.close()
+    engine = db.create_engine(db_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata)
+    engine.dispose()
+    assert diff == []
 
 
-def test_pragmas_and_version(db_path):
-    engine = db.create_engine(db_path)
+def test_pragmas_and_revision(sqlite_path):
+    engine = db.create_engine(sqlite_path)
     with db.read(engine) as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.BUSY_TIMEOUT_MS
-        assert conn.exec_driver_sql("PRAGMA user_version").scalar() == len(MIGRATIONS)
+        assert migrations.current_revision(conn) == migrations.HEAD
 
 
-def test_a_newer_database_is_refused(db_path):
-    db.create_engine(db_path)
-    conn = sqlite3.connect(db_path)
-    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
-    conn.close()
+def test_a_newer_database_is_refused(db_url):
+    db.create_engine(db_url).dispose()
+    query(db_url, "UPDATE alembic_version SET version_num = '9999'")
     with pytest.raises(CampaignctlError, match="newer than this campaignctl"):
-        db.create_engine(db_path)
+        db.create_engine(db_url)
 
 
-def test_write_transactions_roll_back_on_error(db_path):
-    engine = db.create_engine(db_path)
+def test_write_transactions_roll_back_on_error(db_url):
+    engine = db.create_engine(db_url)
     with pytest.raises(RuntimeError):
         with db.write(engine) as conn:
-            conn.exec_driver_sql("UPDATE meta SET value = 42 WHERE key = 'revision'")
+            db.run(conn, "UPDATE meta SET value = 42 WHERE key = 'revision'")
             raise RuntimeError("boom")
     with db.read(engine) as conn:
-        assert conn.exec_driver_sql("SELECT value FROM meta WHERE key = 'revision'").scalar() == 0
+        assert db.run(conn, "SELECT value FROM meta WHERE key = 'revision'").scalar() == 0
+    engine.dispose()
 
 
-def test_session_helper_takes_the_write_lock(db_path):
+def test_session_helper_takes_the_write_lock(sqlite_path):
     from sqlmodel import select
 
     from campaignctl.models import Meta
 
-    engine = db.create_engine(db_path)
+    engine = db.create_engine(sqlite_path)
     with db.session(engine, write=True) as session:
         meta = session.exec(select(Meta)).one()
-        other = sqlite3.connect(db_path, timeout=0)
+        other = sqlite3.connect(sqlite_path, timeout=0)
         with pytest.raises(sqlite3.OperationalError, match="locked"):
             other.execute("BEGIN IMMEDIATE")
         other.close()
@@ -81,17 +90,141 @@ def test_unwritable_location_is_a_clean_error(tmp_path):
         db.create_engine(blocker / "sub" / "c.db")
 
 
-def test_a_version_1_database_is_migrated_in_place(db_path):
-    conn = sqlite3.connect(db_path)
-    for statement in MIGRATIONS[0].split(";"):
-        if statement.strip():
-            conn.execute(statement)
+@pytest.mark.parametrize("version", [1, len(MIGRATIONS)])
+def test_a_version_0_1_database_is_migrated_in_place(sqlite_path, version):
+    conn = sqlite3.connect(sqlite_path)
+    for number in range(version):
+        for statement in MIGRATIONS[number].split(";"):
+            if statement.strip():
+                conn.execute(statement)
     conn.execute("INSERT INTO campaign (name, spec, created_at, updated_at) VALUES ('old', '{}', 'x', 'x')")
-    conn.execute("PRAGMA user_version = 1")
+    conn.execute(f"PRAGMA user_version = {version}")
     conn.commit()
     conn.close()
-    engine = db.create_engine(db_path)
+    engine = db.create_engine(sqlite_path)
     with db.read(engine) as c:
-        assert c.exec_driver_sql("PRAGMA user_version").scalar() == len(MIGRATIONS)
+        assert migrations.current_revision(c) == migrations.HEAD
         assert c.exec_driver_sql("SELECT name FROM campaign").scalar() == "old"
         assert "written_at" in {r[1] for r in c.exec_driver_sql("PRAGMA table_info(job)")}
+        assert c.exec_driver_sql("SELECT count(*) FROM job_shard").scalar() == 0
+
+
+# -- PostgreSQL: the schema is upgraded by `db upgrade` only --------------------------------
+
+
+def test_postgres_schema_is_created_by_db_upgrade_only(postgres, cli_for):
+    server, _template = postgres
+    url = server.url(server.create_database())
+    cli = cli_for(url)
+    result = cli("devices", "list", code=1)
+    assert "not initialised" in result.stderr and "campaignctl db upgrade" in result.stderr
+    assert cli("db", "status", code=1).stdout.count("current revision: none") == 1
+    cli("db", "upgrade")
+    assert cli.json("db", "status") == {"database": f"PostgreSQL database {url.rsplit('/', 1)[1]} on 127.0.0.1:"
+                                                    f"{server.port}", "backend": "postgresql",
+                                        "current": migrations.HEAD, "latest": migrations.HEAD, "up_to_date": True}
+    cli("db", "upgrade")  # twice is fine
+    assert cli.json("devices", "list") == []
+
+
+def test_postgres_at_an_older_revision_asks_for_db_upgrade(postgres, cli_for):
+    server, template = postgres
+    url = server.url(server.create_database(template))
+    query(url, "UPDATE alembic_version SET version_num = :base", {"base": migrations.BASELINE})
+    query(url, "DROP TABLE job_shard")
+    result = cli_for(url)("list", code=1)
+    assert f"at revision {migrations.BASELINE}" in result.stderr and "db upgrade" in result.stderr
+    cli_for(url)("db", "upgrade")
+    assert query(url, "SELECT count(*) FROM job_shard") == [(0,)]
+
+
+@pytest.mark.parametrize("make_url, expected", [
+    (lambda s: f"postgresql://postgres:hunter2secret@127.0.0.1:{s.port}/no_such_db",
+     'database no_such_db on 127.0.0.1:{port}: .*"no_such_db" does not exist'),
+    (lambda s: f"postgresql://nobody:hunter2secret@127.0.0.1:{s.port}/postgres",
+     'database postgres on 127.0.0.1:{port}: .*role "nobody" does not exist'),
+    (lambda s: "postgresql://postgres:hunter2secret@127.0.0.1:1/campaigns",
+     "database campaigns on 127.0.0.1:1: .*refused"),
+])
+def test_postgres_connection_errors_are_one_line_without_the_password(postgres, cli_for, make_url, expected):
+    import re
+
+    server, _ = postgres
+    result = cli_for(make_url(server))("devices", "list", code=1)
+    assert re.search(expected.format(port=server.port), result.stderr), result.stderr
+    assert "hunter2secret" not in result.stderr + result.stdout
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_the_password_of_the_url_is_never_shown(postgres, cli_for):
+    server, template = postgres
+    server.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'team') THEN "
+                   "CREATE ROLE team LOGIN PASSWORD 'hunter2secret'; END IF; END $$")
+    name = server.create_database(template)
+    server.execute(f"GRANT ALL ON SCHEMA public TO team", name)
+    server.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO team", name)
+    server.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO team", name)
+    cli = cli_for(f"postgresql://team:hunter2secret@127.0.0.1:{server.port}/{name}")
+    out = cli("--help").stdout + cli("db", "status").stdout + cli("list").stdout
+    assert "hunter2secret" not in out
+
+
+# -- PostgreSQL under concurrency -------------------------------------------------------------
+
+
+def _job(cli, tmp_path, broker, prefix):
+    from conftest import import_fleet, write
+
+    import_fleet(cli, tmp_path, broker.url, prefix, 4)
+    cli("create", "-f", write(tmp_path, "c.yaml", "name: race\ndevices: {selector: {type: sensor-v2}}\n"
+                                                  "configurations: {report_interval: 30}\n"))
+    return cli.json("launch", "race", "--detach")["id"]
+
+
+def test_only_one_of_many_concurrent_lease_takers_gets_the_job(cli, tmp_path, broker, prefix, db_url):
+    from campaignctl import jobs
+
+    job_id = _job(cli, tmp_path, broker, prefix)
+    engine = db.create_engine(db_url)
+    barrier = threading.Barrier(8)
+    owners: list = []
+
+    def take() -> None:
+        barrier.wait()
+        owners.append(jobs.try_acquire(engine, job_id))
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len([o for o in owners if o]) == 1, owners
+    engine.dispose()
+
+
+def test_a_lost_lease_fences_the_old_owner(cli, tmp_path, broker, prefix, db_url):
+    from campaignctl import engine as machine, jobs
+    from campaignctl.interfaces.base import DeliveryPolicy
+    from campaignctl.rollout import Rollout
+
+    job_id = _job(cli, tmp_path, broker, prefix)
+    engine = db.create_engine(db_url)
+    owner = jobs.acquire(engine, job_id)
+    # Another process takes the job over (as after an expiry): the first may write no more.
+    query(db_url, "UPDATE job SET lease_owner = 'elsewhere:1:x' WHERE id = :id", {"id": job_id})
+    ctx = machine.Context(engine, job_id, 1, "race", owner, jobs.Heartbeat(lambda: True, "t"), DeliveryPolicy(),
+                          Rollout.from_dict(None), 5000, 2000, {}, lambda *_: None, lambda _s: None)
+    with pytest.raises(machine.Stop):
+        with db.write(engine) as conn:
+            machine.stop_if_not_ours(conn, ctx)
+    engine.dispose()
+
+
+def test_reads_see_one_snapshot(db_url):
+    engine = db.create_engine(db_url)
+    with db.read(engine) as conn:
+        before = db.run(conn, "SELECT value FROM meta WHERE key = 'revision'").scalar()
+        with db.write(engine) as other:
+            db.run(other, "UPDATE meta SET value = value + 5 WHERE key = 'revision'")
+        assert db.run(conn, "SELECT value FROM meta WHERE key = 'revision'").scalar() == before
+    engine.dispose()

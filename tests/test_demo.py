@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import threading
 
+import pytest
+
 from conftest import campaignctl_cmd, subprocess_env
 
 
@@ -30,7 +32,19 @@ def test_demo_over_http_ends_by_itself_and_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the temporary database is gone
 
 
-def test_demo_over_mqtt(tmp_path, broker):
+@pytest.fixture
+def own_broker(tmp_path_factory):
+    """A broker of this test's own: the session's holds thousands of other tests' retained
+    messages, which a subscriber would have to wade through."""
+    from conftest import Broker
+
+    broker = Broker(tmp_path_factory.mktemp("demo-broker")).start()
+    yield broker
+    broker.stop()
+
+
+def test_demo_over_mqtt(tmp_path, own_broker):
+    broker = own_broker
     result = _run_demo(tmp_path, "--mqtt", broker.url)
     assert result.returncode == 0, result.stderr
     assert f"on MQTT broker {broker.url}" in result.stdout
@@ -46,11 +60,13 @@ def test_demo_over_mqtt(tmp_path, broker):
     done = threading.Event()
     client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2)
     client.on_connect = lambda c, *_: c.subscribe("+/+/+", qos=1)
-    client.on_subscribe = lambda *_: threading.Timer(1.0, done.set).start()
-    client.on_message = lambda _c, _u, m: seen.append(m.topic)
+    # Once subscribed, a marker published by this client reaches it after every retained
+    # message the subscription brought (the broker sends them in that order).
+    client.on_subscribe = lambda c, *_: c.publish("marker/x/y", "{}", qos=1)
+    client.on_message = lambda _c, _u, m: (seen.append(m.topic), m.topic == "marker/x/y" and done.set())
     client.connect("127.0.0.1", broker.port)
     client.loop_start()
-    assert done.wait(5)
+    assert done.wait(30)
     client.disconnect()
     client.loop_stop()
     assert "demo-probe/x/config" in seen

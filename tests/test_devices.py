@@ -110,3 +110,28 @@ def test_a_secret_key_stays_secret(cli, fleet):
     assert "abc-5ecret" not in shown and "def" not in json.loads(shown)["configuration"][0].values()
     entry = json.loads(shown)["configuration"][0]
     assert entry["desired"] == "***" and entry["reported"] == "***" and entry["secret"] is True
+
+
+def test_concurrent_imports_of_the_same_fleet_all_succeed(db_url, tmp_path, broker, prefix):
+    import threading
+
+    from campaignctl import db, fleet
+
+    path = tmp_path / "fleet.yaml"
+    path.write_text(fleet_yaml(broker.url, prefix, devices=20))
+    engine = db.create_engine(db_url)
+    results, errors = [], []
+
+    def run() -> None:
+        try:
+            results.append(fleet.import_fleet(engine, str(path)).devices.created)
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    engine.dispose()
+    assert errors == [] and sorted(results) == [0, 0, 0, 20]

@@ -53,7 +53,7 @@ def test_reported_state_over_mqtt_makes_devices_valid(cli, fleet, broker, prefix
     outcome = {}
     from campaignctl import db, listen
 
-    engine = db.create_engine(cli.db_path)
+    engine = db.create_engine(cli.db_url)
     listener = threading.Thread(target=lambda: outcome.update(
         stats=listen.listen(engine, stop=stop, flush_interval=0.05)))
     listener.start()
@@ -172,7 +172,7 @@ def test_broker_that_comes_back_during_retries_gets_everything(cli, tmp_path, pr
         broker.stop()
 
 
-def test_a_retry_sends_the_newest_document_not_a_stale_one(cli, tmp_path, prefix, db_path):
+def test_a_retry_sends_the_newest_document_not_a_stale_one(cli, tmp_path, prefix, db_url):
     """A newer document written while a delivery waits between tries must not be replaced,
     as the retained message, by the retry of the older one."""
     from conftest import free_port
@@ -184,7 +184,7 @@ def test_a_retry_sends_the_newest_document_not_a_stale_one(cli, tmp_path, prefix
     import_fleet(cli, tmp_path, f"mqtt://127.0.0.1:{port}", prefix, 1)
     cli("create", "-f", write(tmp_path, "c.yaml", "name: c\ndevices: {names: [sensor-0001]}\n"
                                                   "configurations: {mode: quiet}\n"))
-    engine = db.create_engine(db_path)
+    engine = db.create_engine(db_url)
     job_id, owner = jobs.launch(engine, "c", policy=DeliveryPolicy(attempts=3, backoff=1.5, max_backoff=1.5,
                                                                   timeout=0.5))
     runner = threading.Thread(target=rollout.advance, args=(engine, job_id, owner))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (Broker, Subscriber, campaignctl_cmd, fleet_yaml, free_port, import_fleet, subprocess_env,
+from conftest import (Broker, Subscriber, campaignctl_cmd, fleet_yaml, free_port, import_fleet, query, subprocess_env,
                       wait_until, write)
 
 DEVICES = 20
@@ -73,11 +72,11 @@ def _report_valid(cli, devices) -> None:
 class Fleet:
     """The simulator and a state listener, in this process, for as long as a test needs."""
 
-    def __init__(self, db_path: Path, **options) -> None:
+    def __init__(self, db_url: Path, **options) -> None:
         from campaignctl import db
         from campaignctl.simulator import Options, Simulator
 
-        self.engine = db.create_engine(db_path)
+        self.engine = db.create_engine(db_url)
         self.simulator = Simulator(self.engine, Options(**{"apply_delay": 0.1, "seed": 1, **options}))
         self._loop = asyncio.new_event_loop()
         self._stop = asyncio.Event()
@@ -226,7 +225,7 @@ def test_a_batch_that_can_no_longer_succeed_pauses(cli, tmp_path, broker, prefix
                               "invalid or timed out of 5")
 
 
-def test_bake_time_and_rate_limit_are_honoured(cli, fleet20, tmp_path, db_path):
+def test_bake_time_and_rate_limit_are_honoured(cli, fleet20, tmp_path, db_url):
     cli("create", "-f", _campaign(tmp_path, """\
   batches: [10, 100%]
   bake_time: 2s
@@ -236,9 +235,8 @@ def test_bake_time_and_rate_limit_are_honoured(cli, fleet20, tmp_path, db_path):
     started = time.monotonic()
     cli("launch", "roll")
     released = time.monotonic() - started
-    conn = sqlite3.connect(db_path)
     stamps = sorted(datetime.fromisoformat(r[0].replace("Z", "+00:00")).timestamp()
-                    for r in conn.execute("SELECT delivered_at FROM job_item WHERE batch = 1"))
+                    for r in query(db_url, "SELECT delivered_at FROM job_item WHERE batch = 1"))
     # 600/min is 10 a second: 10 devices are spread over about a second (the first at once).
     assert 0.7 <= stamps[-1] - stamps[0] <= 2.0, stamps[-1] - stamps[0]
     assert released >= 0.8
@@ -269,18 +267,18 @@ def test_start_at_launches_via_tick(cli, fleet20, tmp_path):
     assert data["status"] == "running" and data["summary"]["waiting"] == DEVICES
 
 
-def test_start_at_launches_via_run_and_now_overrides(cli, fleet20, tmp_path, db_path):
-    start = (datetime.now(timezone.utc) + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+def test_start_at_launches_via_run_and_now_overrides(cli, fleet20, tmp_path, db_url):
+    start = (datetime.now(timezone.utc) + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     later = (datetime.now(timezone.utc) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     cli("create", "-f", _campaign(tmp_path, "  batch_size: 20\n", extra=f"start_at: {start}\n"))
     cli("create", "-f", _campaign(tmp_path, "  batch_size: 20\n", name="later", extra=f"start_at: {later}\n"))
-    cli("launch", "roll")
+    assert "scheduled for" in cli("launch", "roll").stderr  # the worker, not the launch, starts it
     cli("launch", "later", "--now")
     assert _status(cli, "later")["status"] == "running"
-    worker = subprocess.Popen(campaignctl_cmd("--db", str(db_path), "run", "--interval", "0.2"),
+    worker = subprocess.Popen(campaignctl_cmd("--db", str(db_url), "run", "--interval", "0.2"),
                               env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: _status(cli)["status"] == "running", timeout=10)
+        wait_until(lambda: _status(cli)["status"] == "running", timeout=30)
     finally:
         worker.send_signal(signal.SIGTERM)
         _, err = worker.communicate(timeout=20)
@@ -380,7 +378,7 @@ def test_retry_redelivers_failed_devices_as_a_new_step(cli, tmp_path, prefix):
         broker.stop()
 
 
-def test_sigkill_of_a_worker_mid_rollout_then_restart(cli, fleet20, tmp_path, db_path, broker, prefix):
+def test_sigkill_of_a_worker_mid_rollout_then_restart(cli, fleet20, tmp_path, db_url, broker, prefix):
     cli("create", "-f", _campaign(tmp_path, """\
   batches: [5, 100%]
   success_threshold: 0%
@@ -391,21 +389,17 @@ def test_sigkill_of_a_worker_mid_rollout_then_restart(cli, fleet20, tmp_path, db
     env = subprocess_env()
     try:
         cli("launch", "roll")  # batch 1 now, 5 devices at 5 a second; batch 2 after the bake time, by the worker
-        worker = subprocess.Popen(campaignctl_cmd("--db", str(db_path), "run", "--interval", "0.1"), env=env,
+        worker = subprocess.Popen(campaignctl_cmd("--db", str(db_url), "run", "--interval", "0.1"), env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def delivered() -> int:
-            conn = sqlite3.connect(db_path, timeout=30)
-            try:
-                return conn.execute("SELECT count(*) FROM job_item WHERE batch = 2 AND status = 'delivered'").fetchone()[0]
-            finally:
-                conn.close()
+            return query(db_url, "SELECT count(*) FROM job_item WHERE batch = 2 AND status = 'delivered'")[0][0]
 
         wait_until(lambda: delivered() >= 3, timeout=20, interval=0.02)
         worker.send_signal(signal.SIGKILL)
         worker.wait()
         assert delivered() < 15
-        worker = subprocess.Popen(campaignctl_cmd("--db", str(db_path), "run", "--interval", "0.1"), env=env,
+        worker = subprocess.Popen(campaignctl_cmd("--db", str(db_url), "run", "--interval", "0.1"), env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_until(lambda: _status(cli)["status"] == "completed", timeout=30)
@@ -421,16 +415,14 @@ def test_sigkill_of_a_worker_mid_rollout_then_restart(cli, fleet20, tmp_path, db
     # Every device got one version of the campaign (a document re-sent after the kill is the same one).
     assert len(messages) == DEVICES
     assert all(len({m["version"] for m in docs}) == 1 for docs in messages.values())
-    conn = sqlite3.connect(db_path)
-    assert conn.execute("SELECT count(*) FROM job_item ji JOIN device_config c ON c.device_id = ji.device_id "
-                        "AND c.key = 'report_interval' WHERE c.desired_revision != ji.revision").fetchone()[0] == 0
-    conn.close()
+    assert query(db_url, "SELECT count(*) FROM job_item ji JOIN device_config c ON c.device_id = ji.device_id "
+                 "AND c.key = 'report_interval' WHERE c.desired_revision != ji.revision") == [(0,)]
 
 
-def test_wait_exit_codes_driven_by_the_simulator(cli, fleet20, tmp_path, db_path):
+def test_wait_exit_codes_driven_by_the_simulator(cli, fleet20, tmp_path, db_url):
     # 0: every device applies the configuration.
     cli("create", "-f", _campaign(tmp_path, "  batches: [5, 100%]\n", name="good"))
-    with Fleet(db_path):
+    with Fleet(db_url):
         result = cli("launch", "good", "--wait", "--timeout", "30s")
     assert result.exit_code == 0 and "completed (exit 0)" in result.stderr
     assert _status(cli, "good")["summary"]["valid"] == DEVICES
@@ -444,7 +436,7 @@ def test_wait_exit_codes_driven_by_the_simulator(cli, fleet20, tmp_path, db_path
                                               "expected_state: {report_interval: 30}\n", extra)
         Path(path).write_text(text)
         cli("create", "-f", path)
-        with Fleet(db_path, fail_rate=0.3, seed=4):
+        with Fleet(db_url, fail_rate=0.3, seed=4):
             result = cli("launch", name, "--wait", "--timeout", "30s", "--min-valid", min_valid, code=code)
         summary = _status(cli, name)["summary"]
         assert summary["timed_out"] > 0 and summary["valid"] + summary["timed_out"] == DEVICES
@@ -461,7 +453,7 @@ def test_wait_exit_codes_driven_by_the_simulator(cli, fleet20, tmp_path, db_path
     # 5: the error threshold trips.
     cli("create", "-f", _campaign(tmp_path, "  batch_size: 20\n  error_threshold: 10%\n  device_timeout: 2s\n",
                                   name="broken").replace("report_interval: 30", "report_interval: 48"))
-    with Fleet(db_path, fail_rate=0.5, seed=2):
+    with Fleet(db_url, fail_rate=0.5, seed=2):
         result = cli("launch", "broken", "--wait", "--timeout", "30s", "-o", "json", code=5)
     data = json.loads(result.stdout)
     assert data["exit_code"] == 5 and data["status"] == "paused" and "error threshold (10%)" in data["reason"]
@@ -513,7 +505,7 @@ def test_launch_json_of_a_scheduled_campaign(cli, fleet20, tmp_path):
     assert "starts at 2030-01-01 00:00:00 UTC" in cli("status", "roll").stdout
 
 
-def test_cancel_during_an_mqtt_delivery_leaves_the_broker_consistent(cli, broker, prefix, tmp_path, db_path):
+def test_cancel_during_an_mqtt_delivery_leaves_the_broker_consistent(cli, broker, prefix, tmp_path, db_url):
     """What the broker holds is what the supervision says was delivered; cancelled
     devices got nothing."""
     head, count = tmp_path / "fleet.yaml", 20000
@@ -523,15 +515,11 @@ def test_cancel_during_an_mqtt_delivery_leaves_the_broker_consistent(cli, broker
         f"m-{i:05d},sensor-v2,broker\n" for i in range(count))))
     cli("create", "-f", write(tmp_path, "c.yaml", "name: big\ndevices: {selector: {type: sensor-v2}}\n"
                                                   "configurations: {mode: eco}\n"))
-    launch = subprocess.Popen(campaignctl_cmd("--db", str(db_path), "launch", "big", "--window", "1"),
+    launch = subprocess.Popen(campaignctl_cmd("--db", str(db_url), "launch", "big", "--window", "1"),
                               env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def delivered() -> int:
-        conn = sqlite3.connect(db_path, timeout=30)
-        try:
-            return conn.execute("SELECT count(*) FROM job_item WHERE status = 'delivered'").fetchone()[0]
-        finally:
-            conn.close()
+        return query(db_url, "SELECT count(*) FROM job_item WHERE status = 'delivered'")[0][0]
 
     wait_until(lambda: delivered() > 0, timeout=30, interval=0.02)
     cli("cancel", "big")
@@ -548,7 +536,7 @@ def test_cancel_during_an_mqtt_delivery_leaves_the_broker_consistent(cli, broker
     assert on_broker == kept
 
 
-def test_retried_timed_out_devices_keep_what_they_had_on_cancel(cli, tmp_path, db_path):
+def test_retried_timed_out_devices_keep_what_they_had_on_cancel(cli, tmp_path, db_url):
     from campaignctl import db
     from campaignctl.server import Server
     from conftest import http
@@ -561,7 +549,7 @@ def test_retried_timed_out_devices_keep_what_they_had_on_cancel(cli, tmp_path, d
         expected_state: {report_interval: 30}
         rollout: {success_threshold: 0%, device_timeout: 1s}
         """))
-    engine = db.create_engine(db_path)
+    engine = db.create_engine(db_url)
     server = Server(engine, port=0, listen_mqtt=False, engine_interval=None).start()
     try:
         cli("launch", "ri")
@@ -580,11 +568,11 @@ def test_retried_timed_out_devices_keep_what_they_had_on_cancel(cli, tmp_path, d
     assert _status(cli, "ri")["devices"][0]["status"] != "cancelled"
 
 
-def test_a_worker_gives_a_slow_rollout_a_time_slice(cli, fleet20, tmp_path, db_path):
-    from campaignctl import db, engine as rollout, jobs
+def test_a_worker_gives_a_slow_rollout_a_time_slice(cli, fleet20, tmp_path, db_url):
+    from campaignctl import db, jobs, worker as rollout
 
     cli("create", "-f", _campaign(tmp_path, "  batch_size: 20\n  success_threshold: 0%\n  max_per_minute: 60\n"))
-    engine = db.create_engine(db_path)
+    engine = db.create_engine(db_url)
     job_id, owner = jobs.launch(engine, "roll")  # created, not run: the worker takes it
     jobs.release(engine, job_id, owner)
     started = time.monotonic()

@@ -11,8 +11,8 @@ import pytest
 from conftest import campaignctl_cmd, fleet_yaml, free_port, subprocess_env, wait_until, write
 
 
-def _start(db_path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(campaignctl_cmd("--db", str(db_path), *args), env=subprocess_env(),
+def _start(db_url, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(campaignctl_cmd("--db", str(db_url), *args), env=subprocess_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -38,15 +38,15 @@ def _summary(cli) -> dict[str, int]:
     return cli.json("status", "ota")["summary"]
 
 
-def test_a_thousand_mqtt_devices_converge_to_valid(cli, broker, prefix, tmp_path, db_path):
+def test_a_thousand_mqtt_devices_converge_to_valid(cli, broker, prefix, tmp_path, db_url):
     head = tmp_path / "fleet.yaml"
     head.write_text(fleet_yaml(broker.url, prefix, devices=0))
     cli("devices", "import", str(head))
     cli("devices", "import", write(tmp_path, "devices.csv", "name,type,interface,tags\n" + "".join(
         f"m-{i:04d},sensor-v2,broker,site=s{i % 3}\n" for i in range(1000))))
     _ota(cli, tmp_path, "{type: sensor-v2}")
-    listener = _start(db_path, "listen")
-    simulator = _start(db_path, "simulate", "--apply-delay", "0.2", "--seed", "1", "--offline-rate", "0.1",
+    listener = _start(db_url, "listen")
+    simulator = _start(db_url, "simulate", "--apply-delay", "0.2", "--seed", "1", "--offline-rate", "0.1",
                        "--offline-delay", "2")
     try:
         result = cli.json("launch", "ota")
@@ -64,7 +64,7 @@ def test_a_thousand_mqtt_devices_converge_to_valid(cli, broker, prefix, tmp_path
     assert device["app_token"]["reported"] is None  # devices do not echo secrets
 
 
-def test_two_hundred_http_devices_converge_to_valid_and_failures_have_a_reason(cli, tmp_path, db_path):
+def test_two_hundred_http_devices_converge_to_valid_and_failures_have_a_reason(cli, tmp_path, db_url):
     port = free_port()
     head = tmp_path / "fleet.yaml"
     head.write_text(fleet_yaml("mqtt://127.0.0.1:1", "unused", devices=0).replace(
@@ -73,8 +73,8 @@ def test_two_hundred_http_devices_converge_to_valid_and_failures_have_a_reason(c
     cli("devices", "import", write(tmp_path, "devices.csv", "name,type,interface,tags\n" + "".join(
         f"h-{i:03d},sensor-v2,devapi,\n" for i in range(200))))
     _ota(cli, tmp_path, "{type: sensor-v2}")
-    server = _start(db_path, "serve", "--port", str(port), "--no-mqtt", "--engine-interval", "0.2")
-    simulator = _start(db_path, "simulate", "--apply-delay", "0.2", "--poll-interval", "0.3",
+    server = _start(db_url, "serve", "--port", str(port), "--no-mqtt", "--engine-interval", "0.2")
+    simulator = _start(db_url, "simulate", "--apply-delay", "0.2", "--poll-interval", "0.3",
                        "--fail-rate", "0.1", "--seed", "42", "-o", "json")
     try:
         launched = cli.json("launch", "ota")
@@ -82,8 +82,9 @@ def test_two_hundred_http_devices_converge_to_valid_and_failures_have_a_reason(c
         from campaignctl import db
         from campaignctl.simulator import Options, Simulator
 
-        failing = {d.name for d in Simulator(db.create_engine(db_path), Options(fail_rate=0.1, seed=42)).devices
-                   if d.fails}
+        engine = db.create_engine(db_url)
+        failing = {d.name for d in Simulator(engine, Options(fail_rate=0.1, seed=42)).devices if d.fails}
+        engine.dispose()
         assert 5 < len(failing) < 40
         wait_until(lambda: _summary(cli)["valid"] == 200 - len(failing), timeout=60, interval=0.5)
         data = wait_until(lambda: (d := cli.json("status", "ota"))["status"] == "completed" and d, timeout=10)
@@ -101,11 +102,11 @@ def test_two_hundred_http_devices_converge_to_valid_and_failures_have_a_reason(c
     assert errors["last_error"].startswith("apply failed")
 
 
-def test_same_seed_same_fleet(cli, fleet, db_path):
+def test_same_seed_same_fleet(cli, fleet, db_url):
     from campaignctl import db
     from campaignctl.simulator import Options, Simulator
 
-    engine = db.create_engine(db_path)
+    engine = db.create_engine(db_url)
     options = Options(fail_rate=0.5, offline_rate=0.5, seed=9)
 
     def pick(o: Options):
@@ -113,6 +114,7 @@ def test_same_seed_same_fleet(cli, fleet, db_path):
 
     assert pick(options) == pick(options)
     assert pick(options) != pick(Options(fail_rate=0.5, offline_rate=0.5, seed=10))
+    engine.dispose()
 
 
 @pytest.mark.parametrize("args, error", [

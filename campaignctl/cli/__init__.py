@@ -6,7 +6,6 @@ commands so that ``campaignctl --help`` stays fast.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -25,6 +24,28 @@ class _Group(TyperGroup):
         except CampaignctlError as exc:
             typer.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except Exception as exc:
+            # The database failing under a command (server gone, permission denied, disk
+            # full): one line naming the database, never a traceback with SQL.
+            message = _database_error(exc, ctx)
+            if message is None:
+                raise
+            typer.echo(f"Error: {message}", err=True)
+            ctx.exit(1)
+
+
+def _database_error(exc: Exception, ctx: typer.Context) -> str | None:
+    if not type(exc).__module__.startswith("sqlalchemy"):
+        return None
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(exc, DBAPIError):
+        return None
+    from campaignctl import db
+
+    engine = (ctx.obj or {}).get("engine") if isinstance(ctx.obj, dict) else None
+    location = db.location_of(engine) if engine is not None else db.locate(db.default_path())
+    return str(db.friendly(exc, location))
 
 
 app = typer.Typer(
@@ -50,9 +71,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     ctx: typer.Context,
-    db: Optional[Path] = typer.Option(
-        None, "--db", envvar="CAMPAIGNCTL_DB", metavar="PATH",
-        help="SQLite database [default: $XDG_DATA_HOME/campaignctl/campaignctl.db].",
+    db: Optional[str] = typer.Option(
+        None, "--db", envvar="CAMPAIGNCTL_DB", metavar="PATH|URL", show_envvar=False,
+        help="SQLite file, or postgresql://USER@HOST/DATABASE (password from PGPASSWORD or ~/.pgpass) "
+             "[default: $XDG_DATA_HOME/campaignctl/campaignctl.db].",
     ),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
@@ -60,11 +82,12 @@ def _root(
 
 
 def _register() -> None:
-    from campaignctl.cli import campaigns, demo, devices, firmwares, jobs, listen, rollout, serve, simulate
+    from campaignctl.cli import campaigns, database, demo, devices, firmwares, jobs, listen, rollout, serve, simulate
 
     app.add_typer(devices.app, name="devices", help="Import, list and inspect devices; set and report values.")
     app.add_typer(firmwares.app, name="firmwares", help="The firmware registry.")
     app.add_typer(jobs.app, name="jobs", help="Launch jobs: list, inspect, resume after a crash.")
+    app.add_typer(database.app, name="db", help="The database's schema: upgrade, status.")
     for command in campaigns.COMMANDS:
         app.command(command.__name__.rstrip("_").replace("_", "-"))(command)
     for command in (rollout.pause, rollout.resume, rollout.cancel, rollout.retry, rollout.run, rollout.tick):

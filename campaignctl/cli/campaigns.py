@@ -114,11 +114,18 @@ def launch(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
                                       help="Deliveries in flight at once per interface."),
            chunk_size: int = typer.Option(5000, "--chunk-size", min=1, metavar="N",
                                           help="Devices written per database transaction."),
+           shard_size: int = typer.Option(2000, "--shard-size", min=1, metavar="N",
+                                          help="Devices per shard: the unit of delivery a worker claims."),
+           detach: bool = typer.Option(False, "--detach",
+                                       help="Create the job and return: running workers (campaignctl run) deliver it."),
            output: Output = OutputOption) -> None:
-    """Launch a campaign: write the desired configurations, then deliver them, batch by batch."""
+    """Launch a campaign: write the desired configurations, then deliver them, batch by batch
+    (running workers help with the delivery)."""
     from campaignctl import jobs
     from campaignctl.interfaces.base import DeliveryPolicy
 
+    if detach and wait:
+        raise typer.BadParameter("cannot be combined with --wait (use status NAME --wait)", param_hint="--detach")
     if not wait and (timeout is not None or min_valid != "100%"):
         raise typer.BadParameter("goes with --wait (the delivery timeout is --ack-timeout)",
                                  param_hint="--timeout" if timeout is not None else "--min-valid")
@@ -126,7 +133,7 @@ def launch(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
     policy = DeliveryPolicy(attempts=attempts, timeout=ack_timeout, backoff=backoff, max_backoff=max_backoff,
                             window=window)
     db = engine(ctx)
-    job_id, owner = jobs.launch(db, name, policy=policy, chunk_size=chunk_size, now=now)
+    job_id, owner = jobs.launch(db, name, policy=policy, chunk_size=chunk_size, shard_size=shard_size, now=now)
     if job_id is None:
         from campaignctl.supervision import campaign_status
 
@@ -139,6 +146,13 @@ def launch(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
             print_json({"campaign": name, "status": "scheduled", "start_at": start_at, "job": None})
         return
     info(f"campaign {name}: launched, job {job_id}")
+    if detach:
+        jobs.release(db, job_id, owner)
+        info("detached: any `campaignctl run`, `serve` or `tick` delivers it; follow it with "
+             f"`campaignctl status {name}` or `campaignctl jobs show {job_id}`")
+        if output is Output.json:
+            print_json(jobs.show(db, job_id))
+        return
     # With --wait, the exit code tells the outcome: failed deliveries count there.
     advance_job(db, job_id, owner, output if not wait else None, fail_on_failed=not wait,
                 slice_seconds=limits[0] if limits else None)
@@ -160,21 +174,24 @@ def _wait_limits(timeout: Optional[str], min_valid: str) -> tuple[Optional[float
     return seconds, share
 
 
-def advance_job(db: Any, job_id: int, owner: str, output: Optional[Output], *, fail_on_failed: bool = True,
-                slice_seconds: Optional[float] = None) -> None:
-    """Run the engine on a job whose lease ``owner`` holds, in this process, with a
-    progress bar, and say where it stopped."""
-    from campaignctl import engine as rollout, jobs
+def advance_job(db: Any, job_id: int, owner: Optional[str], output: Optional[Output], *,
+                fail_on_failed: bool = True, slice_seconds: Optional[float] = None) -> bool:
+    """Drive a job in this process (taking its lease unless ``owner`` holds it), with a
+    progress bar, and say where it stopped; False when another process drives it."""
+    from campaignctl import jobs, worker
     from campaignctl.errors import CampaignctlError
 
     started = time.monotonic()
     try:
         with progress_bar() as progress:
-            outcome = rollout.advance(db, job_id, owner, progress=progress, slice_seconds=slice_seconds)
+            outcome = worker.drive(db, job_id, owner=owner, progress=progress, slice_seconds=slice_seconds)
     except KeyboardInterrupt:
         info(f"interrupted: job {job_id} stopped where it was; campaignctl jobs resume {job_id} (or any "
              "`campaignctl serve` / `run`) continues it")
         raise typer.Exit(130)
+    if outcome is None:
+        info("another process runs this job: it goes on there")
+        return False
     result = jobs.show(db, job_id)
     counts = result["counts"]
     if output is Output.json:
@@ -196,6 +213,7 @@ def advance_job(db: Any, job_id: int, owner: str, output: Optional[Output], *, f
     if fail_on_failed and result["status"] == "failed" and outcome == "completed":
         raise CampaignctlError(f"{counts['failed']} device(s) could not be delivered "
                                f"(campaignctl jobs show {job_id})")
+    return True
 
 
 def _wait(db: Any, name: str, output: Output, timeout: Optional[float], min_valid: float, *,
@@ -203,7 +221,7 @@ def _wait(db: Any, name: str, output: Output, timeout: Optional[float], min_vali
     """status --wait: live view on a terminal, the final result only otherwise; exit code."""
     import sys
 
-    from campaignctl.engine import wait
+    from campaignctl.wait import wait
 
     live = None
     if output is Output.table and sys.stdout.isatty():

@@ -26,7 +26,7 @@ def list_(ctx: typer.Context, output: Output = OutputOption) -> None:
 @app.command("show")
 def show(ctx: typer.Context, job_id: int = typer.Argument(..., metavar="ID"),
          output: Output = OutputOption) -> None:
-    """A job: status, counters and the error of every failed device."""
+    """A job: status, counters, shards and the error of every failed device."""
     from campaignctl import jobs
 
     job = jobs.show(engine(ctx), job_id)
@@ -43,6 +43,10 @@ def show(ctx: typer.Context, job_id: int = typer.Argument(..., metavar="ID"),
         typer.echo("steps: " + ", ".join(
             f"{s['number']}: {'batch ' + str(s['batch']) if s['kind'] == 'batch' else 'retry'} ({s['devices']} device(s))"
             for s in job["steps"]))
+    if job["shards"]:
+        show_table(["shard", "devices", "status", "worker", "delivered", "failed", "started", "finished"],
+                   [(s["number"], s["size"], s["status"], s["worker"] or "-", s["delivered"], s["failed"],
+                     s["started_at"] or "-", s["finished_at"] or "-") for s in job["shards"]], title="shards")
     if job["errors"]:
         show_table(["device", "attempts", "error", "at"],
                    [(e["device"], e["attempts"], e["error"], e["at"]) for e in job["errors"]])

@@ -11,34 +11,30 @@ from campaignctl.cli.common import Output, OutputOption, engine, info, print_jso
 
 def pause(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME")) -> None:
     """Pause a running campaign: no new deliveries until resume."""
-    from campaignctl import engine as rollout
+    from campaignctl import control
 
-    rollout.pause(engine(ctx), name)
+    control.pause(engine(ctx), name)
     info(f"campaign {name}: paused (a delivery in progress stops within a second)")
 
 
 def resume(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
            output: Output = OutputOption) -> None:
     """Resume a paused campaign where it stopped (a batch that tripped the breaker is accepted)."""
-    from campaignctl import engine as rollout, jobs
+    from campaignctl import control
     from campaignctl.cli.campaigns import advance_job
 
     db = engine(ctx)
-    job_id = rollout.resume(db, name)
+    job_id = control.resume(db, name)
     info(f"campaign {name}: resumed, job {job_id}")
-    owner = jobs.try_acquire(db, job_id)
-    if owner is None:
-        info("another process runs this job: it continues there")
-        return
-    advance_job(db, job_id, owner, output)
+    advance_job(db, job_id, None, output)
 
 
 def cancel(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
            output: Output = OutputOption) -> None:
     """Cancel a campaign: devices not yet delivered are never touched; delivered ones keep it."""
-    from campaignctl import engine as rollout
+    from campaignctl import control
 
-    result = rollout.cancel(engine(ctx), name)
+    result = control.cancel(engine(ctx), name)
     job = result["job"]
     if output is Output.json:
         print_json(result)
@@ -57,19 +53,15 @@ def retry(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
           timed_out: bool = typer.Option(False, "--timed-out", help="Timed-out devices too."),
           output: Output = OutputOption) -> None:
     """Re-deliver to failed (and timed-out) devices only, as a new step of the same job."""
-    from campaignctl import engine as rollout, jobs
+    from campaignctl import control, jobs
     from campaignctl.cli.campaigns import advance_job
-
     from campaignctl.errors import CampaignctlError
 
     db = engine(ctx)
-    job_id, targets = rollout.retry(db, name, devices=device, timed_out=timed_out)
+    job_id, targets = control.retry(db, name, devices=device, timed_out=timed_out)
     info(f"campaign {name}: retrying {len(targets)} device(s) in job {job_id}")
-    owner = jobs.try_acquire(db, job_id)
-    if owner is None:
-        info("another process runs this job: it delivers them")
+    if not advance_job(db, job_id, None, output, fail_on_failed=False):
         return
-    advance_job(db, job_id, owner, output, fail_on_failed=False)
     failed = {e["device"] for e in jobs.show(db, job_id)["errors"]} & set(targets)
     if failed:
         raise CampaignctlError(f"{len(failed)} of the {len(targets)} retried device(s) could not be delivered "
@@ -77,9 +69,12 @@ def retry(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
 
 
 def run(ctx: typer.Context,
-        interval: str = typer.Option("2s", "--interval", metavar="DURATION", help="Time between two passes.")) -> None:
-    """Run the rollout engine until interrupted: starts scheduled campaigns, promotes batches."""
-    from campaignctl import engine as rollout
+        interval: str = typer.Option("2s", "--interval", metavar="DURATION", help="Time between two passes."),
+        processes: int = typer.Option(1, "--processes", min=1, max=64, metavar="N",
+                                      help="Worker processes to start on this machine.")) -> None:
+    """Run workers until interrupted: deliver shards of any job, start scheduled campaigns,
+    promote batches. Any number of workers, on any machines, can share one database."""
+    from campaignctl import worker
     from campaignctl.rollout import parse_duration
 
     try:
@@ -92,16 +87,22 @@ def run(ctx: typer.Context,
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    db = engine(ctx)
     info(f"rollout engine: a pass every {interval}; Ctrl-C stops")
-    rollout.run_worker(engine(ctx), interval=seconds, info=info)
+    if processes == 1:
+        worker.run_worker(db, interval=seconds, info=info)
+    else:
+        from campaignctl.db import location_of
+
+        worker.run_workers(location_of(db).target, processes, interval=seconds, info=info)
     info("stopped")
 
 
 def tick(ctx: typer.Context, output: Output = OutputOption) -> None:
     """One pass of the rollout engine (for cron): advance every campaign that is due."""
-    from campaignctl import engine as rollout
+    from campaignctl import worker
 
-    results = rollout.tick(engine(ctx), info=info)
+    results = worker.tick(engine(ctx), info=info)
     if output is Output.json:
         print_json(results)
         return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from campaignctl.cli.common import engine, info
@@ -11,12 +13,19 @@ def serve(ctx: typer.Context,
           host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
           port: int = typer.Option(8080, "--port", min=0, max=65535, metavar="PORT", help="Port to bind (0: any free port)."),
           no_mqtt: bool = typer.Option(False, "--no-mqtt", help="Do not run the MQTT state listeners."),
+          share: Optional[str] = typer.Option(None, "--share", metavar="GROUP",
+                                              help="MQTT listeners join this shared-subscription group: several "
+                                                   "serve split the state messages between them."),
           access_log: bool = typer.Option(False, "--access-log", help="Log every request on stderr."),
           engine_interval: str = typer.Option("2s", "--engine-interval", metavar="DURATION",
                                               help="Time between two passes of the rollout engine."),
           no_engine: bool = typer.Option(False, "--no-engine", help="Do not run the rollout engine."),
           openapi: bool = typer.Option(False, "--openapi", help="Print the OpenAPI description and exit.")) -> None:
     """Run the HTTP device API and the MQTT state listeners until interrupted."""
+    if share is not None:
+        from campaignctl.listen import check_share
+
+        check_share(share)
     db = engine(ctx)
     if openapi:
         import json
@@ -40,7 +49,7 @@ def serve(ctx: typer.Context,
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--engine-interval") from None
     server = Server(db, host, port, listen_mqtt=not no_mqtt, engine_interval=interval, info=info,
-                    warn=lambda m: info(f"warning: {m}"), access_log=access_log).start()
+                    warn=lambda m: info(f"warning: {m}"), access_log=access_log, share=share).start()
     info(f"serving the device API on http://{host}:{server.port} (OpenAPI: /docs, /openapi.json); Ctrl-C stops")
     try:
         server.wait()

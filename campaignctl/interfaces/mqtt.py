@@ -219,9 +219,12 @@ class StateListener:
 
     def __init__(self, name: str, settings: Settings,
                  on_state: Callable[[str, str, bytes], None],
-                 on_event: Callable[[str], None] | None = None) -> None:
+                 on_event: Callable[[str], None] | None = None, *, share: str | None = None) -> None:
         self.name, self.settings = name, settings
         self.on_state, self.on_event = on_state, on_event or (lambda _m: None)
+        # A shared subscription ($share/GROUP/...): the broker hands each state message to
+        # one listener of the group, so several `serve` split the ingestion between them.
+        self.topic = f"$share/{share}/{settings.state_topic()}" if share else settings.state_topic()
         self.client: Any = None
 
     def start(self, timeout: float = 10.0) -> None:
@@ -236,8 +239,8 @@ class StateListener:
             if reason.is_failure:
                 self.on_event(f"{self.name}: broker refused the connection: {reason}")
                 return
-            c.subscribe(settings.state_topic(), qos=1)
-            self.on_event(f"{self.name}: subscribed to {settings.state_topic()} on {settings.host}:{settings.port}")
+            c.subscribe(self.topic, qos=1)
+            self.on_event(f"{self.name}: subscribed to {self.topic} on {settings.host}:{settings.port}")
 
         def on_disconnect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
             if self.client is not None:  # not our own stop()

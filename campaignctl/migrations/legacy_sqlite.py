@@ -1,6 +1,7 @@
-"""Numbered schema migrations, tracked in ``PRAGMA user_version``.
+"""The numbered SQLite migrations of campaignctl 0.1, tracked in ``PRAGMA user_version``.
 
-Append new migrations at the end; never edit one that has shipped.
+Frozen: they only bring databases made by that release to the baseline Alembic
+revision (``versions/0001``); every later change is an Alembic revision.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING
 from campaignctl.errors import CampaignctlError
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection
 
 MIGRATIONS: list[str] = [
     # 1: interfaces, device types, devices, configuration entries, firmwares, campaigns, jobs
@@ -191,26 +192,20 @@ MIGRATIONS: list[str] = [
 ]
 
 
-def migrate(engine: "Engine") -> int:
-    """Bring the database to the latest schema; returns the version it is at."""
-    from campaignctl.db import write
-
-    with engine.connect() as conn:
-        if conn.exec_driver_sql("PRAGMA user_version").scalar() == len(MIGRATIONS):
-            return len(MIGRATIONS)  # the common case: no write lock taken
-    with write(engine) as conn:
-        raw = conn.connection.driver_connection
-        current = raw.execute("PRAGMA user_version").fetchone()[0]
-        if current > len(MIGRATIONS):
-            raise CampaignctlError(
-                f"the database is at schema version {current}, newer than this campaignctl "
-                f"knows ({len(MIGRATIONS)}); upgrade campaignctl"
-            )
-        for number in range(current + 1, len(MIGRATIONS) + 1):
-            for statement in _statements(MIGRATIONS[number - 1]):
-                raw.execute(statement)
-            raw.execute(f"PRAGMA user_version = {number}")
-        return len(MIGRATIONS)
+def migrate_legacy(conn: "Connection") -> None:
+    """Bring a campaignctl 0.1 database (at any numbered version) to the last one, in
+    the caller's write transaction; the baseline Alembic revision describes the result."""
+    raw = conn.connection.driver_connection
+    current = raw.execute("PRAGMA user_version").fetchone()[0]
+    if current > len(MIGRATIONS):
+        raise CampaignctlError(
+            f"the database is at schema version {current}, newer than this campaignctl "
+            f"knows ({len(MIGRATIONS)}); upgrade campaignctl"
+        )
+    for number in range(current + 1, len(MIGRATIONS) + 1):
+        for statement in _statements(MIGRATIONS[number - 1]):
+            raw.execute(statement)
+        raw.execute(f"PRAGMA user_version = {number}")
 
 
 def _statements(script: str) -> list[str]:

@@ -1,0 +1,156 @@
+"""What users do to a running rollout: pause, resume, cancel, retry.
+
+Each is a change of state in the database; the process that drives the job (and every
+worker delivering its shards) sees it at its next step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from campaignctl import db, dialect, jobs
+from campaignctl.errors import ConflictError, InputError, NotFoundError
+from campaignctl.rollout import Rollout
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+def campaign_row(conn: "Connection", name: str) -> Any:
+    """The campaign's id, name, status and reason; locked in a write transaction, so
+    that two users' commands on it happen one after the other."""
+    lock = dialect.for_update(conn) if conn.get_execution_options().get("write") else ""
+    row = db.run(conn, "SELECT id, name, status, reason FROM campaign WHERE name = :name" + lock,
+                 {"name": name}).one_or_none()
+    if row is None:
+        raise NotFoundError(f"no campaign named {name!r}")
+    return row
+
+
+def pause(engine: "Engine", name: str) -> None:
+    stamp = db.utcnow()
+    with db.write(engine) as conn:
+        row = campaign_row(conn, name)
+        if row.status == "paused":
+            return
+        if row.status != "running":
+            raise ConflictError(f"campaign {name!r} is {row.status}: only a running campaign can be paused")
+        db.run(conn, "UPDATE campaign SET status = 'paused', reason = :reason, updated_at = :now WHERE id = :id",
+               {"reason": f"paused by a user at {stamp}", "now": stamp, "id": row.id})
+        db.run(conn, "UPDATE job SET status = 'paused' WHERE campaign_id = :id AND step != 'done'", {"id": row.id})
+
+
+def resume(engine: "Engine", name: str) -> int:
+    """Resume a paused campaign where it stopped; a batch that tripped the breaker is
+    accepted as it is (no more thresholds for it). Returns the job id."""
+    stamp = db.utcnow()
+    with db.write(engine) as conn:
+        row = campaign_row(conn, name)
+        if row.status != "paused":
+            raise ConflictError(f"campaign {name!r} is {row.status}: only a paused campaign can be resumed")
+        job_id = jobs.latest_job(conn, row.id)
+        db.run(conn, "UPDATE campaign SET status = 'running', reason = NULL, updated_at = :now WHERE id = :id",
+               {"now": stamp, "id": row.id})
+        tripped = db.run(conn, "SELECT number, delivered_at FROM job_batch WHERE job_id = :job AND status = 'tripped'",
+                         {"job": job_id}).first()
+        if tripped is not None:
+            pending = db.run(conn, "SELECT count(*) FROM job_item WHERE job_id = :job AND batch = :batch "
+                             "AND status = 'pending'", {"job": job_id, "batch": tripped[0]}).scalar()
+            # Back to the phase it tripped in: releasing, delivering, or baking.
+            phase = "releasing" if pending else "baking" if tripped[1] else "delivering"
+            db.run(conn, "UPDATE job_batch SET status = :phase, accepted = true, finished_at = NULL, "
+                   "reason = 'resumed by a user after: ' || coalesce(reason, '') WHERE job_id = :job AND number = :number",
+                   {"phase": phase, "job": job_id, "number": tripped[0]})
+        db.run(conn, "UPDATE job SET status = 'in_progress' WHERE id = :id", {"id": job_id})
+    return job_id
+
+
+def cancel(engine: "Engine", name: str, *, wait: float = 10.0) -> dict[str, Any]:
+    """Cancel a scheduled, running or paused campaign: what was delivered stays, the
+    rest is never touched. Returns the job's summary (None when it never started)."""
+    stamp = db.utcnow()
+    with db.write(engine) as conn:
+        row = campaign_row(conn, name)
+        if row.status not in ("scheduled", "running", "paused"):
+            raise ConflictError(f"campaign {name!r} is {row.status}: only a scheduled, running or paused campaign "
+                                "can be cancelled" + (" (delete a draft instead)" if row.status == "draft" else ""))
+        db.run(conn, "UPDATE campaign SET status = 'cancelled', reason = :reason, updated_at = :now, "
+               "completed_at = :now WHERE id = :id", {"reason": f"cancelled by a user at {stamp}", "now": stamp,
+                                                     "id": row.id})
+        job_id = jobs.latest_job(conn, row.id)
+    if job_id is None:
+        return {"job": None}
+    deadline = time.monotonic() + wait
+    while True:
+        owner = jobs.try_acquire(engine, job_id)
+        if owner is not None:
+            from campaignctl.engine import advance
+
+            advance(engine, job_id, owner)
+            break
+        with db.read(engine) as conn:
+            if jobs.job_row(conn, job_id).step == "done":
+                break  # the process that runs it did it
+        if time.monotonic() > deadline:
+            break  # that process stops at its next step
+        time.sleep(0.1)
+    with db.read(engine) as conn:
+        return {"job": jobs.summary(conn, job_id)}
+
+
+def retry(engine: "Engine", name: str, *, devices: list[str] | None = None,
+          timed_out: bool = False) -> tuple[int, list[str]]:
+    """Re-deliver to failed (and, with ``timed_out``, timed-out) devices only, as a new
+    step of the job; their previous outcome is kept in the job's history. Returns (job
+    id, the devices retried)."""
+    from campaignctl.supervision import device_statuses
+
+    stamp = db.utcnow()
+    with db.write(engine) as conn:
+        row = campaign_row(conn, name)
+        if row.status not in ("running", "completed"):
+            hint = " (resume it first: a paused campaign delivers nothing)" if row.status == "paused" else ""
+            raise ConflictError(f"campaign {name!r} is {row.status}: only a running or completed campaign can be "
+                                f"retried{hint}")
+        job_id = jobs.latest_job(conn, row.id)
+        job = jobs.job_row(conn, job_id)
+        settings = json.loads(job.settings)
+        states = device_statuses(conn, job_id, json.loads(job.plan), Rollout.from_dict(settings.get("rollout")))
+        wanted = {"failed", "timed_out"} if timed_out else {"failed"}
+        eligible = {d["device"]: d for d in states if d["status"] in wanted}
+        if devices:
+            unknown = [d for d in devices if d not in eligible]
+            if unknown:
+                kinds = " or timed out" if timed_out else ""
+                raise InputError(f"not failed{kinds} in campaign {name!r}: {', '.join(unknown)}", field="--device")
+            targets = [eligible[d] for d in devices]
+        else:
+            targets = list(eligible.values())
+        if not targets:
+            raise ConflictError(f"campaign {name!r} has no failed{' or timed-out' if timed_out else ''} device to retry")
+        ids: dict[str, int] = {}
+        names = [t["device"] for t in targets]
+        for start in range(0, len(names), 5000):
+            ids.update(db.run(conn, "SELECT name, id FROM device WHERE name IN :names",
+                              {"names": names[start : start + 5000]}, "names").all())
+        step = db.run(conn, "SELECT coalesce(max(number), 0) + 1 FROM job_step WHERE job_id = :job",
+                      {"job": job_id}).scalar()
+        db.run(conn, "INSERT INTO job_step (job_id, number, kind, devices, started_at) "
+               "VALUES (:job, :step, 'retry', :devices, :now)",
+               {"job": job_id, "step": step, "devices": len(targets), "now": stamp})
+        db.run(conn,
+            "INSERT INTO job_item_history (job_id, device_id, step, status, attempts, error, at) "
+            "SELECT job_id, device_id, :step, :status, attempts, coalesce(error, CAST(:reason AS TEXT)), :now "
+            "FROM job_item WHERE job_id = :job AND device_id = :device",
+            [{"step": step, "status": t["status"], "reason": t["reason"], "now": stamp, "job": job_id,
+              "device": ids[t["device"]]} for t in targets])
+        db.run(conn, "UPDATE job_item SET status = 'syncing', error = NULL, delivered_at = NULL, updated_at = :now "
+               "WHERE job_id = :job AND device_id = :device",
+               [{"now": stamp, "job": job_id, "device": ids[t["device"]]} for t in targets])
+        db.run(conn, "UPDATE job SET status = 'in_progress', step = 'deliver', finished_at = NULL WHERE id = :id",
+               {"id": job_id})
+        if row.status == "completed":
+            db.run(conn, "UPDATE campaign SET status = 'running', completed_at = NULL, updated_at = :now "
+                   "WHERE id = :id", {"now": stamp, "id": row.id})
+    return job_id, [t["device"] for t in targets]

@@ -1,0 +1,85 @@
+"""What differs between SQLite and PostgreSQL, and nothing else.
+
+Every other module writes portable SQL (named parameters, ``IS DISTINCT FROM``,
+``ON CONFLICT``, ``RETURNING``, boolean ``OR``/``CASE`` rather than arithmetic) and asks
+here for the few fragments that cannot be: building a device's JSON document, looking
+up a tag, the separator of packed subquery results, the database's clock, and row locks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+
+def is_postgres(conn: "Connection | Any") -> bool:
+    return bool(conn.dialect.name == "postgresql")
+
+
+def document_object(conn: "Connection", key: str, value: str, where: str) -> str:
+    """An aggregate building ``{"key":value,...}`` from canonical JSON texts, keys in
+    byte order, no spaces: devices compare documents, so both backends must give the
+    same bytes (PostgreSQL's ``json_object_agg`` adds spaces). NULL or ``{}`` when
+    ``where`` keeps no row."""
+    if is_postgres(conn):
+        return (f"'{{' || string_agg(to_json({key})::text || ':' || {value}, ',' ORDER BY {key} COLLATE \"C\") "
+                f"FILTER (WHERE {where}) || '}}'")
+    # SQLite aggregates in scan order: the (device_id, key) primary key's byte order.
+    return f"json_group_object({key}, json({value})) FILTER (WHERE {where})"
+
+
+def tag_equals(conn: "Connection", alias: str, key: str, value: str, n: int) -> tuple[str, dict[str, Any]]:
+    """A clause: the device's tag ``key`` equals ``value`` (tags are a JSON object of strings)."""
+    names = {"key": f"tag_key_{n}", "value": f"tag_value_{n}"}
+    if is_postgres(conn):
+        return (f"(CAST({alias}.tags AS jsonb) ->> :{names['key']}) = :{names['value']}",
+                {names["key"]: key, names["value"]: value})
+    return (f"json_extract({alias}.tags, :{names['key']}) = :{names['value']}",
+            {names["key"]: '$."' + key.replace('"', '\\"') + '"', names["value"]: value})
+
+
+def separator(conn: "Connection") -> str:
+    """A character no key, name or timestamp holds, to pack several values in one
+    scalar subquery's result."""
+    return "chr(31)" if is_postgres(conn) else "char(31)"
+
+
+def clock(conn: "Connection") -> str:
+    """The database's clock in epoch seconds: leases are timed by it, not by each
+    worker's own clock (SQLite's is the one machine's)."""
+    if is_postgres(conn):
+        return "CAST(extract(epoch FROM clock_timestamp()) AS double precision)"
+    return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+def for_update(conn: "Connection", *, skip_locked: bool = False) -> str:
+    """The row-lock suffix of a SELECT in a write transaction. SQLite needs none: its
+    writers hold the database's write lock from BEGIN IMMEDIATE on."""
+    if not is_postgres(conn):
+        return ""
+    return " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
+
+
+def serialize_schema_changes(conn: "Connection") -> None:
+    """Two ``db upgrade`` at once: the second waits for the first (SQLite: the write lock)."""
+    if is_postgres(conn):
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7350451)")
+
+
+def exclusive(conn: "Connection", name: str) -> None:
+    """Until this write transaction ends, no other one passes ``exclusive`` with the same
+    ``name``: for work that reads, decides and writes rows that may not exist yet (a
+    fleet import), which row locks cannot cover. SQLite: its write lock already does."""
+    if is_postgres(conn):
+        from sqlalchemy import text
+
+        conn.execute(text("SELECT pg_advisory_xact_lock(7350451, hashtext(:name))"), {"name": name})
+
+
+def autocommit(conn: "Connection") -> "Connection":
+    """``conn`` for reads that are each one statement, without BEGIN and COMMIT: on
+    PostgreSQL in autocommit (two round trips fewer a read); SQLite's connections are
+    in autocommit already outside the transactions ``campaignctl.db`` begins."""
+    return conn.execution_options(isolation_level="AUTOCOMMIT") if is_postgres(conn) else conn

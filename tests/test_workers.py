@@ -1,0 +1,181 @@
+"""Distributed delivery: several worker processes share one campaign's shards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Subscriber, campaignctl_cmd, fleet_yaml, query, subprocess_env, wait_until, write
+
+DEVICES = 20_000
+
+
+@pytest.fixture
+def big_fleet(cli, broker, prefix, tmp_path) -> int:
+    head = tmp_path / "fleet.yaml"
+    head.write_text(fleet_yaml(broker.url, prefix, devices=0))
+    cli("devices", "import", str(head))
+    csv = tmp_path / "devices.csv"
+    csv.write_text("name,type,interface\n" + "".join(f"w-{i:05d},sensor-v2,broker\n" for i in range(DEVICES)))
+    cli("devices", "import", str(csv))
+    cli("create", "-f", write(tmp_path, "c.yaml", "name: big\ndevices: {selector: {type: sensor-v2}}\n"
+                                                  "configurations: {mode: eco}\n"))
+    return DEVICES
+
+
+class Workers:
+    """``campaignctl run --processes N``, stopped (SIGTERM) at the end of the test."""
+
+    def __init__(self, db_url: str, processes: int) -> None:
+        self.proc = subprocess.Popen(campaignctl_cmd("--db", db_url, "run", "--interval", "0.2", "--processes",
+                                                     str(processes)),
+                                     env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        _out, err = self.proc.communicate(timeout=60)
+        return err
+
+
+def _shards(db_url: str) -> list[tuple]:
+    return query(db_url, "SELECT number, status, worker, delivered, failed FROM job_shard ORDER BY number")
+
+
+def _delivered(db_url: str) -> int:
+    return query(db_url, "SELECT count(*) FROM job_item WHERE status = 'delivered'")[0][0]
+
+
+def _check_broker(broker, prefix: str, db_url: str) -> None:
+    """Every device's retained document is the one its job item recorded."""
+    versions = dict(query(db_url, "SELECT d.name, ji.revision FROM job_item ji JOIN device d ON d.id = ji.device_id"))
+    sub = Subscriber(broker.port, f"{prefix}/+/config")
+    try:
+        messages = sub.wait_for(len(versions), timeout=60)
+        retained = dict(sub.retained)
+    finally:
+        sub.close()
+    assert len(messages) == len(versions) == DEVICES
+    for topic, docs in messages.items():
+        assert docs[-1] == {"version": versions[topic.split("/")[1]], "configuration": {"mode": "eco"}}, topic
+    assert all(retained.values())
+
+
+def test_three_workers_share_the_delivery(cli, big_fleet, broker, prefix, db_url):
+    workers = Workers(db_url, 3)
+    try:
+        job = cli.json("launch", "big", "--detach", "--shard-size", "1000")
+        assert job["counts"]["delivered"] == 0  # --detach delivers nothing itself
+        wait_until(lambda: cli.json("status", "big", "--limit", "1")["status"] == "completed", timeout=120,
+                   interval=0.5)
+    finally:
+        err = workers.stop()
+    shown = cli.json("jobs", "show", str(job["id"]))
+    shards = shown["shards"]
+    assert len(shards) == DEVICES // 1000 and {s["status"] for s in shards} == {"done"}, err
+    assert sum(s["delivered"] for s in shards) == DEVICES and not any(s["failed"] for s in shards)
+    assert len({s["worker"] for s in shards}) >= 2, shards
+    assert shown["counts"]["delivered"] == DEVICES
+    _check_broker(broker, prefix, db_url)
+    table = cli("jobs", "show", str(job["id"])).stdout
+    assert "shards" in table and "done" in table
+
+
+def test_a_killed_worker_s_shard_is_finished_by_the_others(cli, big_fleet, broker, prefix, db_url):
+    workers = Workers(db_url, 3)
+    try:
+        # A small window makes shards last long enough to kill a worker in the middle of one.
+        cli("launch", "big", "--detach", "--shard-size", "2000", "--window", "20")
+
+        def busy_worker() -> int | None:
+            for _n, status, worker, _d, _f in _shards(db_url):
+                if status == "running" and worker:
+                    return int(worker.split(":")[1])
+            return None
+
+        pid = wait_until(busy_worker, timeout=60, interval=0.05)
+        os.kill(pid, signal.SIGKILL)
+        killed_at = _delivered(db_url)
+        assert killed_at < DEVICES
+        wait_until(lambda: cli.json("status", "big", "--limit", "1")["status"] == "completed", timeout=180,
+                   interval=0.5)
+    finally:
+        workers.stop()
+    assert _delivered(db_url) == DEVICES
+    shards = _shards(db_url)
+    assert {s[1] for s in shards} == {"done"}
+    assert not any(str(pid) == s[2].split(":")[1] for s in shards)  # another worker finished its shard
+    _check_broker(broker, prefix, db_url)
+
+
+def test_a_pause_stops_every_worker(cli, big_fleet, broker, prefix, db_url):
+    workers = Workers(db_url, 3)
+    try:
+        cli("launch", "big", "--detach", "--shard-size", "1000", "--window", "20")
+        wait_until(lambda: len({s[2] for s in _shards(db_url) if s[1] == "running"}) >= 2, timeout=60,
+                   interval=0.05)
+        cli("pause", "big")
+        # Every worker gives its shard back within one flush of its deliveries.
+        wait_until(lambda: not any(s[1] == "running" for s in _shards(db_url)), timeout=20, interval=0.05)
+        stopped_at = _delivered(db_url)
+        assert stopped_at < DEVICES
+        time.sleep(1.0)  # nothing more is delivered while paused (a check, not a wait for a condition)
+        assert _delivered(db_url) == stopped_at
+        cli("resume", "big", "--output", "json")
+        wait_until(lambda: cli.json("status", "big", "--limit", "1")["status"] == "completed", timeout=180,
+                   interval=0.5)
+    finally:
+        workers.stop()
+    assert _delivered(db_url) == DEVICES
+
+
+def test_launch_without_detach_accepts_help_from_workers(cli, big_fleet, db_url, tmp_path: Path):
+    workers = Workers(db_url, 2)
+    try:
+        # The launching process drives the job and delivers shards; the workers claim others.
+        wait_until(lambda: query(db_url, "SELECT 1") == [(1,)], timeout=10)
+        result = cli.json("launch", "big", "--shard-size", "500", "--window", "50")
+    finally:
+        workers.stop()
+    assert result["counts"]["delivered"] == DEVICES
+    assert len({s["worker"] for s in result["shards"]}) >= 2
+
+
+def test_listeners_of_a_share_group_split_the_state_messages(cli, fleet, broker, prefix, db_url):
+    import threading
+
+    from campaignctl import db
+    from campaignctl.listen import listen
+    from conftest import publish
+
+    engine = db.create_engine(db_url)
+    stop = threading.Event()
+    subscribed: list[str] = []
+    stats: list = []
+
+    def run() -> None:
+        stats.append(listen(engine, share="ingest", stop=stop, info=subscribed.append))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: sum("subscribed to $share/ingest/" in m for m in subscribed) == 2, timeout=20)
+        for n in range(100):  # a key per message: the group gives no order between listeners
+            publish(broker.port, f"{prefix}/sensor-000{n % 4 + 1}/state", f'{{"counter_{n}": {n}}}')
+        wait_until(lambda: query(db_url, "SELECT count(*) FROM device_config WHERE key LIKE 'counter_%'")
+                   == [(100,)], timeout=30)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        engine.dispose()
+    # Each message was handled by exactly one of the two listeners, and both had a share.
+    assert sum(s.messages for s in stats) == 100 and all(s.messages for s in stats), stats
+    assert "share group 'no/slash' is not valid" in cli("listen", "--share", "no/slash", code=1).stderr
