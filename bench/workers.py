@@ -97,7 +97,7 @@ def main() -> None:
         base = by_workers[min(by_workers)]["deliver_s"]
         for workers, r in by_workers.items():
             print(f"  {backend:<10} {workers} worker(s): delivery {r['deliver_s']:6.2f} s "
-                  f"(speed-up {base / r['deliver_s']:.2f}×, {r['workers_seen']:.0f} delivered shards), "
+                  f"(speed-up {base / r['deliver_s']:.2f}×, {r['workers_seen']:.0f} worker(s) delivered shards), "
                   f"launch to completed {r['wall_s']:6.2f} s")
 
 

@@ -135,6 +135,15 @@ def friendly(exc: BaseException, location: Location) -> CampaignctlError:
     return CampaignctlError(f"{location.shown} cannot be used as a campaignctl database: {detail}")
 
 
+def describe(exc: BaseException, engine: "Engine") -> str:
+    """One line for a log: a database error without its SQL, or the exception's type and text."""
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError):
+        return friendly(exc, location_of(engine)).message
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
 def _scrub(text: str, url: str) -> str:
     from sqlalchemy.engine import make_url
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
@@ -103,7 +105,12 @@ def deliver_devices(engine: "Engine", device_ids: Iterable[int], *, policy: Deli
 class JobRecorder:
     """Records job item outcomes in batches: one write transaction per ``batch`` results
     or per ``interval`` seconds, whichever comes first. Drivers call it from the thread
-    that runs them (paho's callbacks, asyncio's loop): no lock."""
+    that runs them (paho's callbacks, asyncio's loop). The writes happen in a thread of
+    their own, so that the delivery never waits on the database (at most a few batches
+    queue up: then it does, rather than holding results in memory); ``flush`` returns
+    once everything is written, and raises what a write raised."""
+
+    QUEUED_BATCHES = 4
 
     def __init__(self, engine: "Engine", job_id: int, *, batch: int = 2000, interval: float = 0.25,
                  on_flush: Callable[[int, int], None] | None = None) -> None:
@@ -113,6 +120,9 @@ class JobRecorder:
         self._delivered: list[tuple] = []
         self._failed: list[tuple] = []
         self._last = time.monotonic()
+        self._queue: queue.Queue[tuple[list[tuple], list[tuple]] | None] = queue.Queue(self.QUEUED_BATCHES)
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def delivered(self, delivery: Delivery) -> None:
         self._delivered.append((delivery.attempts, delivery.device_id, delivery.version, delivery.loaded_at))
@@ -124,14 +134,39 @@ class JobRecorder:
 
     def _maybe_flush(self) -> None:
         if len(self._delivered) + len(self._failed) >= self.batch or time.monotonic() - self._last >= self.interval:
-            self.flush()
+            self._hand_over()
 
-    def flush(self, *, notify: bool = True) -> None:
+    def _hand_over(self) -> None:
         delivered, self._delivered = self._delivered, []
         failed, self._failed = self._failed, []
         self._last = time.monotonic()
         if not delivered and not failed:
             return
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._run, name=f"job-{self.job_id}-recorder", daemon=True)
+            self._writer.start()
+        self._queue.put((delivered, failed))
+
+    def flush(self) -> None:
+        """Write what is buffered and queued; returns once it is in the database."""
+        self._hand_over()
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:  # after a failed write, the rest stays syncing: delivered again
+                try:
+                    self._write(*item)
+                except BaseException as exc:  # noqa: BLE001 - raised by flush() in the delivering thread
+                    self._error = exc
+
+    def _write(self, delivered: list[tuple], failed: list[tuple]) -> None:
         now = db.utcnow()
         with db.write(self.engine) as conn:
             # A document read before a newer write (a user's set-config) and sent after it
@@ -159,8 +194,7 @@ class JobRecorder:
                        "updated_at = :now WHERE job_id = :job_id AND device_id = :device_id AND status = 'syncing'",
                        [{"attempts": a, "error": e, "now": now, "job_id": self.job_id, "device_id": d}
                         for a, e, d in failed])
-        if notify:
-            self.on_flush(len(delivered), len(failed))
+        self.on_flush(len(delivered), len(failed))
 
 
 def _stale(conn: "Connection", delivered: list[tuple]) -> set[int]:

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from campaignctl import db, dialect, jobs, shards, store
+from campaignctl import db, jobs, shards, store
 from campaignctl.interfaces.base import DeliveryPolicy
 from campaignctl.rollout import Rollout
 

@@ -66,6 +66,9 @@ def import_fleet(engine: "Engine", path: str) -> ImportResult:
             from campaignctl import credentials
 
             result.secrets = credentials.provision(conn, credentials.load_key(engine, create=True))
+        if result.devices.created or result.devices.updated:
+            # Launches join devices by type right after an import: plan them on its numbers.
+            dialect.analyze(conn, "device")
     return result
 
 

@@ -129,8 +129,6 @@ def start(conn: "Connection", row: Any, spec: Any, settings: dict[str, Any]) -> 
 
 def _insert_items(conn: "Connection", job_id: int, campaign: str, devices: list[tuple[int, int]],
                   rollout: Rollout, spec: Any) -> None:
-    from sqlalchemy import insert
-
     from campaignctl.campaigns import fail_stored, canaries as canary_ids
     from campaignctl.models import JobItem
 
@@ -149,10 +147,10 @@ def _insert_items(conn: "Connection", job_id: int, campaign: str, devices: list[
         position += size
     db.run(conn, "INSERT INTO job_batch (job_id, number, size) VALUES (:job, :number, :size)",
            [{"job": job_id, "number": n, "size": size} for n, size in enumerate(sizes, start=1)])
-    stmt = insert(JobItem.__table__)
-    for start_at in range(0, len(ids), 50_000):
-        conn.execute(stmt, [{"job_id": job_id, "device_id": d, "status": "pending", "attempts": 0,
-                             "batch": batch_of[d]} for d in ids[start_at : start_at + 50_000]])
+    dialect.bulk_insert(conn, JobItem.__table__, ("job_id", "device_id", "status", "attempts", "batch"),
+                        ((job_id, d, "pending", 0, batch_of[d]) for d in ids))
+    # The write step's statements join these rows: plan them on their real numbers.
+    dialect.analyze(conn, "job_item")
 
 
 # -- leases ----------------------------------------------------------------------------

@@ -167,7 +167,7 @@ class JobItem(SQLModel, table=True):
     """One device of a job: pending → syncing (written) → delivered | failed; or cancelled."""
 
     __tablename__ = "job_item"
-    __table_args__ = (Index("ix_job_item_batch", "job_id", "batch", "status"),
+    __table_args__ = (Index("ix_job_item_batch", "job_id", "batch", "status", "device_id"),
                       Index("ix_job_item_device", "device_id"), NO_ROWID)
     job_id: int = ref("job.id", cascade=True, primary_key=True)
     device_id: int = ref("device.id", primary_key=True)

@@ -18,7 +18,6 @@ cancelled sends nothing new and gives its shard back.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -70,7 +69,8 @@ def plan(conn: "Connection", job_id: int, size: int) -> int:
 
 def claim(engine: "Engine", worker: str, *, job_id: int | None = None) -> Shard | None:
     """Take the next shard that is pending, or whose worker's lease is gone, of a running
-    campaign (of ``job_id`` only, when given); None when there is none."""
+    campaign (of ``job_id`` only, when given); None when there is none. A shard still
+    marked as this worker's own was left by an error (it is claiming, not delivering)."""
     with db.write(engine) as conn:
         dead = [w for (w,) in db.run(conn, "SELECT DISTINCT worker FROM job_shard WHERE status = 'running'")
                 if w and not owner_alive(w)]
@@ -79,12 +79,12 @@ def claim(engine: "Engine", worker: str, *, job_id: int | None = None) -> Shard 
         # claimers of other shards of the same job never wait on each other.
         row = db.run(conn, "SELECT job_id, number, first_device_id, last_device_id, size FROM job_shard s "
                      "WHERE (s.status = 'pending' OR (s.status = 'running' AND (s.lease_expires_at < :now "
-                     "OR s.worker IN :dead))) "
+                     "OR s.worker IN :dead OR s.worker = :me))) "
                      "AND s.job_id IN (SELECT j.id FROM job j JOIN campaign c ON c.id = j.campaign_id "
                      "WHERE c.status = 'running' AND j.step != 'done'"
                      + (" AND j.id = :job" if job_id is not None else "") + ") "
                      "ORDER BY s.job_id, s.number LIMIT 1" + dialect.for_update(conn, skip_locked=True),
-                     {"now": now, "dead": dead or [""], "job": job_id}, "dead").one_or_none()
+                     {"now": now, "dead": dead or [""], "job": job_id, "me": worker}, "dead").one_or_none()
         if row is None:
             return None
         db.run(conn, "UPDATE job_shard SET status = 'running', worker = :worker, lease_expires_at = :expires, "

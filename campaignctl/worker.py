@@ -110,7 +110,7 @@ def _advance_safely(engine: "Engine", job_id: int, owner: str, progress: jobs.Pr
     try:
         return advance(engine, job_id, owner, progress=progress, slice_seconds=slice_seconds)
     except Exception as exc:  # noqa: BLE001
-        info(f"job {job_id}: {type(exc).__name__}: {' '.join(str(exc).split())}; trying again at the next pass")
+        info(f"job {job_id}: {db.describe(exc, engine)}; trying again at the next pass")
         return "error"
 
 
@@ -134,8 +134,7 @@ def run_worker(engine: "Engine", *, interval: float = 2.0, stop: threading.Event
                             last[result["campaign"]] = result["outcome"]
                             info(f"{result['campaign']}: {result['outcome']}")
             except Exception as exc:  # noqa: BLE001 - a locked, busy or unreachable database: next pass
-                info(f"rollout engine: {type(exc).__name__}: {' '.join(str(exc).split())}; "
-                     f"trying again in {interval:g}s")
+                info(f"rollout engine: {db.describe(exc, engine)}; trying again in {interval:g}s")
                 next_tick = time.monotonic() + interval
                 stop.wait(interval)
             if not busy:

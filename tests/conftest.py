@@ -184,6 +184,29 @@ def import_fleet(cli: Cli, tmp_path: Path, url: str, prefix: str, devices: int) 
     return path
 
 
+def csv_fleet(cli: Cli, tmp_path: Path, url: str, prefix: str, count: int, *, name: str = "s",
+              campaign: str | None = None) -> None:
+    """``count`` sensors (NAME-00000, ...) on the MQTT broker at ``url``, imported from CSV
+    (fast at any size); with ``campaign``, a draft of that name setting mode: eco on all."""
+    head = tmp_path / "fleet.yaml"
+    head.write_text(fleet_yaml(url, prefix, devices=0))
+    cli("devices", "import", str(head))
+    cli("devices", "import", write(tmp_path, "devices.csv", "name,type,interface\n" + "".join(
+        f"{name}-{i:05d},sensor-v2,broker\n" for i in range(count))))
+    if campaign:
+        cli("create", "-f", write(tmp_path, f"{campaign}.yaml", f"name: {campaign}\n"
+                                  "devices: {selector: {type: sensor-v2}}\nconfigurations: {mode: eco}\n"))
+
+
+def in_threads(target: Any, count: int) -> None:
+    """Run ``target()`` in ``count`` threads at once and wait for them all."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+
 @pytest.fixture
 def fleet(tmp_path: Path, broker: Broker, prefix: str, cli: Cli) -> Path:
     """Four sensors on the session broker, imported."""
@@ -270,7 +293,7 @@ def _plain_engine(db_url: str | Path):
 
     text = str(db_url)
     if text.startswith("postgresql://"):
-        return create_engine(text.replace("postgresql://", "postgresql+psycopg://", 1))
+        return create_engine(text.replace("postgresql://", "postgresql+psycopg://", 1), pool_pre_ping=True)
     return create_engine(f"sqlite:///{text}")
 
 

@@ -57,11 +57,7 @@ class PostgresServer:
         os.chmod(self.dir, 0o700)
         self._run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "--encoding=UTF8",
                   "--locale=C.UTF-8" if _has_locale("C.UTF-8") else "--locale=C", "--no-sync")
-        # A test server: durability off, enough connections for worker processes.
-        options = (f"-p {self.port} -h 127.0.0.1 -k {self.dir} -c fsync=off -c synchronous_commit=off "
-                   "-c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB")
-        self._run("pg_ctl", "-D", self.data, "-o", options, "-l", os.path.join(self.dir, "log"), "-w",
-                  "-t", "60", "start")
+        self._start()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -92,9 +88,14 @@ class PostgresServer:
         self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop", check=False)
 
     def restart(self) -> None:
+        self._start()
+
+    def _start(self) -> None:
+        # A test server: durability off, enough connections for worker processes.
         options = (f"-p {self.port} -h 127.0.0.1 -k {self.dir} -c fsync=off -c synchronous_commit=off "
                    "-c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB")
-        self._run("pg_ctl", "-D", self.data, "-o", options, "-l", os.path.join(self.dir, "log"), "-w", "start")
+        self._run("pg_ctl", "-D", self.data, "-o", options, "-l", os.path.join(self.dir, "log"), "-w",
+                  "-t", "60", "start")
 
     def stop(self) -> None:
         self.stop_server()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import Subscriber, write
+from conftest import Subscriber, in_threads, write
 
 CAMPAIGN = """\
     name: interval
@@ -177,7 +177,6 @@ def test_status_watch_refreshes_until_interrupted(cli, fleet, tmp_path, db_url):
 
 
 def test_concurrent_creates_of_one_campaign_make_one(cli, fleet, tmp_path, db_url):
-    import threading
 
     from campaignctl import campaigns, db
     from campaignctl.errors import ConflictError
@@ -193,11 +192,7 @@ def test_concurrent_creates_of_one_campaign_make_one(cli, fleet, tmp_path, db_ur
         except ConflictError:
             outcomes.append("conflict")
 
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(run, 4)
     engine.dispose()
     assert sorted(outcomes) == ["conflict", "conflict", "conflict", "created"]
     assert [c["name"] for c in cli.json("list")] == ["interval"]

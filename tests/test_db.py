@@ -11,7 +11,7 @@ import pytest
 from campaignctl import db, migrations
 from campaignctl.errors import CampaignctlError
 from campaignctl.migrations.legacy_sqlite import MIGRATIONS
-from conftest import query
+from conftest import csv_fleet, in_threads, query
 
 
 def test_head_constant_is_the_newest_revision():
@@ -161,9 +161,9 @@ def test_the_password_of_the_url_is_never_shown(postgres, cli_for):
     server.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'team') THEN "
                    "CREATE ROLE team LOGIN PASSWORD 'hunter2secret'; END IF; END $$")
     name = server.create_database(template)
-    server.execute(f"GRANT ALL ON SCHEMA public TO team", name)
-    server.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO team", name)
-    server.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO team", name)
+    server.execute("GRANT ALL ON SCHEMA public TO team", name)
+    server.execute("GRANT ALL ON ALL TABLES IN SCHEMA public TO team", name)
+    server.execute("GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO team", name)
     cli = cli_for(f"postgresql://team:hunter2secret@127.0.0.1:{server.port}/{name}")
     out = cli("--help").stdout + cli("db", "status").stdout + cli("list").stdout
     assert "hunter2secret" not in out
@@ -193,11 +193,7 @@ def test_only_one_of_many_concurrent_lease_takers_gets_the_job(cli, tmp_path, br
         barrier.wait()
         owners.append(jobs.try_acquire(engine, job_id))
 
-    threads = [threading.Thread(target=take) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    in_threads(take, 8)
     assert len([o for o in owners if o]) == 1, owners
     engine.dispose()
 
@@ -228,3 +224,128 @@ def test_reads_see_one_snapshot(db_url):
             db.run(other, "UPDATE meta SET value = value + 5 WHERE key = 'revision'")
         assert db.run(conn, "SELECT value FROM meta WHERE key = 'revision'").scalar() == before
     engine.dispose()
+
+
+def test_names_and_keys_sort_by_byte_whatever_the_database_collation(postgres, cli_for, tmp_path, broker, prefix):
+    """A database created with a linguistic collation (ICU en-US sorts '_z' < 'a' < 'B')
+    still lists names and keys in byte order, as SQLite does."""
+    server, _ = postgres
+    name = f"icu_{tmp_path.name[-8:].lower().replace('-', '_')}"
+    server.execute(f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'")
+    try:
+        cli = cli_for(server.url(name))
+        cli("db", "upgrade")
+        names = ["b-1", "B-2", "z_z", "Z", "a.9", "A:1", "0", "a-b", "a_b", "aB"]
+        from conftest import fleet_yaml
+
+        path = tmp_path / "fleet.yaml"
+        path.write_text(fleet_yaml(broker.url, prefix, devices=0).replace("devices: []", "devices:") + "".join(
+            f"  - {{name: '{n}', type: sensor-v2, interface: broker}}\n" for n in names))
+        cli("devices", "import", str(path))
+        assert [d["name"] for d in cli.json("devices", "list")] == sorted(names)
+        cli("devices", "set-config", "Z", "b=1", "B=2", "_a=3", "a=4", "--no-deliver")
+        assert [e["key"] for e in cli.json("devices", "show", "Z")["configuration"]] == ["B", "_a", "a", "b"]
+    finally:
+        server.drop_database(name)
+
+
+def test_two_workers_starting_one_scheduled_campaign_both_finish_their_pass(cli, fleet, tmp_path, db_url):
+    from datetime import datetime, timedelta, timezone
+
+    from campaignctl import worker
+    from conftest import wait_until, write
+
+    start = datetime.now(timezone.utc) + timedelta(seconds=1)
+    cli("create", "-f", write(tmp_path, "c.yaml", "name: soon\ndevices: {selector: {type: sensor-v2}}\n"
+                                                  f"configurations: {{mode: eco}}\nstart_at: "
+                                                  f"{start.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}\n"))
+    assert "scheduled for" in cli("launch", "soon").stderr
+    wait_until(lambda: datetime.now(timezone.utc) > start + timedelta(milliseconds=50), timeout=10)
+    engines = [db.create_engine(db_url) for _ in range(2)]
+    barrier = threading.Barrier(2)
+    results: list = []
+
+    def run(engine) -> None:
+        barrier.wait()
+        results.append(worker.tick(engine))
+
+    threads = [threading.Thread(target=run, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for e in engines:
+        e.dispose()
+    outcomes = [r for rs in results for r in rs]
+    assert len(results) == 2 and all(r["outcome"] not in ("aborted", "error") for r in outcomes), outcomes
+    assert len(query(db_url, "SELECT id FROM job")) == 1
+    assert cli.json("status", "soon")["status"] == "completed"
+
+
+def test_postgres_stopped_mid_launch_then_resumed(postgres, broker, prefix, tmp_path, cli_for):
+    """The server goes away while a launch delivers: a one-line error, nothing lost;
+    once it is back, jobs resume finishes the job, every device delivered once."""
+    import subprocess
+
+    from conftest import Subscriber, campaignctl_cmd, subprocess_env, wait_until
+
+    server, template = postgres
+    url = server.url(server.create_database(template))
+    cli = cli_for(url)
+    csv_fleet(cli, tmp_path, broker.url, prefix, 1500, campaign="slow")
+    launch = subprocess.Popen(campaignctl_cmd("--db", url, "launch", "slow", "--window", "1", "--shard-size", "100"),
+                              env=subprocess_env(CAMPAIGNCTL_KEY_FILE=str(tmp_path / "k")),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: query(url, "SELECT count(*) FROM job_item WHERE status = 'delivered'")[0][0] > 50,
+                   timeout=60, interval=0.05)
+        server.stop_server()
+        _out, err = launch.communicate(timeout=120)
+    finally:
+        server.restart()
+        if launch.poll() is None:
+            launch.kill()
+    assert launch.returncode == 1, err
+    assert "Traceback" not in err and "Error: cannot use the PostgreSQL database" in err, err
+    done = cli("jobs", "resume", "1", code=None)
+    if done.exit_code != 0:  # the dead launch's lease is still valid for a while: wait for it
+        assert "is being run by process" in done.stderr
+        wait_until(lambda: cli("jobs", "resume", "1", code=None).exit_code == 0, timeout=60, interval=1)
+    assert query(url, "SELECT status, count(*) FROM job_item GROUP BY status") == [("delivered", 1500)]
+    versions = dict(query(url, "SELECT d.name, ji.revision FROM job_item ji JOIN device d ON d.id = ji.device_id"))
+    sub = Subscriber(broker.port, f"{prefix}/+/config")
+    try:
+        messages = sub.wait_for(1500, timeout=30)
+    finally:
+        sub.close()
+    assert all(docs[-1]["version"] == versions[t.split("/")[1]] for t, docs in messages.items())
+
+
+def test_a_worker_whose_connections_are_cut_goes_on(tmp_path, broker, prefix, postgres, cli_for):
+    """One worker's database connections are terminated while it delivers: it reconnects
+    and the campaign completes."""
+    import subprocess
+
+    from conftest import campaignctl_cmd, subprocess_env, wait_until
+
+    server, template = postgres
+    db_url = server.url(server.create_database(template))
+    cli = cli_for(db_url)
+    csv_fleet(cli, tmp_path, broker.url, prefix, 1500, campaign="slow")
+    worker = subprocess.Popen(campaignctl_cmd("--db", db_url, "run", "--interval", "0.2"),
+                              env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        cli("launch", "slow", "--detach", "--window", "1", "--shard-size", "100")
+        wait_until(lambda: query(db_url, "SELECT count(*) FROM job_item WHERE status = 'delivered'")[0][0] > 50,
+                   timeout=60, interval=0.05)
+        database = db_url.rsplit("/", 1)[1]
+        cut = server.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
+                             f"'{database}' AND application_name = 'campaignctl' AND pid != pg_backend_pid()")
+        assert cut[0][0] >= 1
+        wait_until(lambda: cli.json("status", "slow", "--limit", "0")["status"] == "completed", timeout=120,
+                   interval=0.5)
+    finally:
+        worker.terminate()
+        _out, err = worker.communicate(timeout=30)
+    assert query(db_url, "SELECT status, count(*) FROM job_item GROUP BY status") == [("delivered", 1500)]
+    assert "Traceback" not in err

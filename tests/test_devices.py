@@ -6,7 +6,7 @@ import json
 import os
 import stat
 
-from conftest import fleet_yaml, import_fleet, write
+from conftest import fleet_yaml, import_fleet, in_threads, write
 
 
 def test_import_is_an_upsert_with_counts(cli, broker, prefix, tmp_path):
@@ -113,7 +113,6 @@ def test_a_secret_key_stays_secret(cli, fleet):
 
 
 def test_concurrent_imports_of_the_same_fleet_all_succeed(db_url, tmp_path, broker, prefix):
-    import threading
 
     from campaignctl import db, fleet
 
@@ -128,10 +127,6 @@ def test_concurrent_imports_of_the_same_fleet_all_succeed(db_url, tmp_path, brok
         except Exception as exc:  # noqa: BLE001 - the test reports it
             errors.append(exc)
 
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(run, 4)
     engine.dispose()
     assert errors == [] and sorted(results) == [0, 0, 0, 20]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (Broker, Subscriber, campaignctl_cmd, fleet_yaml, free_port, import_fleet, query, subprocess_env,
-                      wait_until, write)
+from conftest import (Broker, Subscriber, campaignctl_cmd, csv_fleet, fleet_yaml, free_port, import_fleet, query,
+                      subprocess_env, wait_until, write)
 
 DEVICES = 20
 
@@ -508,13 +508,8 @@ def test_launch_json_of_a_scheduled_campaign(cli, fleet20, tmp_path):
 def test_cancel_during_an_mqtt_delivery_leaves_the_broker_consistent(cli, broker, prefix, tmp_path, db_url):
     """What the broker holds is what the supervision says was delivered; cancelled
     devices got nothing."""
-    head, count = tmp_path / "fleet.yaml", 20000
-    head.write_text(fleet_yaml(broker.url, prefix, devices=0))
-    cli("devices", "import", str(head))
-    cli("devices", "import", write(tmp_path, "d.csv", "name,type,interface\n" + "".join(
-        f"m-{i:05d},sensor-v2,broker\n" for i in range(count))))
-    cli("create", "-f", write(tmp_path, "c.yaml", "name: big\ndevices: {selector: {type: sensor-v2}}\n"
-                                                  "configurations: {mode: eco}\n"))
+    count = 20000
+    csv_fleet(cli, tmp_path, broker.url, prefix, count, name="m", campaign="big")
     launch = subprocess.Popen(campaignctl_cmd("--db", str(db_url), "launch", "big", "--window", "1"),
                               env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -10,21 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Subscriber, campaignctl_cmd, fleet_yaml, query, subprocess_env, wait_until, write
+from conftest import Subscriber, campaignctl_cmd, csv_fleet, query, subprocess_env, wait_until, write
 
 DEVICES = 20_000
 
 
 @pytest.fixture
 def big_fleet(cli, broker, prefix, tmp_path) -> int:
-    head = tmp_path / "fleet.yaml"
-    head.write_text(fleet_yaml(broker.url, prefix, devices=0))
-    cli("devices", "import", str(head))
-    csv = tmp_path / "devices.csv"
-    csv.write_text("name,type,interface\n" + "".join(f"w-{i:05d},sensor-v2,broker\n" for i in range(DEVICES)))
-    cli("devices", "import", str(csv))
-    cli("create", "-f", write(tmp_path, "c.yaml", "name: big\ndevices: {selector: {type: sensor-v2}}\n"
-                                                  "configurations: {mode: eco}\n"))
+    csv_fleet(cli, tmp_path, broker.url, prefix, DEVICES, name="w", campaign="big")
     return DEVICES
 
 
@@ -179,3 +172,25 @@ def test_listeners_of_a_share_group_split_the_state_messages(cli, fleet, broker,
     # Each message was handled by exactly one of the two listeners, and both had a share.
     assert sum(s.messages for s in stats) == 100 and all(s.messages for s in stats), stats
     assert "share group 'no/slash' is not valid" in cli("listen", "--share", "no/slash", code=1).stderr
+
+
+def test_the_rate_limit_holds_across_workers(cli, broker, prefix, tmp_path, db_url):
+    from datetime import datetime
+
+    from conftest import import_fleet
+
+    import_fleet(cli, tmp_path, broker.url, prefix, 30)
+    cli("create", "-f", write(tmp_path, "r.yaml", "name: paced\ndevices: {selector: {type: sensor-v2}}\n"
+                                                  "configurations: {mode: eco}\n"
+                                                  "rollout: {batch_size: 30, max_per_minute: 600}\n"))
+    workers = Workers(db_url, 3)
+    try:
+        cli("launch", "paced", "--detach", "--shard-size", "1")
+        wait_until(lambda: cli.json("status", "paced", "--limit", "0")["status"] == "completed", timeout=60,
+                   interval=0.2)
+    finally:
+        workers.stop()
+    stamps = sorted(datetime.fromisoformat(r[0].replace("Z", "+00:00")).timestamp()
+                    for r in query(db_url, "SELECT delivered_at FROM job_item"))
+    # 600 a minute is 10 a second, whoever delivers: 30 devices take about 3 s (the first at once).
+    assert len(stamps) == 30 and stamps[-1] - stamps[0] >= 2.5, stamps[-1] - stamps[0]
