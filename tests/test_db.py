@@ -349,3 +349,16 @@ def test_a_worker_whose_connections_are_cut_goes_on(tmp_path, broker, prefix, po
         _out, err = worker.communicate(timeout=30)
     assert query(db_url, "SELECT status, count(*) FROM job_item GROUP BY status") == [("delivered", 1500)]
     assert "Traceback" not in err
+
+
+def test_postgres_permission_denied_is_one_line(postgres, cli_for):
+    """A role that may connect and read the schema revision, but not the tables."""
+    server, template = postgres
+    name = server.create_database(template)
+    server.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'reader') THEN "
+                   "CREATE ROLE reader LOGIN; END IF; END $$")
+    server.execute("GRANT SELECT ON alembic_version TO reader", name)
+    result = cli_for(f"postgresql://reader@127.0.0.1:{server.port}/{name}")("list", code=1)
+    assert result.stderr.startswith(f"Error: cannot use the PostgreSQL database {name} on 127.0.0.1:{server.port}: ")
+    assert "permission denied for table campaign" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr and "SELECT" not in result.stderr
