@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from campaignctl.cli import app
-from pgserver import PostgresServer
+from pgserver import PostgresServer, wait_for_port
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -53,16 +53,8 @@ class Broker:
                         "persistence false\nmax_queued_messages 0\nmax_inflight_messages 0\n")
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited with {self.proc.returncode}")
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
+        wait_for_port(self.port, "mosquitto", timeout=10, exited=self.proc.poll)
+        return self
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

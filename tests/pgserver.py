@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from typing import Any
 
 
 def _bindir() -> str:
@@ -58,14 +59,8 @@ class PostgresServer:
         self._run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "--encoding=UTF8",
                   "--locale=C.UTF-8" if _has_locale("C.UTF-8") else "--locale=C", "--no-sync")
         self._start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("PostgreSQL did not start")
+        wait_for_port(self.port, "PostgreSQL", timeout=30)
+        return self
 
     def execute(self, statement: str, database: str = "postgres") -> list:
         import psycopg
@@ -100,6 +95,22 @@ class PostgresServer:
     def stop(self) -> None:
         self.stop_server()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def wait_for_port(port: int, what: str, *, timeout: float, exited: Any = lambda: None) -> None:
+    """Until something accepts connections on 127.0.0.1:``port``; ``exited()`` returns the
+    exit code of the process that should, once it has died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            code = exited()
+            if code is not None:
+                raise RuntimeError(f"{what} exited with {code}") from None
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start")
 
 
 def _has_locale(name: str) -> bool:
