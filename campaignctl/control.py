@@ -81,19 +81,12 @@ def cancel(engine: "Engine", name: str, *, wait: float = 10.0) -> dict[str, Any]
         job_id = jobs.latest_job(conn, row.id)
     if job_id is None:
         return {"job": None}
-    deadline = time.monotonic() + wait
-    while True:
-        owner = jobs.try_acquire(engine, job_id)
-        if owner is not None:
-            from campaignctl.engine import advance
+    from campaignctl.worker import drive
 
-            advance(engine, job_id, owner)
-            break
-        with db.read(engine) as conn:
-            if jobs.job_row(conn, job_id).step == "done":
-                break  # the process that runs it did it
-        if time.monotonic() > deadline:
-            break  # that process stops at its next step
+    deadline = time.monotonic() + wait
+    # Finish the job here, unless the process that runs it does first; past the deadline
+    # that process stops at its next step.
+    while drive(engine, job_id) is None and time.monotonic() < deadline:
         time.sleep(0.1)
     with db.read(engine) as conn:
         return {"job": jobs.summary(conn, job_id)}

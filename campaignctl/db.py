@@ -15,7 +15,6 @@ read-only snapshots for readers, and a schema migrated only by ``campaignctl db 
 from __future__ import annotations
 
 import os
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -45,10 +44,6 @@ def default_path() -> str:
 def utcnow() -> str:
     """Timestamps are stored as ISO 8601 UTC text, which sorts like time."""
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def epoch() -> float:
-    return time.time()
 
 
 @dataclass(frozen=True)
@@ -128,7 +123,10 @@ def friendly(exc: BaseException, location: Location) -> CampaignctlError:
     from sqlalchemy.exc import DBAPIError
 
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
-    detail = " ".join(str(orig).split()) or type(orig).__name__
+    # PostgreSQL's own text only: its DETAIL repeats the values of the failing row
+    # ("Failing row contains (…)"), secrets among them.
+    primary = getattr(getattr(orig, "diag", None), "message_primary", None)
+    detail = " ".join(str(primary or orig).split()) or type(orig).__name__
     if location.is_postgres:
         detail = _scrub(detail, location.target)
         return CampaignctlError(f"cannot use the {location.shown}: {detail}")

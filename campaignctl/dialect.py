@@ -91,12 +91,6 @@ def for_update(conn: "Connection", *, skip_locked: bool = False) -> str:
     return " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
 
 
-def serialize_schema_changes(conn: "Connection") -> None:
-    """Two ``db upgrade`` at once: the second waits for the first (SQLite: the write lock)."""
-    if is_postgres(conn):
-        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7350451)")
-
-
 def exclusive(conn: "Connection", name: str) -> None:
     """Until this write transaction ends, no other one passes ``exclusive`` with the same
     ``name``: for work that reads, decides and writes rows that may not exist yet (a

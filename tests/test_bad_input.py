@@ -303,4 +303,11 @@ def test_sql_errors_do_not_print_their_parameters(db_url):
             db.run(conn, insert, {"name": "t", "at": "tok-5ecret"})
             db.run(conn, insert, {"name": "t", "at": "tok-5ecret"})
     assert "tok-5ecret" not in str(failure.value)
+    # A row that breaks a constraint: PostgreSQL's DETAIL repeats its values. The one-line
+    # errors that commands and workers print keep the database's message only.
+    with pytest.raises(IntegrityError) as failure:
+        with db.write(engine) as conn:
+            db.run(conn, insert, {"name": None, "at": "tok-5ecret"})
+    shown = db.describe(failure.value, engine)
+    assert "name" in shown and "tok-5ecret" not in shown
     engine.dispose()

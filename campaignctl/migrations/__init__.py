@@ -61,7 +61,7 @@ def migrate(engine: "Engine", *, legacy: bool = False) -> str:
     from campaignctl import db, dialect
 
     with db.write(engine) as conn:
-        dialect.serialize_schema_changes(conn)
+        dialect.exclusive(conn, "schema upgrade")  # two `db upgrade` at once: one after the other
         if legacy:
             from campaignctl.migrations.legacy_sqlite import migrate_legacy
 
