@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -65,21 +66,43 @@ def new_database(backend: str, work: Path, server: object | None, url: str | Non
 
 
 def campaignctl(*args: str, db: Path | str, check: bool = True) -> tuple[float, int, str]:
-    """Run the real command; returns (wall seconds, peak RSS in KiB, stdout)."""
-    env = dict(os.environ, CAMPAIGNCTL_DB=str(db))
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "campaignctl", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    out, err = proc.communicate()
-    elapsed = time.perf_counter() - started
-    # wait4 would be exact, but communicate() already reaped the child: ask for the
-    # children's maximum, which is this child's when it is the largest so far.
-    import resource
+    """Run the real command; returns (wall seconds, its peak RSS in KiB, stdout)."""
+    import tempfile
 
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if check and proc.returncode != 0:
-        raise SystemExit(f"campaignctl {' '.join(args)} failed ({proc.returncode}): {err.decode()}")
-    return elapsed, rss, out.decode()
+    env = dict(os.environ, CAMPAIGNCTL_DB=str(db))
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "campaignctl", *args], env=env, stdout=out, stderr=err)
+        # wait4: this child's own peak, not the largest of every child so far.
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        text = out.read().decode()
+        if check and proc.returncode != 0:
+            raise SystemExit(f"campaignctl {' '.join(args)} failed ({proc.returncode}): {err.read().decode()}")
+    return elapsed, usage.ru_maxrss, text
+
+
+def mqtt_fleet(work: Path, db: Path | str, devices: int, port: int, keys: int) -> dict[str, str]:
+    """An MQTT fleet of ``devices`` devices imported from CSV, and a campaign ``bench``
+    setting ``keys`` keys on all of them, key_0 also expected to be reported; returns the
+    values set, and the import's (wall seconds, peak RSS KiB) in ``figures``."""
+    (work / "fleet.yaml").write_text(
+        f"interfaces:\n  broker: {{type: mqtt, url: 'mqtt://127.0.0.1:{port}', topic_prefix: bench}}\n"
+        "device_types:\n  sensor-v2: {}\ndevices: []\n")
+    with open(work / "devices.csv", "w") as f:
+        f.write("name,type,interface,tags\n")
+        f.writelines(f"sensor-{i:07d},sensor-v2,broker,site=s{i % 10};ring={'canary' if i < 100 else 'main'}\n"
+                     for i in range(devices))
+    campaignctl("devices", "import", str(work / "fleet.yaml"), db=db)
+    values = {f"key_{k}": json.dumps(f"https://assets.example.com/fw/{k}/5.1.9_beta01.bin") for k in range(keys)}
+    (work / "campaign.yaml").write_text(
+        "name: bench\ndevices: {selector: {type: sensor-v2}}\nconfigurations:\n"
+        + "".join(f"  {k}: {v}\n" for k, v in values.items())
+        + f"expected_state: {{key_0: {values['key_0']}}}\n")
+    return values
 
 
 def iso_seconds(a: str, b: str) -> float:
@@ -89,3 +112,15 @@ def iso_seconds(a: str, b: str) -> float:
         return datetime.fromisoformat(s.replace("Z", "+00:00"))
 
     return (parse(b) - parse(a)).total_seconds()
+
+
+def import_fleet(work: Path, db: Path | str, interface: str, spec: str, device_type: str, names: list[str]) -> None:
+    """Import one interface (``spec``: its YAML mapping), one device type and its devices
+    (from a CSV, the fast way) into ``db``."""
+    (work / "fleet.yaml").write_text(f"interfaces:\n  {interface}: {spec}\ndevice_types:\n  {device_type}: {{}}\n"
+                                     "devices: []\n")
+    with open(work / "devices.csv", "w") as f:
+        f.write("name,type,interface\n")
+        f.writelines(f"{name},{device_type},{interface}\n" for name in names)
+    campaignctl("devices", "import", str(work / "fleet.yaml"), db=db)
+    campaignctl("devices", "import", str(work / "devices.csv"), db=db)

@@ -203,7 +203,7 @@ def apply(engine: "Engine", spec: CampaignSpec) -> ApplyResult:
                 raise ConflictError(f"campaign {spec.name!r} was created by another process meanwhile; "
                                     "apply again to update it")
             return ApplyResult(spec.name, "created", [])
-        current = CampaignSpec.from_json(row.spec, json.loads(row.secret_keys))
+        current = CampaignSpec.from_json(row.spec, db.loads(row.secret_keys, list))
         changes = _diff(current, spec)
         if row.status != "draft":
             if not changes:
@@ -262,7 +262,7 @@ def get_spec(conn: "Connection", name: str, *, lock: bool = False) -> tuple[Any,
     """The campaign's row and spec; ``lock=True`` in a write transaction that decides on
     the campaign's status (a launch): the row stays locked until the transaction ends."""
     row = _row(conn, name, lock=lock)
-    return row, CampaignSpec.from_json(row.spec, json.loads(row.secret_keys))
+    return row, CampaignSpec.from_json(row.spec, db.loads(row.secret_keys, list))
 
 
 def delete(engine: "Engine", name: str) -> None:

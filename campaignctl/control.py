@@ -6,7 +6,6 @@ worker delivering its shards) sees it at its next step.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -108,10 +107,10 @@ def retry(engine: "Engine", name: str, *, devices: list[str] | None = None,
                                 f"retried{hint}")
         job_id = jobs.latest_job(conn, row.id)
         job = jobs.job_row(conn, job_id)
-        settings = json.loads(job.settings)
-        states = device_statuses(conn, job_id, json.loads(job.plan), Rollout.from_dict(settings.get("rollout")))
+        settings = db.loads(job.settings, dict)
         wanted = {"failed", "timed_out"} if timed_out else {"failed"}
-        eligible = {d["device"]: d for d in states if d["status"] in wanted}
+        eligible = {d["device"]: d for d in device_statuses(
+            conn, job_id, db.loads(job.plan, dict), Rollout.from_dict(settings.get("rollout")), only=wanted)}
         if devices:
             unknown = [d for d in devices if d not in eligible]
             if unknown:

@@ -19,10 +19,11 @@ import hmac
 import os
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from campaignctl import db, store
-from campaignctl.errors import CampaignctlError
+from campaignctl.errors import CampaignctlError, InputError
+from campaignctl.values import check_key, check_text, decode_utf8
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -63,6 +64,7 @@ def load_key(engine: "Engine", *, create: bool = False) -> bytes:
         return load_key(engine)
     if len(key) != 32:
         raise CampaignctlError(f"the device key file {path} is damaged")
+    db.keep_private([path])
     return key
 
 
@@ -131,3 +133,36 @@ def secrets_of(engine: "Engine", names: list[str]) -> dict[str, str]:
                     {"names": names[start : start + CHUNK]}, "names"):
                 out[name] = derive(key, salt)
     return out
+
+
+def with_hidden_values(values: dict[str, Any], *, stdin_key: str | None, env_pairs: list[str],
+                       stdin: BinaryIO, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """``values`` plus the secret values given out of sight of ``ps``: ``stdin_key``'s
+    from ``stdin``, bytes that must be UTF-8 (one trailing newline removed, as ``echo``
+    and here-strings add one), and each ``KEY=VAR`` of ``env_pairs`` from the environment
+    variable VAR. They are strings, checked as ``KEY=VALUE`` arguments are; an empty one
+    is refused (an unset or empty variable is never a secret)."""
+    env = os.environ if environ is None else environ
+    source = "<command line>"
+    hidden: dict[str, str] = {}
+    for pair in env_pairs:
+        key, _, var = pair.partition("=")
+        if not var:
+            raise InputError(f"--secret-env takes KEY=VAR, got {pair!r}", source=source)
+        if var not in env:
+            raise InputError(f"--secret-env {key}: environment variable {var} is not set", source=source)
+        _add_hidden(hidden, values, check_key(key, source=source), env[var], f"--secret-env {key}={var}")
+    if stdin_key is not None:
+        text = decode_utf8(stdin.read(), source=f"--secret-stdin {stdin_key}")
+        text = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+        _add_hidden(hidden, values, check_key(stdin_key, source=source), text, f"--secret-stdin {stdin_key}")
+    return {**values, **hidden}
+
+
+def _add_hidden(hidden: dict[str, str], values: dict[str, Any], key: str, value: str, option: str) -> None:
+    if key in hidden or key in values:
+        raise InputError(f"{key} is given more than once", source="<command line>")
+    if not value:
+        raise InputError(f"the value of {key} is empty", source="<command line>")
+    # Bytes that are not UTF-8 reach os.environ as lone surrogates, which nothing can store.
+    hidden[key] = check_text(value, option, source="<command line>")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import queue
 import threading
 import time
@@ -93,7 +92,7 @@ def deliver_devices(engine: "Engine", device_ids: Iterable[int], *, policy: Deli
         groups = itertools.groupby(sorted(rows, key=lambda r: (r[2], r[0])), key=lambda r: r[2:])
         work = [(key, load_documents(conn, [(r[0], r[1]) for r in group])) for key, group in groups]
     for (name, kind, settings), deliveries in work:
-        driver = interfaces.driver(name, kind, json.loads(settings))
+        driver = interfaces.driver(name, kind, db.loads(settings, dict))
         if not driver.pushes:
             outcome.deferred.update(d.device_id for d in deliveries)
             continue
@@ -245,7 +244,7 @@ def run_interface(engine: "Engine", job_id: int, interface: Any, policy: Deliver
     """Deliver a job's pending documents on one interface that pushes. Once ``stop()``,
     nothing new is sent: what is in flight is acknowledged and recorded, the rest stays
     ``syncing``."""
-    driver = interfaces.driver(interface.name, interface.type, json.loads(interface.settings))
+    driver = interfaces.driver(interface.name, interface.type, db.loads(interface.settings, dict))
     refresh = refresher(engine)
     driver.deliver(job_deliveries(engine, job_id, interface.id, stop=stop, first=first, last=last), policy,
                    recorder.delivered, recorder.failed, lambda pending: [] if stop() else refresh(pending))

@@ -16,7 +16,6 @@ longer reach ``success_threshold``. A tripped batch is the last one touched.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -67,11 +66,11 @@ def advance(engine: "Engine", job_id: int, owner: str, *, progress: jobs.Progres
             job = jobs.job_row(conn, job_id)
             db.run(conn, "UPDATE job SET started_at = coalesce(started_at, :now) WHERE id = :id",
                    {"now": db.utcnow(), "id": job_id})
-        settings = json.loads(job.settings)
+        settings = db.loads(job.settings, dict)
         ctx = Context(engine, job_id, job.campaign_id, job.campaign, owner, heartbeat,
                       DeliveryPolicy.from_dict(settings), Rollout.from_dict(settings.get("rollout")),
                       settings.get("chunk_size", jobs.WRITE_CHUNK), settings.get("shard_size", shards.DEFAULT_SIZE),
-                      json.loads(job.plan),
+                      db.loads(job.plan, dict),
                       progress or (lambda _p, _d, _t: None), sleep,
                       None if slice_seconds is None else time.monotonic() + slice_seconds)
         while True:
@@ -275,6 +274,8 @@ def _write(ctx: Context, number: int, limit: int) -> int:
             _set_job(conn, ctx, written_at=db.utcnow(), step="deliver")
             return 0
         revision = store.next_revision(conn)
+        db.run(conn, "UPDATE job SET revisions = coalesce(revisions, '') || :revision WHERE id = :job",
+               {"revision": f"{revision},", "job": ctx.job_id})
         stamp = db.utcnow()
         where = {**params, "job": ctx.job_id, "batch": number, "lo": lo, "hi": hi}
         db.run(conn,
@@ -352,14 +353,10 @@ def _count(ctx: Context, status: str) -> int:
 
 
 def _device_states(ctx: Context, batch: int | None = None) -> dict[str, int]:
-    from campaignctl.supervision import device_statuses
+    from campaignctl.supervision import status_counts, totals
 
     with db.read(ctx.engine) as conn:
-        devices = device_statuses(conn, ctx.job_id, ctx.plan, ctx.rollout, batch=batch)
-    out: dict[str, int] = {}
-    for device in devices:
-        out[device["status"]] = out.get(device["status"], 0) + 1
-    return out
+        return totals(status_counts(conn, ctx.job_id, ctx.plan, ctx.rollout, batch=batch))
 
 
 def _breaker(ctx: Context, batch: Any, states: dict[str, int]) -> bool:
@@ -454,10 +451,23 @@ def _finish(ctx: Context) -> str:
     return "completed"
 
 
+def _settle_shards(ctx: Context) -> None:
+    """Wait until no other worker is delivering a shard of the job: they stop within a
+    flush interval of a cancel, and record what they had in flight as delivered; only
+    then can the rest be cancelled without a device getting a document the supervision
+    calls cancelled. A worker that died is waited for until its lease expires."""
+    while True:
+        with db.read(ctx.engine) as conn:
+            if not shards.delivering_elsewhere(conn, ctx.job_id, ctx.owner):
+                return
+        ctx.sleep(SHARD_POLL_SECONDS)
+
+
 def _cancel_items(ctx: Context, job_status: str, reason: str) -> None:
     """Devices not yet delivered are never touched: pending ones become cancelled, and
     written-but-undelivered ones get back the entries the job overwrote (under a new
     revision, so that versions still only grow) before they become cancelled."""
+    _settle_shards(ctx)
     by = f"job:{ctx.job_id}"
     stamp = db.utcnow()
     with db.write(ctx.engine) as conn:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from campaignctl import db, dialect, store
 from campaignctl.errors import InputError
-from campaignctl.values import canonical, check_key, loads, mask
+from campaignctl.values import (MAX_STATE_BYTES, MAX_STATE_DEPTH, TooDeep, canonical, check_key, depth, loads,
+                                mask)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -44,8 +44,13 @@ def import_fleet(engine: "Engine", path: str) -> ImportResult:
     Everything happens in one transaction: a bad entry anywhere leaves the database as it was.
     """
     from campaignctl.manifests import load_fleet
+    from campaignctl.yamlfile import gc_paused
 
-    fleet = load_fleet(path)
+    with gc_paused():  # 100k devices are a million objects, none of them garbage
+        return _import(engine, load_fleet(path), path)
+
+
+def _import(engine: "Engine", fleet: "Fleet", path: str) -> ImportResult:
     result = ImportResult()
     now = db.utcnow()
     with db.write(engine) as conn:
@@ -150,8 +155,9 @@ def _upsert_devices(conn: "Connection", fleet: "Fleet", now: str, counts: Counts
     types = {r.name: r.id for r in db.run(conn, "SELECT id, name FROM device_type")}
     ifaces = {r.name: r.id for r in db.run(conn, "SELECT id, name FROM interface")}
     existing = {r[0]: r[1:] for r in db.run(conn, "SELECT name, id, device_type_id, interface_id, tags FROM device")}
-    inserts: list[dict[str, Any]] = []
+    inserts: list[tuple[Any, ...]] = []
     updates: list[dict[str, Any]] = []
+    texts: dict[tuple, str] = {}  # devices mostly share a few tag sets: encode each once
 
     def hint(section: str) -> str:
         return f" (declare it under {section})" if fleet.doc else " (import a YAML fleet manifest that declares it)"
@@ -164,19 +170,22 @@ def _upsert_devices(conn: "Connection", fleet: "Fleet", now: str, counts: Counts
         if iface_id is None:
             raise fleet.error(f"unknown interface {device.interface!r}" + hint("interfaces"), index, "interface",
                               source)
-        tags = canonical(device.tags)
+        tag_items = tuple(device.tags.items())
+        tags = texts.get(tag_items)
+        if tags is None:
+            tags = texts[tag_items] = canonical(device.tags)
         row = existing.get(device.name)
         if row is None:
-            inserts.append({"name": device.name, "type_id": type_id, "interface_id": iface_id, "tags": tags,
-                            "now": now})
+            inserts.append((device.name, type_id, iface_id, tags, now, now))
         elif (row[1], row[2], row[3]) != (type_id, iface_id, tags):
             updates.append({"type_id": type_id, "interface_id": iface_id, "tags": tags, "now": now, "id": row[0]})
         else:
             counts.unchanged += 1
     if inserts:
-        db.run(conn,
-               "INSERT INTO device (name, device_type_id, interface_id, tags, created_at, updated_at) "
-               "VALUES (:name, :type_id, :interface_id, :tags, :now, :now)", inserts)
+        from campaignctl.models import Device
+
+        dialect.bulk_insert(conn, Device.__table__,
+                            ("name", "device_type_id", "interface_id", "tags", "created_at", "updated_at"), inserts)
     if updates:
         db.run(conn,
                "UPDATE device SET device_type_id = :type_id, interface_id = :interface_id, tags = :tags, "
@@ -194,7 +203,7 @@ def list_devices(engine: "Engine", *, type: str | None = None, tags: dict[str, s
             "SELECT d.name, t.name, i.name, d.tags, d.updated_at FROM device d "
             "JOIN device_type t ON t.id = d.device_type_id JOIN interface i ON i.id = d.interface_id "
             f"{where} ORDER BY d.name", params).all()
-    return [{"name": r[0], "type": r[1], "interface": r[2], "tags": json.loads(r[3]), "updated_at": r[4]}
+    return [{"name": r[0], "type": r[1], "interface": r[2], "tags": db.loads(r[3], dict), "updated_at": r[4]}
             for r in rows]
 
 
@@ -229,7 +238,7 @@ def show_device(engine: "Engine", name: str, *, show_secrets: bool = False) -> d
         "name": device.name,
         "type": device.type,
         "interface": device.interface,
-        "tags": json.loads(device.tags),
+        "tags": db.loads(device.tags, dict),
         "version": version,
         "created_at": device.created_at,
         "updated_at": device.updated_at,
@@ -289,21 +298,36 @@ def report_state(engine: "Engine", name: str, values: dict[str, Any]) -> None:
 
 
 def parse_state_payload(payload: bytes | str) -> dict[str, str]:
-    """A device's state message: a JSON object of valid keys → canonical JSON texts.
+    """A device's state message (MQTT or HTTP): a JSON object of valid keys → canonical
+    JSON texts, which any backend stores and any terminal shows safely (control
+    characters escaped). At most MAX_STATE_BYTES of UTF-8 (a byte order mark is allowed),
+    objects and arrays nested at most MAX_STATE_DEPTH deep, no lone surrogate.
 
     Raises InputError naming the problem; the caller writes nothing for such a message.
     """
+    data = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
+    if len(data) > MAX_STATE_BYTES:
+        raise InputError(f"state larger than {MAX_STATE_BYTES} bytes")
     try:
-        data = loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
+        text = data.decode("utf-8-sig")  # JSON's encoding; json.loads would also guess UTF-16 and -32
+    except UnicodeDecodeError as exc:
+        raise InputError(f"state is not UTF-8 text: byte {exc.start}: {exc.reason}") from None
+    too_deep = f"state is nested too deeply (more than {MAX_STATE_DEPTH} levels of objects and arrays)"
+    try:
+        value = loads(text)
+    except TooDeep:
+        raise InputError(too_deep) from None
+    except ValueError as exc:
         raise InputError(f"state is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"state must be a JSON object, not {type(data).__name__}")
-    if not data:
+    if not isinstance(value, dict):
+        raise InputError(f"state must be a JSON object, not {type(value).__name__}")
+    if not value:
         raise InputError("state is an empty object")
-    for key in data:
+    if depth(value) > MAX_STATE_DEPTH:
+        raise InputError(too_deep)
+    for key in value:
         check_key(key)
     try:
-        return {k: canonical(v) for k, v in data.items()}
+        return {k: canonical(v) for k, v in value.items()}
     except ValueError as exc:
         raise InputError(f"state holds a value that is not JSON: {exc}") from None

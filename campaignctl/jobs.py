@@ -274,7 +274,7 @@ def counts(conn: "Connection", job_id: int, batch: int | None = None) -> dict[st
 
 def summary(conn: "Connection", job_id: int) -> dict[str, Any]:
     job = job_row(conn, job_id)
-    settings = json.loads(job.settings)
+    settings = db.loads(job.settings, dict)
     return {
         "id": job.id,
         "campaign": job.campaign,

@@ -10,15 +10,15 @@ import csv
 import datetime
 import io
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, NamedTuple, Optional
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
                       field_validator, model_validator)
 
 from campaignctl import interfaces
 from campaignctl.errors import InputError
-from campaignctl.names import check_name
-from campaignctl.rollout import Rollout, parse_duration, parse_percent, parse_time
+from campaignctl.names import check_name, name_problem
+from campaignctl.rollout import MAX_COUNT, Rollout, check_count, parse_duration, parse_percent, parse_time
 from campaignctl.spec import CampaignSpec
 from campaignctl.values import MissingVariable, canonical, expand_env, key_problem
 from campaignctl.yamlfile import YamlDocument, format_path, read_text
@@ -81,6 +81,66 @@ class DeviceSpec(_Strict):
     tags: Tags = Field(default_factory=dict)
 
 
+class Device(NamedTuple):
+    """A validated device of a fleet manifest: a tuple, as an import builds 100k of them."""
+
+    name: str
+    type: str
+    interface: str
+    tags: dict[str, str]
+
+
+_DEVICE_FIELDS = frozenset(DeviceSpec.model_fields)
+
+
+def _plain_device(data: Any, known: set) -> Device | None:
+    """``data`` as a Device when it is plainly valid, else None: DeviceSpec then says why.
+
+    DeviceSpec is the rule; this applies the same checks (name_problem, key_problem,
+    _tag_value) without building a model, which costs most of a large import. ``known``
+    holds the names and keys already found valid (types, interfaces, tag keys repeat).
+    """
+    if type(data) is not dict or not data.keys() <= _DEVICE_FIELDS:
+        return None
+    name, kind, interface, tags = data.get("name"), data.get("type"), data.get("interface"), data.get("tags", {})
+    if type(tags) is not dict or type(name) is not str or name_problem(name):
+        return None
+    for text in (kind, interface):
+        if type(text) is not str:
+            return None
+        if text not in known:
+            if name_problem(text):
+                return None
+            known.add(text)
+    values: dict[str, str] = {}
+    for key, value in tags.items():
+        if type(key) is not str:
+            return None
+        if ("key", key) not in known:
+            if key_problem(key):
+                return None
+            known.add(("key", key))
+        if type(value) is not str:
+            try:
+                value = _tag_value(value)
+            except ValueError:
+                return None
+        values[key] = value
+    return Device(name, kind, interface, values)
+
+
+def _device(data: Any, known: set, invalid: Any) -> Device:
+    """A validated device; ``invalid(exc)`` makes the error for DeviceSpec's ValidationError."""
+    device = _plain_device(data, known)
+    if device is None:
+        try:
+            spec = DeviceSpec.model_validate(data)
+        except ValidationError as exc:
+            raise invalid(exc) from None
+        device = Device(spec.name, spec.type, spec.interface, spec.tags)
+    return device
+
+
 class FleetManifest(_Strict):
     interfaces: dict[Name, dict[str, Any]] = Field(default_factory=dict)
     device_types: dict[Name, DeviceTypeSpec] = Field(default_factory=dict)
@@ -127,13 +187,13 @@ class RolloutManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     batches: Optional[list[Any]] = None
-    batch_size: Optional[int] = Field(None, ge=1, strict=True)
+    batch_size: Optional[int] = Field(None, ge=1, le=MAX_COUNT, strict=True)
     canary: Optional[CanarySelector] = None
     bake_time: Annotated[Optional[float], BeforeValidator(_duration)] = None
     success_threshold: Annotated[Optional[float], BeforeValidator(_percent)] = None
     error_threshold: Annotated[Optional[float], BeforeValidator(_percent)] = None
     on_error: Literal["pause", "abort"] = "pause"
-    max_per_minute: Optional[int] = Field(None, ge=1, strict=True)
+    max_per_minute: Optional[int] = Field(None, ge=1, le=MAX_COUNT, strict=True)
     device_timeout: Annotated[Optional[float], BeforeValidator(_duration)] = None
 
     @field_validator("batches")
@@ -149,7 +209,7 @@ class RolloutManifest(BaseModel):
             if isinstance(item, int) and not isinstance(item, bool):
                 if item < 1:
                     raise ValueError(f"a batch of {item} devices is empty")
-                out.append(item)
+                out.append(check_count(item, "a batch"))
             elif isinstance(item, str) and item.strip().endswith("%"):
                 share = parse_percent(item)
                 if share <= last:
@@ -197,7 +257,7 @@ def _validate(model: type[BaseModel], data: Any, doc: YamlDocument, prefix: tupl
     except ValidationError as exc:
         raise _input_error(exc, doc, prefix) from None
     except RecursionError:
-        raise InputError("a value refers to itself, or is nested too deeply", source=doc.source) from None
+        raise InputError("a value is nested too deeply", source=doc.source) from None
 
 
 def _input_error(exc: ValidationError, doc: YamlDocument, prefix: tuple = ()) -> InputError:
@@ -229,18 +289,27 @@ def load_fleet(path: str) -> "Fleet":
         devices, lines = _parse_csv(text, path)
         return Fleet(interfaces={}, device_types={}, devices=devices, lines=lines)
     doc = YamlDocument(text, path)
-    manifest: FleetManifest = _validate(FleetManifest, doc.data, doc)
+    data = doc.data
+    raw_devices = data.get("devices") if isinstance(data, dict) else None
+    if isinstance(raw_devices, list):
+        # The devices are most of a large manifest: validated on their own, quicker (_device).
+        manifest: FleetManifest = _validate(FleetManifest, {k: v for k, v in data.items() if k != "devices"}, doc)
+        known: set = set()
+        devices = [_device(item, known, lambda exc, i=index: _input_error(exc, doc, ("devices", i)))
+                   for index, item in enumerate(raw_devices)]
+    else:
+        manifest = _validate(FleetManifest, data, doc)
+        devices = [Device(d.name, d.type, d.interface, d.tags) for d in manifest.devices]
     validated_interfaces: dict[str, dict[str, Any]] = {}
     for name, raw in manifest.interfaces.items():
         validated_interfaces[name] = _validate_interface(raw, doc, ("interfaces", name))
     seen: dict[str, int] = {}
-    for index, device in enumerate(manifest.devices):
+    for index, device in enumerate(devices):
         if device.name in seen:
             raise doc.error(f"device {device.name!r} is listed twice (also at devices[{seen[device.name]}])",
                             ("devices", index, "name"))
         seen[device.name] = index
-    return Fleet(interfaces=validated_interfaces, device_types=manifest.device_types,
-                 devices=manifest.devices, doc=doc)
+    return Fleet(interfaces=validated_interfaces, device_types=manifest.device_types, devices=devices, doc=doc)
 
 
 def _validate_interface(raw: dict[str, Any], doc: YamlDocument, path: tuple) -> dict[str, Any]:
@@ -259,7 +328,7 @@ def _validate_interface(raw: dict[str, Any], doc: YamlDocument, path: tuple) -> 
 class Fleet:
     interfaces: dict[str, dict[str, Any]]
     device_types: dict[str, DeviceTypeSpec]
-    devices: list[DeviceSpec]
+    devices: list[Device]
     doc: YamlDocument | None = None
     # CSV: line number of each device, for errors about references.
     lines: dict[int, int] = field(default_factory=dict)
@@ -273,63 +342,81 @@ class Fleet:
 CSV_COLUMNS = ("name", "type", "interface", "tags")
 
 
-class _NumberedReader(csv.DictReader):
-    """DictReader whose rows remember the line they started on."""
-
-    def __next__(self) -> dict:
-        row = super().__next__()
-        row["\0line"] = self.line_num
-        return row
-
-
-def _parse_csv(text: str, source: str) -> tuple[list[DeviceSpec], dict[int, int]]:
+def _parse_csv(text: str, source: str) -> tuple[list[Device], dict[int, int]]:
     """The devices of a CSV file, and the line each one stands on."""
-    reader = _NumberedReader(io.StringIO(text))
+    reader = csv.reader(io.StringIO(text))
     try:
-        header = reader.fieldnames or []
+        header = next(reader, [])
     except csv.Error as exc:
         raise InputError(f"not valid CSV: {exc}", source=source, line=1) from None
+    _check_header(header, source)
+    columns = {column: header.index(column) for column in header}
+    at_name, at_type, at_interface, at_tags = (columns.get(c) for c in CSV_COLUMNS)
+    width = len(header)
+    devices: list[Device] = []
+    lines: dict[int, int] = {}
+    seen: dict[str, int] = {}
+    known: set = set()
+    cells: dict[str, dict[str, str]] = {}  # tags cell -> its tags: devices share a few tag sets
+    line = 1
+    try:
+        for row in reader:
+            line = reader.line_num
+            if not row:
+                continue  # a blank line, as DictReader skips it
+            if len(row) > width:
+                raise InputError("more fields than columns", source=source, line=line)
+            row += [""] * (width - len(row))
+            cell = row[at_tags] if at_tags is not None else ""
+            tags = cells.get(cell)
+            if tags is None:
+                tags = cells[cell] = _csv_tags(cell, source, line)
+            data = {"name": row[at_name], "type": row[at_type], "interface": row[at_interface], "tags": tags}
+            device = _device(data, known, lambda exc: _csv_error(exc, source, line))
+            if device.name in seen:
+                raise InputError(f"device {device.name!r} is listed twice (also on line {seen[device.name]})",
+                                 source=source, field="name", line=line)
+            seen[device.name] = line
+            lines[len(devices)] = line
+            devices.append(device)
+    except csv.Error as exc:
+        raise InputError(f"not valid CSV: {exc}", source=source, line=reader.line_num) from None
+    return devices, lines
+
+
+def _check_header(header: list[str], source: str) -> None:
     missing = [c for c in CSV_COLUMNS[:3] if c not in header]
     unknown = [c for c in header if c not in CSV_COLUMNS]
-    if missing or unknown:
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if missing or unknown or twice:
         problem = "; ".join(
             p for p in (
                 f"missing column(s) {', '.join(missing)}" if missing else "",
                 f"unknown column(s) {', '.join(unknown)}" if unknown else "",
+                f"column(s) given twice: {', '.join(twice)}" if twice else "",
             ) if p
         )
         raise InputError(f"{problem} (expected header: {','.join(CSV_COLUMNS)})", source=source, line=1)
-    devices: list[DeviceSpec] = []
-    lines: dict[int, int] = {}
-    seen: dict[str, int] = {}
-    try:
-        rows = list(reader)
-    except csv.Error as exc:
-        raise InputError(f"not valid CSV: {exc}", source=source, line=reader.line_num) from None
-    for row in rows:
-        line = row.pop("\0line")
-        if None in row:
-            raise InputError("more fields than columns", source=source, line=line)
-        tags: dict[str, str] = {}
-        for part in filter(None, (p.strip() for p in (row.get("tags") or "").split(";"))):
-            k, sep, v = part.partition("=")
-            if not sep:
-                raise InputError(f"tag {part!r} is not written k=v", source=source, field="tags", line=line)
-            tags[k.strip()] = v.strip()
-        data = {"name": row["name"], "type": row["type"], "interface": row["interface"], "tags": tags}
-        try:
-            spec = DeviceSpec.model_validate(data)
-        except ValidationError as exc:
-            err = exc.errors(include_url=False)[0]
-            msg = err["msg"].removeprefix("Value error, ")
-            raise InputError(msg, source=source, field=format_path(err["loc"]), line=line) from None
-        if spec.name in seen:
-            raise InputError(f"device {spec.name!r} is listed twice (also on line {seen[spec.name]})",
-                             source=source, field="name", line=line)
-        seen[spec.name] = line
-        lines[len(devices)] = line
-        devices.append(spec)
-    return devices, lines
+
+
+def _csv_tags(text: str, source: str, line: int) -> dict[str, str]:
+    """``k=v;k2=v2`` → a dict; a key given twice is an error, not "the last one wins"."""
+    tags: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        k, sep, v = part.partition("=")
+        if not sep:
+            raise InputError(f"tag {part!r} is not written k=v", source=source, field="tags", line=line)
+        k = k.strip()
+        if k in tags:
+            raise InputError(f"tag {k!r} is given twice", source=source, field="tags", line=line)
+        tags[k] = v.strip()
+    return tags
+
+
+def _csv_error(exc: ValidationError, source: str, line: int) -> InputError:
+    err = exc.errors(include_url=False)[0]
+    msg = err["msg"].removeprefix("Value error, ")
+    return InputError(msg, source=source, field=format_path(err["loc"]), line=line)
 
 
 def load_campaign(path: str, environ: dict[str, str] | None = None) -> CampaignSpec:
@@ -353,8 +440,7 @@ def load_campaign(path: str, environ: dict[str, str] | None = None) -> CampaignS
             except (ValueError, TypeError) as exc:
                 raise doc.error(f"not a JSON value ({exc})", (section, key)) from None
             except RecursionError:
-                raise doc.error("invalid YAML: an alias refers to itself, or the value is nested too deeply",
-                                (section, key)) from None
+                raise doc.error("the value is nested too deeply", (section, key)) from None
             values[section][key] = expanded
             if secret:
                 secret_keys.append(f"{section}.{key}")

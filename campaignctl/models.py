@@ -99,7 +99,9 @@ class DeviceConfig(SQLModel, table=True):
     """One configuration entry of a device: desired (users, campaigns) and reported (device)."""
 
     __tablename__ = "device_config"
-    __table_args__ = (NO_ROWID,)
+    # By revision: the supervision finds the few entries written after a job's own
+    # writes (a user's change makes a device invalid) without reading every entry.
+    __table_args__ = (Index("ix_device_config_revision", "desired_revision"), NO_ROWID)
     device_id: int = ref("device.id", cascade=True, primary_key=True)
     key: str = text(primary_key=True)
     desired: Optional[str] = text()  # canonical JSON; NULL when never set
@@ -161,6 +163,9 @@ class Job(SQLModel, table=True):
     started_at: Optional[str] = text()
     finished_at: Optional[str] = text()
     written_at: Optional[str] = text()  # the write step finished
+    # The revisions the job's writes took, "r1,r2,…": the supervision reads the entries
+    # others wrote between and after them without scanning the job's items.
+    revisions: Optional[str] = text()
 
 
 class JobItem(SQLModel, table=True):

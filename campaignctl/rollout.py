@@ -9,22 +9,45 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
+from campaignctl.values import cut
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# Longer waits are typing mistakes, and far longer ones overflow the clock arithmetic.
+MAX_DURATION = 365 * 86400
+# Device counts and rates (batch sizes, max_per_minute): far beyond any fleet, within 64 bits.
+MAX_COUNT = 1_000_000_000
 
 
 def parse_duration(value: Any) -> float:
-    """``90s``, ``30m``, ``2h``, ``1d``; a bare number is seconds."""
+    """``90s``, ``30m``, ``2h``, ``1d``; a bare number is seconds; at most a year."""
     if isinstance(value, bool):
         raise ValueError("a duration is written 90s, 30m, 2h or a number of seconds")
     if isinstance(value, (int, float)):
-        if value < 0 or math.isnan(value):
+        if isinstance(value, float) and math.isnan(value):
+            raise ValueError("nan is not a duration")
+        if value < 0:
             raise ValueError("a duration cannot be negative")
-        return float(value)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"{value!r} is not a duration (write 90s, 30m, 2h or a number of seconds)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+        seconds = float(value) if value <= MAX_DURATION else math.inf  # a 400-digit int is no float
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"{_shown(value)} is not a duration (write 90s, 30m, 2h or a number of seconds)")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{_shown(value)} is longer than {format_duration(MAX_DURATION)}, the longest duration")
+    return seconds
+
+
+def _shown(value: Any) -> str:
+    """``value`` for a message, cut short: it may be a 5000-digit number."""
+    return cut(repr(value) if isinstance(value, str) else str(value), 40)
+
+
+def check_count(value: int, what: str) -> int:
+    if value > MAX_COUNT:
+        raise ValueError(f"{what} of {_shown(value)} is more than {MAX_COUNT:,}")
+    return value
 
 
 def format_duration(seconds: float) -> str:
@@ -42,10 +65,10 @@ def parse_percent(value: Any) -> float:
     number = text[:-1] if text.endswith("%") else text
     try:
         percent = float(number)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a percentage (write it like 95%)") from None
+    except (ValueError, OverflowError):
+        raise ValueError(f"{_shown(value)} is not a percentage (write it like 95%)") from None
     if not 0 <= percent <= 100:
-        raise ValueError(f"{value!r} is not between 0% and 100%")
+        raise ValueError(f"{_shown(value)} is not between 0% and 100%")
     return percent / 100
 
 
@@ -57,10 +80,14 @@ def parse_time(value: Any) -> str:
         try:
             when = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
         except ValueError:
-            raise ValueError(f"{value!r} is not an ISO 8601 date-time (e.g. 2026-12-01T02:00:00Z)") from None
+            raise ValueError(f"{_shown(value)} is not an ISO 8601 date-time (e.g. 2026-12-01T02:00:00Z)") from None
     if when.tzinfo is None:
         raise ValueError(f"{when.isoformat()} has no timezone: write it in UTC with a Z, e.g. 2026-12-01T02:00:00Z")
-    return when.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    try:
+        utc = when.astimezone(timezone.utc)
+    except OverflowError:  # 9999-12-31T23:59:59-01:00 is in the year 10000 in UTC
+        raise ValueError(f"{when.isoformat()} is out of range: in UTC it falls outside the years 1 to 9999") from None
+    return utc.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 @dataclass

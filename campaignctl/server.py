@@ -17,18 +17,30 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from campaignctl import __version__, credentials, db, dialect, store
-from campaignctl.errors import InputError
+from campaignctl import __version__, credentials, db, dialect
+from campaignctl.errors import CampaignctlError, InputError
 from campaignctl.interfaces.base import document
 from campaignctl.names import name_problem
+from campaignctl.values import MAX_STATE_BYTES
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
     from sqlalchemy.sql.elements import TextClause
 
-MAX_BODY = 64 * 1024
+MAX_BODY = MAX_STATE_BYTES  # the same limit as MQTT state messages
 
 _ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
+_HEALTHY = {"content": {"application/json": {"schema": {
+    "type": "object", "required": ["status"], "properties": {"status": {"type": "string", "enum": ["ok"]}}}}}}
+_UNHEALTHY = {
+    "description": "Part of serve stopped: the MQTT listeners, the rollout engine, or the database cannot be used",
+    "content": {"application/json": {"schema": {
+        "type": "object", "required": ["status", "error", "stopped"],
+        "properties": {"status": {"type": "string", "enum": ["unhealthy"]},
+                       "error": {"type": "string", "description": "stopped: followed by the names below"},
+                       "stopped": {"type": "object", "additionalProperties": {"type": "string"},
+                                   "description": "mqtt_listeners, rollout_engine, database → why"}}}}},
+}
 _DOCUMENT = {
     "content": {"application/json": {"schema": {
         "type": "object", "required": ["configuration", "version"],
@@ -44,9 +56,15 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": 'Bearer realm="campaignctl"'} if status == 401 else None
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="campaignctl"'}
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _why(exc: BaseException, engine: "Engine") -> str:
+    """Why a component of serve stopped, in one line without secrets."""
+    return exc.message if isinstance(exc, CampaignctlError) else db.describe(exc, engine)
 
 
 def _token(authorization: str | None) -> str:
@@ -81,7 +99,17 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))  # unknown paths and methods: the same error shape
+        # Unknown paths and methods: the same error shape, and the headers Starlette
+        # gives (a 405's Allow, listing the path's methods).
+        return _error(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, _exc: Exception) -> JSONResponse:
+        # A bug or a database fault: still the documented shape (uvicorn logs the traceback).
+        return _error(500, "internal error")
+
+    # Components of ``serve`` that stopped, name → why: Server fills it, /healthz reports it.
+    app.state.stopped = {}
 
     reader = app.state.reader = Reader(engine)
 
@@ -96,11 +124,19 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
         # not worth a query: it is an unknown device.
         return None if name_problem(name) else reader.one(statement, {"name": name})
 
-    @app.get("/healthz", summary="Liveness", responses={200: {"content": {"application/json": {}}}})
-    def healthz() -> dict[str, str]:
-        with db.read(engine) as conn:
-            db.run(conn, "SELECT 1").scalar()
-        return {"status": "ok"}
+    @app.get("/healthz", summary="Liveness", response_class=JSONResponse,
+             responses={200: _HEALTHY, 503: _UNHEALTHY})
+    def healthz() -> JSONResponse:
+        stopped = dict(app.state.stopped)
+        try:
+            with db.read(engine) as conn:
+                db.run(conn, "SELECT 1").scalar()
+        except Exception as exc:  # noqa: BLE001 - whatever keeps the database away, serve is unhealthy
+            stopped["database"] = _why(exc, engine)
+        if stopped:
+            return JSONResponse({"status": "unhealthy", "error": "stopped: " + ", ".join(sorted(stopped)),
+                                 "stopped": stopped}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get(
         "/v1/devices/{name}/configuration",
@@ -137,6 +173,7 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
     )
     async def put_state(name: str, request: Request) -> Response:
         from campaignctl.fleet import parse_state_payload
+        from campaignctl.listen import write_state
 
         token = _token(request.headers.get("authorization"))
         row = lookup(_AUTHENTICATE, name)
@@ -152,15 +189,11 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
                 raise ApiError(413, f"body larger than {max_body} bytes")
         try:
             values = parse_state_payload(bytes(body))
+            now = db.utcnow()
+            await run_in_threadpool(write_state, engine, [(device_id, k, v, now) for k, v in values.items()])
         except InputError as exc:
             raise ApiError(400, exc.message) from None
-        await run_in_threadpool(_record_state, device_id, values)
         return Response(status_code=204)
-
-    def _record_state(device_id: int, values: dict[str, str]) -> None:
-        now = db.utcnow()
-        with db.write(engine) as conn:
-            store.write_reported(conn, [(device_id, k, v, now) for k, v in values.items()])
 
     def openapi() -> dict[str, Any]:
         """FastAPI's description, told the truth: bearer authentication on /v1, and no
@@ -282,10 +315,20 @@ class Server:
                  listen_mqtt: bool = True, engine_interval: float | None = 2.0,
                  info: Callable[[str], None] = lambda _m: None,
                  warn: Callable[[str], None] = lambda _m: None, access_log: bool = False,
-                 share: str | None = None) -> None:
+                 share: str | None = None, max_connections: int | None = None,
+                 header_timeout: float = 10.0, keep_alive: float = 5.0) -> None:
         import uvicorn
 
+        from campaignctl import connections
+
         self.engine, self.info, self.warn = engine, info, warn
+        # Slow, idle and surplus clients are bounded by the protocol (see campaignctl.connections),
+        # below the file limit, raised as far as allowed: enough room for thousands of devices.
+        file_limit = connections.raise_file_limit()
+        self.limits = connections.Limits(connections.connection_cap(max_connections, file_limit),
+                                         header_timeout=header_timeout, keep_alive=keep_alive)
+        self.backlog = connections.accept_backlog(file_limit)
+        connections.quiet_repeated_logs()
         self.app = create_app(engine)
         self.host, self.requested_port = host, port
         import copy
@@ -294,8 +337,11 @@ class Server:
 
         logging = copy.deepcopy(LOGGING_CONFIG)
         logging["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for data
-        config = uvicorn.Config(self.app, host=host, port=port, log_level="info" if access_log else "warning",
-                                access_log=access_log, lifespan="off", log_config=logging)
+        config = uvicorn.Config(connections.ignoring_client_disconnects(self.app), host=host, port=port,
+                                log_level="info" if access_log else "warning",
+                                access_log=access_log, lifespan="off", log_config=logging,
+                                http=connections.guarded_protocol(self.limits), timeout_keep_alive=keep_alive,
+                                backlog=self.backlog)
         self.server = uvicorn.Server(config)
         self._socket: Any = None
         self.listen_mqtt, self.share = listen_mqtt, share
@@ -313,7 +359,7 @@ class Server:
         # Bind here, not in uvicorn: a busy port is then a clean error, and port 0 a
         # known port before anything is served.
         try:
-            self._socket = socket.create_server((self.host, self.requested_port), backlog=2048)
+            self._socket = socket.create_server((self.host, self.requested_port), backlog=self.backlog)
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise CampaignctlError(f"cannot serve on {self.host}:{self.requested_port}: {reason}") from None
@@ -344,7 +390,8 @@ class Server:
             run_worker(self.engine, interval=self.engine_interval or 2.0, stop=self._stop, info=self.info)
         except Exception as exc:  # noqa: BLE001
             self.errors.append(exc)
-            self.warn(f"rollout engine stopped: {exc}")
+            self.app.state.stopped["rollout_engine"] = why = _why(exc, self.engine)
+            self.warn(f"rollout engine stopped: {why}")  # never the SQL text and its values
 
     def start_listeners(self) -> bool:
         """Start ingesting state from the MQTT interfaces known now; False if there are none."""
@@ -371,10 +418,18 @@ class Server:
         from campaignctl.listen import listen
 
         try:
-            listen(self.engine, stop=self._stop, info=self.info, warn=self.warn, share=self.share)
+            listen(self.engine, stop=self._stop, info=self.info, warn=self.warn, share=self.share,
+                   health=self._listeners_health)
         except Exception as exc:  # noqa: BLE001
             self.errors.append(exc)
-            self.warn(f"MQTT listeners stopped: {exc}")
+            self.app.state.stopped["mqtt_listeners"] = why = _why(exc, self.engine)
+            self.warn(f"MQTT listeners stopped: {why}")
+
+    def _listeners_health(self, problem: str | None) -> None:
+        if problem is None:
+            self.app.state.stopped.pop("mqtt_listeners", None)
+        else:
+            self.app.state.stopped["mqtt_listeners"] = problem
 
     def stop(self) -> None:
         self._stop.set()

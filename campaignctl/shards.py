@@ -67,13 +67,31 @@ def plan(conn: "Connection", job_id: int, size: int) -> int:
     return len(rows)
 
 
+#: The workers of this process delivering a shard now.
+_delivering: set[str] = set()
+_delivering_lock = threading.Lock()
+
+
+def _abandoned_here(worker: str) -> bool:
+    """A shard marked running by a worker of this very process that is not delivering
+    it: left by an error that cut its database connection before it could give the shard
+    back (a lost connection, a restarted server). No need to wait for its lease."""
+    import os
+    import socket
+
+    if not worker.startswith(f"{socket.gethostname()}:{os.getpid()}:"):
+        return False
+    with _delivering_lock:
+        return worker not in _delivering
+
+
 def claim(engine: "Engine", worker: str, *, job_id: int | None = None) -> Shard | None:
     """Take the next shard that is pending, or whose worker's lease is gone, of a running
     campaign (of ``job_id`` only, when given); None when there is none. A shard still
     marked as this worker's own was left by an error (it is claiming, not delivering)."""
     with db.write(engine) as conn:
         dead = [w for (w,) in db.run(conn, "SELECT DISTINCT worker FROM job_shard WHERE status = 'running'")
-                if w and not owner_alive(w)]
+                if w and (not owner_alive(w) or _abandoned_here(w))]
         now = db_clock(conn)
         # The campaign's status is read in a subquery: only the shard row is locked, so
         # claimers of other shards of the same job never wait on each other.
@@ -123,6 +141,15 @@ def cancel_open(conn: "Connection", job_id: int) -> None:
            "open")
 
 
+def delivering_elsewhere(conn: "Connection", job_id: int, me: str) -> int:
+    """Shards of the job that other live workers are delivering now (their lease not
+    expired, their process not known dead)."""
+    rows = db.run(conn, "SELECT worker FROM job_shard WHERE job_id = :job AND status = 'running' "
+                  "AND lease_expires_at >= :now AND worker <> :me",
+                  {"job": job_id, "now": db_clock(conn), "me": me}).all()
+    return sum(1 for (worker,) in rows if worker and owner_alive(worker))
+
+
 def open_count(conn: "Connection", job_id: int) -> int:
     return int(db.run(conn, "SELECT count(*) FROM job_shard WHERE job_id = :job AND status IN :open",
                       {"job": job_id, "open": list(OPEN)}, "open").scalar_one())
@@ -140,14 +167,12 @@ def deliver(engine: "Engine", shard: Shard, worker: str, *,
     """Deliver a claimed shard's devices that still await it, interface by interface;
     returns False when it stopped early (campaign paused or cancelled, lease lost),
     after giving the shard back."""
-    import json
-
     from campaignctl.delivery import JobRecorder, run_interface
     from campaignctl.interfaces.base import DeliveryPolicy
 
     with db.read(engine) as conn:
-        settings = json.loads(db.run(conn, "SELECT settings FROM job WHERE id = :id",
-                                     {"id": shard.job_id}).scalar_one())
+        settings = db.loads(db.run(conn, "SELECT settings FROM job WHERE id = :id",
+                                     {"id": shard.job_id}).scalar_one(), dict)
         found = db.run(conn, "SELECT DISTINCT i.id, i.name, i.type, i.settings FROM job_item ji "
                        "JOIN device d ON d.id = ji.device_id JOIN interface i ON i.id = d.interface_id "
                        "WHERE ji.job_id = :job AND ji.status = 'syncing' AND ji.device_id BETWEEN :first AND :last "
@@ -170,6 +195,8 @@ def deliver(engine: "Engine", shard: Shard, worker: str, *,
 
     recorder = JobRecorder(engine, shard.job_id, on_flush=on_flush)
     completed = False
+    with _delivering_lock:
+        _delivering.add(worker)
     try:
         for interface in found:
             if state["stop"] or not _still_running(engine, shard.job_id):
@@ -182,6 +209,8 @@ def deliver(engine: "Engine", shard: Shard, worker: str, *,
         # Interrupted (Ctrl-C, an error) or stopped: the shard goes back to pending, and
         # whoever claims it next delivers what is still syncing in it.
         heartbeat.stopped.set()
+        with _delivering_lock:
+            _delivering.discard(worker)
         try:
             finish(engine, shard, worker, delivered=int(state["delivered"]), failed=int(state["failed"]),
                    done=completed)

@@ -2,7 +2,9 @@
 
 MQTT devices share one client per interface and subscribe to their own config topic
 when they come online, so the broker hands each its retained document exactly as it
-would a real device; HTTP devices poll ``campaignctl serve`` with their secret and
+would a real device; when the broker comes back after a restart, the client reconnects,
+the online devices subscribe again and report their state (the reconnections are
+counted). HTTP devices poll ``campaignctl serve`` with their secret and
 ETag. Everything runs on one asyncio loop (plus paho's network thread), so a process
 holds many hundreds of devices.
 
@@ -54,6 +56,7 @@ class Stats:
     reports: int = 0
     polls: int = 0  # HTTP devices: configuration requests answered (200 or 304)
     errors: int = 0  # transport errors (HTTP status, connection)
+    reconnects: int = 0  # MQTT connections restored after the broker went away
 
     def to_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -69,6 +72,7 @@ class Device:
     rng: random.Random
     fails: bool = False
     online_after: float = 0.0
+    online: bool = False  # MQTT: subscribed (again after every reconnection)
     applied_version: int = -1
     etag: str | None = None
     secret: str | None = None
@@ -98,7 +102,7 @@ class Simulator:
                 raise CampaignctlError(f"no interface named {interface!r}" if kind is None else
                                        f"interface {interface!r} is a {kind} interface: only mqtt and http devices "
                                        "can be simulated")
-            interfaces = {r[0]: {"type": r[1], "settings": json.loads(r[2])} for r in rows}
+            interfaces = {r[0]: {"type": r[1], "settings": db.loads(r[2], dict)} for r in rows}
             devices = db.run(
                 conn,
                 "SELECT d.id, d.name, i.name, d.device_type_id FROM device d JOIN interface i ON i.id = d.interface_id "
@@ -113,7 +117,7 @@ class Simulator:
             reported: dict[int, dict[str, Any]] = {}
             for device_id, key, value in db.run(
                     conn, "SELECT device_id, key, reported FROM device_config WHERE reported IS NOT NULL"):
-                reported.setdefault(device_id, {})[key] = json.loads(value)
+                reported.setdefault(device_id, {})[key] = db.loads(value)
         if not devices:
             raise CampaignctlError("no device to simulate (mqtt and http interfaces only)")
         seed = self.options.seed
@@ -166,6 +170,9 @@ class Simulator:
         device.state.update(values)
         kind = self.interfaces[device.interface]["type"]
         ok = await (self._mqtt_report(device, values) if kind == "mqtt" else self._http_report(device, values))
+        self._count_report(ok)
+
+    def _count_report(self, ok: bool) -> None:
         if ok:
             self.stats.reports += 1
         else:
@@ -183,7 +190,8 @@ class Simulator:
         except Exception as exc:
             raise CampaignctlError(f"interface {name}: {exc}") from None
         prefix = s.topic_prefix.count("/") + 1
-        by_name = {d.name: d for d in self.devices if d.interface == name}
+        devices = [d for d in self.devices if d.interface == name]
+        by_name = {d.name: d for d in devices}
 
         def on_message(_c: Any, _u: Any, message: Any) -> None:
             parts = message.topic.split("/")
@@ -191,17 +199,47 @@ class Simulator:
             if device is not None:
                 loop.call_soon_threadsafe(self._document, device, message.payload)
 
-        client.on_message = on_message
+        def on_connect(c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+            # Only reconnections get here (``connect`` above handled the first CONNACK).
+            # The session is not persistent: the broker forgot the subscriptions, and
+            # paho does not restore them, so the devices that are online subscribe again.
+            if reason.is_failure:
+                return
+            _subscribe(c, [s.config_topic(d.name) for d in devices if d.online])
+            loop.call_soon_threadsafe(self._reconnected, name, [d for d in devices if d.online])
+
+        def on_disconnect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+            if not self._stopping:
+                loop.call_soon_threadsafe(self.info, f"{name}: connection to {s.host}:{s.port} lost ({reason}); "
+                                                     "reconnecting")
+
+        client.on_message, client.on_connect, client.on_disconnect = on_message, on_connect, on_disconnect
+        client.reconnect_delay_set(1, 30)
         client.loop_start()
         return client, s
+
+    def _reconnected(self, interface: str, online: list[Device]) -> None:
+        """Devices report their state after every reconnection, as the device rules ask
+        (a broker that lost its retained messages gets them back)."""
+        self.stats.reconnects += 1
+        self.info(f"{interface}: reconnected; {len(online)} device(s) subscribed again")
+        for device in online:
+            if device.state:
+                self._count_report(self._mqtt_publish_state(device))
 
     async def _mqtt_online(self, device: Device) -> None:
         client, settings = self._clients[device.interface]
         if device.state:  # a device that boots announces its state
             await self._report(device, {})
+        # Online first: a reconnection from now on subscribes it again. Subscribing while
+        # disconnected fails quietly; the reconnection then does it.
+        device.online = True
         client.subscribe(settings.config_topic(device.name), qos=1)
 
     async def _mqtt_report(self, device: Device, values: dict[str, Any]) -> bool:
+        return self._mqtt_publish_state(device)
+
+    def _mqtt_publish_state(self, device: Device) -> bool:
         import paho.mqtt.client as mqtt
 
         client, settings = self._clients[device.interface]
@@ -266,6 +304,7 @@ class Simulator:
 
         loop = asyncio.get_running_loop()
         self._clients: dict[str, Any] = {}
+        self._stopping = False
         http_devices = [d for d in self.devices if self.interfaces[d.interface]["type"] == "http"]
         if http_devices:
             from campaignctl.credentials import secrets_of
@@ -299,10 +338,17 @@ class Simulator:
                 task.cancel()
             await asyncio.gather(*tasks, *(d.busy for d in self.devices if d.busy), return_exceptions=True)
             await self._session.close()
+            self._stopping = True
             for client, _ in self._clients.values():
                 client.disconnect()
                 client.loop_stop()
         return self.stats
+
+
+def _subscribe(client: Any, topics: list[str]) -> None:
+    """Subscribe to many topics, a few hundred per SUBSCRIBE packet."""
+    for start in range(0, len(topics), 200):
+        client.subscribe([(topic, 1) for topic in topics[start : start + 200]])
 
 
 def simulate(engine: "Engine", options: Options, **kwargs: Any) -> Stats:

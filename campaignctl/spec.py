@@ -3,10 +3,10 @@ to read it back, which keeps ``status`` quick)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from campaignctl import db
 from campaignctl.values import canonical
 
 
@@ -43,7 +43,14 @@ class CampaignSpec:
 
     @classmethod
     def from_json(cls, text: str, secret_keys: list[str]) -> "CampaignSpec":
-        data = json.loads(text)
+        data = db.loads(text, dict)
+        try:
+            return cls._from_dict(data, secret_keys)
+        except (KeyError, TypeError, AttributeError) as exc:  # valid JSON, but not a spec campaignctl wrote
+            raise db.UnreadableData(f"a campaign's definition lacks {exc}") from None
+
+    @classmethod
+    def _from_dict(cls, data: Any, secret_keys: list[str]) -> "CampaignSpec":
         return cls(
             name=data["name"],
             description=data["description"],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any, Sequence
 
 from campaignctl import db
@@ -73,6 +72,5 @@ def write_reported(conn: "Connection", rows: Sequence[tuple]) -> None:
         db.run(conn, UPSERT_REPORTED, [dict(zip(_REPORTED, row)) for row in _in_key_order(rows)])
 
 
-def loads(text: str | None) -> Any:
-    """A stored JSON column: canonical text, or NULL."""
-    return None if text is None else json.loads(text)
+# A stored JSON column: canonical text, or NULL.
+loads = db.loads

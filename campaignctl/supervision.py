@@ -15,23 +15,27 @@ Device statuses, in the order they are decided:
 - ``syncing``: written, not yet delivered to the interface (or fetched by the device);
 - ``waiting``: delivered, the reported state does not yet equal the expected state.
 
-The comparisons run in the database over canonical JSON texts, so a 100k-device campaign is
-judged in one query over its devices (and one over the few devices written to since).
+The database gives, per device, the facts these rules read (the job item's status, whether
+a campaign key was changed since, the first expected key the device does not report, whether
+its timeout has passed), comparing canonical JSON texts; ``judge`` applies the rules. The
+summary is one aggregate over those facts, so that a table of the first devices costs the
+aggregate plus the rows shown, and full listings are streamed.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Collection, Iterator
 
 from campaignctl import db, dialect
+from campaignctl.jobs import ITEM_STATES
 from campaignctl.rollout import Rollout, format_duration
 from campaignctl.values import SECRET_MASK
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine
 
 DEVICE_STATES = ("pending", "syncing", "waiting", "valid", "invalid", "failed", "timed_out", "cancelled")
 
@@ -58,10 +62,6 @@ def _values_cte(name: str, rows: list[tuple[int, str, str, bool]]) -> tuple[str,
     return f"{columns} AS (VALUES {', '.join(values)})", params
 
 
-def _epoch(text: str | None) -> float | None:
-    return None if text is None else datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 def _tuples(conn: Any, sql: str, params: dict[str, Any]) -> list[tuple]:
     """All rows as plain DB-API tuples: SQLAlchemy's row objects cost more than the
     query at 100k rows."""
@@ -76,94 +76,263 @@ def _tuples(conn: Any, sql: str, params: dict[str, Any]) -> list[tuple]:
 #: text is the first key, whatever the collation.
 _N = 1_000_000_000
 
+#: Expected keys read by a join each, up to this many (then by a lookup each).
+_JOINED_KEYS = 8
 
-def device_statuses(conn: Any, job_id: int, plan: dict[str, Any], rollout: Rollout, *,
-                    batch: int | None = None, now: float | None = None) -> list[dict[str, Any]]:
-    """Every device of a job (or of one of its batches) with its supervision status."""
-    config_rows = [(int(t), k, v, k in p["secret"]) for t, p in plan.items() for k, v in p["configurations"].items()]
-    state_rows = sorted((int(t), k, v, k in p["secret"])
-                        for t, p in plan.items() for k, v in p["expected_state"].items())
-    cfg_cte, cfg_params = _values_cte("cfg", config_rows)
-    exp_cte, exp_params = _values_cte("exp", state_rows)
-    expected = [(key, secret) for _t, key, _v, secret in state_rows]  # by n
+def judge(item: str, invalid: bool, mismatch: bool, timed_out: bool, expecting: bool) -> str:
+    """A device's status from its facts, in the order of the module's list. ``mismatch``:
+    an expected key's reported value differs; ``expecting``: its device type has an
+    expected state."""
+    if item == "pending":
+        return "pending"
+    if item == "cancelled":
+        return "cancelled"
+    if invalid:
+        return "invalid"
+    if item == "failed" and (mismatch or not expecting):
+        return "failed"  # a failed device that reports the expected state got it another way
+    if item in ("delivered", "failed") and not mismatch:
+        return "valid"
+    if timed_out:
+        return "timed_out"
+    if item == "syncing":
+        return "syncing"
+    return "waiting"
+
+
+def _items_for(statuses: Collection[str]) -> list[str]:
+    """The job item statuses that can be judged one of ``statuses``: a filter the
+    database applies before the rules."""
+    return [item for item in ITEM_STATES
+            if any(judge(item, *facts) in statuses
+                   for facts in ((i, m, t, e) for i in (0, 1) for m in (0, 1) for t in (0, 1) for e in (0, 1)))]
+
+
+class _Facts:
+    """The SQL of a job's facts. Each expected key is one lookup of the device's entry by
+    primary key, and "changed since" only looks at the entries written after the job's
+    first write by anyone else (an index on the revision finds them), so that the cost
+    per device stays a few index lookups on both backends."""
+
+    def __init__(self, conn: "Connection", job_id: int, plan: dict[str, Any], rollout: Rollout,
+                 now: float | None) -> None:
+        config_rows = [(int(t), k, v, k in p["secret"]) for t, p in plan.items()
+                       for k, v in p["configurations"].items()]
+        state_rows = sorted((int(t), k, v, k in p["secret"])
+                            for t, p in plan.items() for k, v in p["expected_state"].items())
+        cfg_cte, cfg_params = _values_cte("cfg", config_rows)
+        self.cte = f"WITH {cfg_cte}"
+        self.expected = [(key, secret) for _t, key, _v, secret in state_rows]  # by n
+        self.params: dict[str, Any] = {**cfg_params, "job_id": job_id}
+        types = sorted({int(t) for t in plan})
+        # A job of one device type needs no look at the device for its type.
+        self.joins_device = len(types) != 1
+        device_type = "d.device_type_id" if self.joins_device else str(types[0])
+        # Each expected key's entry is joined once (a value read twice costs nothing);
+        # past a few keys, one lookup where it is used keeps the join count small.
+        keys = sorted({key for _t, key, _v, _s in state_rows})
+        joined = len(keys) <= _JOINED_KEYS
+        self.joins = "".join(f" LEFT JOIN device_config e{i} ON e{i}.device_id = ji.device_id AND e{i}.key = :ek{i}"
+                             for i in range(len(keys))) if joined else ""
+        self.params.update({f"ek{i}": key for i, key in enumerate(keys)})
+        by_type: dict[int, list[tuple[int, str]]] = {}
+        for n, (type_id, key, value, _secret) in enumerate(state_rows):
+            self.params[f"ev{n}"] = value
+            i = keys.index(key)
+            reported = (f"e{i}.reported" if joined else
+                        f"(SELECT c.reported FROM device_config c WHERE c.device_id = ji.device_id AND c.key = :ek{i})")
+            by_type.setdefault(type_id, []).append((n, reported))
+
+        def per_type(expression: Any, default: str) -> str:
+            arms = {t: expression(keys) for t, keys in by_type.items()}
+            if not arms:
+                return default
+            if not self.joins_device:
+                return arms.get(types[0], default)
+            return ("CASE d.device_type_id " + " ".join(f"WHEN {t} THEN {a}" for t, a in arms.items())
+                    + f" ELSE {default} END")
+
+        # The first expected key whose reported value differs, with what is reported
+        # ('' for nothing), as one text whose order is the keys' order; NULL for none.
+        first_mismatch = per_type(lambda keys: "CASE " + " ".join(
+            f"WHEN {r} IS DISTINCT FROM :ev{n} THEN '{_N + n}' || coalesce({r}, '')" for n, r in keys) + " END",
+            "NULL")
+        any_mismatch = per_type(lambda keys: "CASE WHEN " + " OR ".join(
+            f"{r} IS DISTINCT FROM :ev{n}" for n, r in keys) + " THEN 1 ELSE 0 END", "0")
+        settled = "ji.status IN ('pending', 'cancelled')"  # judged without the other facts
+        self.mismatch = f"CASE WHEN {settled} THEN NULL ELSE {first_mismatch} END"
+        self.any_mismatch = f"CASE WHEN {settled} THEN 0 ELSE {any_mismatch} END"
+        expecting = sorted(by_type)
+        self.expecting = ("1" if len(expecting) == len(types) else "0" if not expecting else
+                          f"CASE WHEN {device_type} IN ({', '.join(map(str, expecting))}) THEN 1 ELSE 0 END")
+        if rollout.device_timeout is None:
+            self.timed_out = "0"
+        else:
+            cutoff = (time.time() if now is None else now) - rollout.device_timeout
+            self.params["cutoff"] = (datetime.fromtimestamp(cutoff, timezone.utc)
+                                     .isoformat(timespec="microseconds").replace("+00:00", "Z"))
+            # Stamps are ISO 8601 UTC texts of one format: they compare as times.
+            self.timed_out = "CASE WHEN coalesce(ji.delivered_at, ji.updated_at) <= :cutoff THEN 1 ELSE 0 END"
+        # A campaign key whose desired value is no longer the campaign's. Only an entry
+        # written after the job's own writes can be one: the candidates come from the
+        # revision index, and are few unless someone changed many devices since.
+        self.changed_from = (
+            f"FROM cfg JOIN device_config c ON c.device_id = ji.device_id AND c.key = cfg.key "
+            f"WHERE cfg.type_id = {device_type} AND c.desired IS DISTINCT FROM cfg.value")
+        self.candidates = (f"ji.device_id IN (SELECT later.device_id FROM device_config later "
+                           f"WHERE {self._written_by_others(conn, job_id)})")
+        # CASE, not AND: SQL does not promise to skip the right side of an AND.
+        self.invalid = (f"CASE WHEN {settled} THEN 0 WHEN NOT ({self.candidates}) THEN 0 "
+                        f"WHEN EXISTS (SELECT 1 {self.changed_from}) THEN 1 ELSE 0 END")
+
+    def _written_by_others(self, conn: "Connection", job_id: int) -> str:
+        """The revisions that others (users, other jobs) gave entries since the job's
+        first write: the ranges between and after the job's own revisions (the global
+        counter gives each write its own), which the index reads without a look at the
+        job's own entries."""
+        stored = db.run(conn, "SELECT revisions FROM job WHERE id = :job_id", {"job_id": job_id}).scalar()
+        if stored is not None:
+            revisions = sorted(int(r) for r in stored.split(",") if r)
+        else:  # a job written before the revisions were kept with it
+            revisions = [r for (r,) in db.run(
+                conn, "SELECT DISTINCT revision FROM job_item WHERE job_id = :job_id AND revision > 0 "
+                "ORDER BY revision", {"job_id": job_id})]
+        if not revisions:
+            return "1 = 0"  # nothing written yet: nothing changed since
+        gaps = [(a + 1, b - 1) for a, b in zip(revisions, revisions[1:]) if b > a + 1]
+        self.params["rev_last"] = revisions[-1]
+        if len(gaps) > 50:  # a write step shared with much other work: one range, filtered
+            self.params.update(rev_first=revisions[0], job_by=f"job:{job_id}")
+            return "later.desired_revision > :rev_first AND later.desired_by IS DISTINCT FROM :job_by"
+        ranges = ["later.desired_revision > :rev_last"]
+        for i, (low, high) in enumerate(gaps):
+            self.params.update({f"gap{i}_lo": low, f"gap{i}_hi": high})
+            ranges.append(f"later.desired_revision BETWEEN :gap{i}_lo AND :gap{i}_hi")
+        return " OR ".join(ranges)
+
+    def where(self, batch: int | None, items: list[str] | None) -> str:
+        sql = "WHERE ji.job_id = :job_id"
+        if batch is not None:
+            self.params["batch"] = batch
+            sql += " AND ji.batch = :batch"
+        if items is not None:
+            self.params.update({f"item{i}": item for i, item in enumerate(items)})
+            sql += f" AND ji.status IN ({', '.join(f':item{i}' for i in range(len(items))) or 'NULL'})"
+        return sql
+
+
+def status_counts(conn: "Connection", job_id: int, plan: dict[str, Any], rollout: Rollout, *,
+                  batch: int | None = None, now: float | None = None,
+                  facts: "_Facts | None" = None) -> dict[int, dict[str, int]]:
+    """Per batch, the number of devices in each status: one aggregate over the facts."""
+    facts = facts or _Facts(conn, job_id, plan, rollout, now)
+    device = "JOIN device d ON d.id = ji.device_id" if facts.joins_device else ""
+    # The facts as the bits of one number: fewer and smaller keys to group on (the
+    # grouping is most of the cost at a million devices).
+    code = f"({facts.invalid}) * 8 + ({facts.any_mismatch}) * 4 + ({facts.timed_out}) * 2 + ({facts.expecting})"
+    rows = _tuples(conn, f"""
+        {facts.cte}
+        SELECT ji.batch, ji.status, {code}, count(*)
+        FROM job_item ji {device}{facts.joins} {facts.where(batch, None)}
+        GROUP BY ji.batch, ji.status, 3
+    """, facts.params)
+    per: dict[int, dict[str, int]] = {}
+    for number, item, bits, count in rows:
+        states = per.setdefault(number, dict.fromkeys(DEVICE_STATES, 0))
+        states[judge(item, bool(bits & 8), bool(bits & 4), bool(bits & 2), bool(bits & 1))] += count
+    return per
+
+
+def totals(per_batch: dict[int, dict[str, int]]) -> dict[str, int]:
+    """The counts of ``status_counts`` over all batches."""
+    out = dict.fromkeys(DEVICE_STATES, 0)
+    for states in per_batch.values():
+        for state, count in states.items():
+            out[state] += count
+    return out
+
+
+def device_statuses(conn: "Connection", job_id: int, plan: dict[str, Any], rollout: Rollout, *,
+                    batch: int | None = None, now: float | None = None, only: Collection[str] | None = None,
+                    limit: int | None = None, facts: "_Facts | None" = None) -> Iterator[dict[str, Any]]:
+    """The devices of a job (or of one of its batches) in name order, with their status
+    and its reason; ``only``: those with one of these statuses; ``limit``: the first ones.
+    Streamed from the database (a million devices are never all in memory)."""
+    if limit is not None and limit <= 0:
+        return
+    facts = facts or _Facts(conn, job_id, plan, rollout, now)
+    items = None if only is None else _items_for(only)
+    where = facts.where(batch, items)
     sep = dialect.separator(conn)
-    in_batch = "AND ji.batch = :batch" if batch is not None else ""
-    params = {"job_id": job_id, "batch": batch}
-    # Revisions only grow, so a campaign key can only have changed on a device that has
-    # an entry written after the job's: the key-by-key look for the first campaign key
-    # whose desired value differs (invalid) is for those alone.
+    # Which campaign key changed, by whom and when, for the few devices changed since.
     changed = dict(_tuples(conn, f"""
-        WITH {cfg_cte}
+        {facts.cte}
         SELECT ji.device_id,
           (SELECT cfg.key || {sep} || coalesce(c.desired_by, '') || {sep} || coalesce(c.desired_at, '')
-             FROM cfg JOIN device_config c ON c.device_id = ji.device_id AND c.key = cfg.key
-            WHERE cfg.type_id = d.device_type_id AND c.desired IS DISTINCT FROM cfg.value
-            ORDER BY cfg.n LIMIT 1)
+           {facts.changed_from} ORDER BY cfg.n LIMIT 1)
         FROM job_item ji JOIN device d ON d.id = ji.device_id
-        WHERE ji.job_id = :job_id {in_batch} AND ji.device_id IN (
-          -- A join, not a probe per item: three times faster on PostgreSQL at 100k devices.
-          SELECT mine.device_id FROM job_item mine JOIN device_config later ON later.device_id = mine.device_id
-           WHERE mine.job_id = :job_id AND later.desired_revision > mine.revision)
-    """, {**cfg_params, **params}))
-    # For each device, the first expected key whose reported value differs (waiting),
-    # with what is there: one aggregate over the device's expected keys, whose smallest
-    # mismatch is the key's number, fixed width, then the reported value ('' for none).
-    rows = _tuples(conn, f"""
-        WITH {exp_cte}
-        SELECT d.name, ji.status, ji.error, ji.attempts, ji.updated_at, ji.batch,
-          {"ji.delivered_at" if rollout.device_timeout is not None else "NULL"}, d.device_type_id, ji.device_id,
-          min(CASE WHEN c.reported IS DISTINCT FROM exp.value
-                   THEN CAST({_N} + exp.n AS TEXT) || coalesce(c.reported, '') END)
-        FROM job_item ji JOIN device d ON d.id = ji.device_id
-        LEFT JOIN exp ON exp.type_id = d.device_type_id
-        LEFT JOIN device_config c ON c.device_id = ji.device_id AND c.key = exp.key
-        WHERE ji.job_id = :job_id {in_batch}
-        GROUP BY ji.job_id, ji.device_id, d.id
-        ORDER BY d.name
-    """, {**exp_params, **params})
+        {where} AND {facts.candidates}
+    """, facts.params))
     started = {n for (n,) in db.run(
         conn, "SELECT number FROM job_batch WHERE job_id = :job_id AND status <> 'pending'", {"job_id": job_id})}
     timeout = rollout.device_timeout
-    now = time.time() if now is None else now
-    expecting = {int(t) for t, p in plan.items() if p["expected_state"]}
     reasons: dict[str, str] = {}  # a fleet's devices mostly report the same few things
 
     def mismatch_reason(mismatch: str) -> str:
         reason = reasons.get(mismatch)
         if reason is None:
-            reason = reasons[mismatch] = _mismatch(expected, mismatch)
+            reason = reasons[mismatch] = _mismatch(facts.expected, mismatch)
         return reason
 
-    devices = []
-    for name, item, error, attempts, updated_at, number, delivered_at, type_id, device_id, mismatch in rows:
-        reason = None
-        if item == "pending":
-            status = "pending"
-            if number not in started:
-                reason = f"batch {number} has not started"
-        elif item == "cancelled":
-            status, reason = "cancelled", error
-        elif changed.get(device_id) is not None:
-            key, by, at = changed[device_id].split("\x1f")
-            status = "invalid"
-            reason = f"{key} was changed after the campaign set it" + (f" (by {by} at {at})" if by else "")
-        elif item == "failed" and not (mismatch is None and type_id in expecting):
-            status, reason = "failed", error
-        elif item in ("delivered", "failed") and mismatch is None:
-            status = "valid"
-        elif timeout is not None and (_epoch(delivered_at or updated_at) or now) + timeout <= now:
-            status = "timed_out"
-            what = "delivered" if item == "delivered" else "written, never fetched,"
-            reason = f"{what} {format_duration(timeout)} ago and still not valid"
-            if mismatch is not None:
-                reason += f" ({mismatch_reason(mismatch)})"
-        elif item == "syncing":
-            status = "syncing"
-        else:
-            status, reason = "waiting", mismatch_reason(mismatch)
-        devices.append({"device": name, "status": status, "reason": reason, "batch": number,
-                        "attempts": attempts, "updated_at": updated_at})
-    return devices
+    # Without a filter the database stops after the rows shown; with one, the rows are
+    # judged as they stream. A job of most of the fleet is read in the order of the
+    # devices' names (CROSS JOIN: SQLite keeps that join order), so that nothing is
+    # sorted and the first rows come at once; a job of a few devices is read, then sorted.
+    cut = f"LIMIT {int(limit)}" if limit is not None and only is None else ""
+    total, fleet = db.run(conn, "SELECT (SELECT total FROM job WHERE id = :job_id), (SELECT count(*) FROM device)",
+                          {"job_id": job_id}).one()
+    source = ("device d CROSS JOIN job_item ji" if 2 * (total or 0) >= fleet else
+              "job_item ji JOIN device d ON d.id = ji.device_id")
+    result = conn.execute(db.sql(f"""
+        {facts.cte}
+        SELECT d.name, ji.status, ji.error, ji.attempts, ji.updated_at, ji.batch, ji.device_id,
+               {facts.mismatch}, {facts.timed_out}, {facts.expecting}
+        FROM {source}{facts.joins}
+        {where} AND ji.device_id = d.id
+        ORDER BY d.name {cut}
+    """).execution_options(stream_results=True), facts.params)
+    shown = 0
+    try:
+        # Through the result, not its DB-API cursor: a server-side cursor's first rows
+        # are already in the result's buffer.
+        for rows in result.partitions(2000):
+            for name, item, error, attempts, updated_at, number, device_id, mismatch, timed_out, expecting in rows:
+                status = judge(item, changed.get(device_id) is not None, mismatch is not None, bool(timed_out),
+                               bool(expecting))
+                if only is not None and status not in only:
+                    continue
+                reason = None
+                if status == "pending":
+                    reason = None if number in started else f"batch {number} has not started"
+                elif status in ("cancelled", "failed"):
+                    reason = error
+                elif status == "invalid":
+                    key, by, at = changed[device_id].split("\x1f")
+                    reason = f"{key} was changed after the campaign set it" + (f" (by {by} at {at})" if by else "")
+                elif status == "timed_out":
+                    what = "delivered" if item == "delivered" else "written, never fetched,"
+                    reason = f"{what} {format_duration(timeout or 0)} ago and still not valid"
+                    if mismatch is not None:
+                        reason += f" ({mismatch_reason(mismatch)})"
+                elif status == "waiting":
+                    reason = mismatch_reason(mismatch)
+                yield {"device": name, "status": status, "reason": reason, "batch": number,
+                       "attempts": attempts, "updated_at": updated_at}
+                shown += 1
+                if limit is not None and shown >= limit:
+                    return
+    finally:
+        result.close()
 
 
 def _mismatch(expected: list[tuple[str, bool]], mismatch: str) -> str:
@@ -174,8 +343,20 @@ def _mismatch(expected: list[tuple[str, bool]], mismatch: str) -> str:
     return f"{key} reported {SECRET_MASK if secret else reported}"
 
 
-def campaign_status(engine: "Engine", name: str) -> dict[str, Any]:
-    """The supervision of a campaign, as documented for ``status -o json``."""
+def campaign_status(engine: "Engine", name: str, *, only: Collection[str] | None = None,
+                    limit: int | None = None) -> dict[str, Any]:
+    """The supervision of a campaign, as documented for ``status -o json``; ``only`` and
+    ``limit`` choose the devices listed (the summary counts them all)."""
+    with open_status(engine, name, only=only, limit=limit) as data:
+        data["devices"] = list(data["devices"])
+    return data
+
+
+@contextmanager
+def open_status(engine: "Engine", name: str, *, only: Collection[str] | None = None,
+                limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """``campaign_status`` whose ``devices`` is an iterator, read while the ``with``
+    block lasts (from one snapshot of the database)."""
     from campaignctl import jobs
     from campaignctl.campaigns import fail_stored, get_spec
     from campaignctl.errors import InputError
@@ -185,6 +366,7 @@ def campaign_status(engine: "Engine", name: str) -> dict[str, Any]:
         extra = db.run(conn, "SELECT reason, start_at FROM campaign WHERE id = :id", {"id": row.id}).one()
         job_id = jobs.latest_job(conn, row.id)
         batches: list[dict[str, Any]] = []
+        devices: Iterator[dict[str, Any]]
         if job_id is None:
             from campaignctl.campaigns import resolve_devices
 
@@ -193,37 +375,40 @@ def campaign_status(engine: "Engine", name: str) -> dict[str, Any]:
             except InputError:
                 ids = []
             why = "the campaign is not launched" if row.status == "draft" else f"the campaign is {row.status}"
-            devices = [{"device": n, "status": "pending", "reason": why, "batch": None, "attempts": 0,
-                        "updated_at": None} for n in _names(conn, ids)]
+            summary = {"total": len(ids), **dict.fromkeys(DEVICE_STATES, 0), "pending": len(ids)}
+            listed = [] if limit == 0 or (only is not None and "pending" not in only) else _names(conn, ids, limit)
+            devices = iter([{"device": n, "status": "pending", "reason": why, "batch": None, "attempts": 0,
+                             "updated_at": None} for n in listed])
             job = None
         else:
             job = jobs.summary(conn, job_id)
             stored = db.run(conn, "SELECT plan, settings FROM job WHERE id = :id", {"id": job_id}).one()
-            rollout = Rollout.from_dict(json.loads(stored[1]).get("rollout"))
-            devices = device_statuses(conn, job_id, json.loads(stored[0]), rollout)
-            batches = _batches(conn, job_id, devices)
-    summary = dict.fromkeys(DEVICE_STATES, 0)
-    for device in devices:
-        summary[device["status"]] += 1
-    return {
-        "campaign": row.name,
-        "status": row.status,
-        "reason": extra[0] if row.status in ("paused", "aborted", "cancelled") else None,
-        "start_at": extra[1],
-        "job": job,
-        "summary": {"total": len(devices), **summary},
-        "batches": batches,
-        "devices": devices,
-    }
+            plan = db.loads(stored[0], dict)
+            rollout = Rollout.from_dict(db.loads(stored[1], dict).get("rollout"))
+            facts = _Facts(conn, job_id, plan, rollout, time.time())  # one instant for the counts and the rows
+            per_batch = status_counts(conn, job_id, plan, rollout, facts=facts)
+            counts = totals(per_batch)
+            summary = {"total": sum(counts.values()), **counts}
+            batches = _batches(conn, job_id, per_batch)
+            devices = device_statuses(conn, job_id, plan, rollout, only=only, limit=limit, facts=facts)
+        try:
+            yield {
+                "campaign": row.name,
+                "status": row.status,
+                "reason": extra[0] if row.status in ("paused", "aborted", "cancelled") else None,
+                "start_at": extra[1],
+                "job": job,
+                "summary": summary,
+                "batches": batches,
+                "devices": devices,
+            }
+        finally:
+            close = getattr(devices, "close", None)
+            if close is not None:
+                close()  # a listing left unfinished lets go of its cursor before the snapshot ends
 
 
-def _batches(conn: Any, job_id: int, devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    per: dict[int, dict[str, int]] = {}
-    for device in devices:
-        number = device["batch"]
-        if number not in per:
-            per[number] = dict.fromkeys(DEVICE_STATES, 0)
-        per[number][device["status"]] += 1
+def _batches(conn: Any, job_id: int, per: dict[int, dict[str, int]]) -> list[dict[str, Any]]:
     return [{"number": r[0], "size": r[1], "status": r[2], "started_at": r[3], "delivered_at": r[4],
              "finished_at": r[5], "reason": r[6], "summary": per.get(r[0], dict.fromkeys(DEVICE_STATES, 0))}
             for r in db.run(
@@ -231,9 +416,13 @@ def _batches(conn: Any, job_id: int, devices: list[dict[str, Any]]) -> list[dict
                 "WHERE job_id = :job_id ORDER BY number", {"job_id": job_id})]
 
 
-def _names(conn: Any, ids: list[int]) -> list[str]:
+def _names(conn: Any, ids: list[int], limit: int | None) -> list[str]:
+    """The first ``limit`` (or all) names of these devices, in name order."""
+    import heapq
+
     names: list[str] = []
     for start in range(0, len(ids), 5000):
         names += [r[0] for r in db.run(conn, "SELECT name FROM device WHERE id IN :ids",
                                        {"ids": ids[start : start + 5000]}, "ids")]
-    return sorted(names)  # str order: UTF-8 byte order, as d.name sorts in SQL
+    # str order: UTF-8 byte order, as d.name sorts in SQL
+    return sorted(names) if limit is None else heapq.nsmallest(limit, names)

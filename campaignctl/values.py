@@ -12,8 +12,12 @@ from campaignctl.errors import InputError
 
 MAX_KEY_LENGTH = 255
 SECRET_MASK = "***"
-# Control characters have no place in a key, and PostgreSQL text cannot hold NUL.
-_KEY_FORBIDDEN = re.compile(r"[\s#$.\x00-\x1f\x7f]")
+# Control characters (C0, DEL and C1: terminals act on them) have no place in a key,
+# and PostgreSQL text cannot hold NUL.
+_KEY_FORBIDDEN = re.compile(r"[\s#$.\x00-\x1f\x7f-\x9f]")
+# A UTF-16 surrogate alone is what a JSON "\ud800" escape decodes to: a Python string can
+# hold it, but it is not Unicode text, and neither UTF-8 nor a database can store it.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -29,6 +33,8 @@ def key_problem(key: object) -> str | None:
     if bad:
         return (f"key {key!r} contains {bad.group()!r} (whitespace, control characters, '#', '$' and '.' are "
                 "not allowed)")
+    if LONE_SURROGATE.search(key):
+        return f"key {key!r} is not Unicode text (it holds a lone surrogate)"
     return None
 
 
@@ -40,13 +46,18 @@ def check_key(key: object, *, source: str | None = None, field: str | None = Non
 
 
 INT_RANGE = (-(2**63), 2**63 - 1)
+_INT_LIMIT = "integers must fit in 64 bits (devices and JSON tools lose larger ones)"
+# A device's state report, whether it comes over MQTT or HTTP: its size in bytes, and how
+# deeply objects and arrays may nest in it (the report itself is level 1).
+MAX_STATE_BYTES = 64 * 1024
+MAX_STATE_DEPTH = 32
 
 
 def _normalise(value: Any) -> Any:
     # JSON compares 1 and 1.0 as the same number; store one spelling so that SQL text
     # equality is JSON equality.
     if isinstance(value, int) and not isinstance(value, bool) and not INT_RANGE[0] <= value <= INT_RANGE[1]:
-        raise ValueError("integers must fit in 64 bits (devices and JSON tools lose larger ones)")
+        raise ValueError(_INT_LIMIT)
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             raise ValueError("NaN and infinity are not JSON")
@@ -63,21 +74,109 @@ def _normalise(value: Any) -> Any:
 def canonical(value: Any) -> str:
     """The one JSON text of ``value``: sorted keys, no spaces, integral floats as ints.
 
-    Raises ValueError for what is not JSON (NaN, 65-bit integers, values nested too deep).
+    Raises ValueError for what is not JSON (NaN, 65-bit integers, values nested too deep)
+    or not Unicode (lone surrogates).
     """
     try:
-        return json.dumps(_normalise(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+        text = json.dumps(_normalise(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False)
     except RecursionError:
         raise ValueError("the value is nested too deeply") from None
+    # json.dumps escapes C0 control characters (NUL included), so the text is safe to
+    # store; a lone surrogate it leaves as it is, and no database can store that.
+    bad = None if text.isascii() else LONE_SURROGATE.search(text)
+    if bad:
+        raise ValueError(f"text holds a lone surrogate {bad.group()!r} (half of a UTF-16 pair), which is not Unicode")
+    return text
+
+
+def depth(value: Any) -> int:
+    """How deeply objects and arrays nest in ``value``: 0 for a scalar, 1 for ``{}`` or ``[1]``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:  # no recursion: the value may come from anyone
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+class TooDeep(ValueError):
+    pass
 
 
 def loads(text: str | bytes) -> Any:
-    """json.loads, with nesting too deep for Python reported as a ValueError."""
+    """json.loads, with nesting too deep for Python reported as TooDeep (a ValueError),
+    and integers too long for Python as the 64-bit limit they break anyway."""
     try:
         return json.loads(text)
     except RecursionError:
-        raise ValueError("nested too deeply") from None
+        raise TooDeep("nested too deeply") from None
+    except ValueError as exc:
+        if str(exc).startswith("Exceeds the limit"):  # sys.get_int_max_str_digits()
+            raise ValueError(_INT_LIMIT) from None
+        raise
+
+
+# What must never reach a terminal or a log line raw: C0 and C1 control characters and
+# DEL (escape sequences, carriage returns and newlines that forge lines), lone surrogates
+# (no encoding can write them), line/paragraph separators and the bidirectional controls
+# that make text display in another order than it reads.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+ELLIPSIS = "…"
+
+
+def _escaped(char: str) -> str:
+    """An unsafe character as its Python escape: ``\\n``, ``\\x1b``, ``\\u202e``."""
+    code = ord(char)
+    return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` if it has at most ``limit`` characters, else its first ``limit`` and "…"."""
+    return text if len(text) <= limit else text[:limit] + ELLIPSIS
+
+
+def shown(text: str, limit: int | None = 80) -> str:
+    """``text`` safe for a terminal, a log line or an error message: every unsafe character
+    (see ``_UNSAFE``) written as its Python escape, the rest unchanged; then, unless
+    ``limit`` is None, cut to at most ``limit`` characters and "…", escapes kept whole.
+    Only the first ``limit`` + 1 characters are read: a huge text costs no more than a
+    short one."""
+    if limit is None:
+        return _UNSAFE.sub(lambda m: _escaped(m.group()), text)
+    head = text[: limit + 1]  # each character is at least one once escaped
+    if not _UNSAFE.search(head):
+        return cut(text, limit)
+    pieces, size = [], 0
+    for char in head:
+        piece = _escaped(char) if _UNSAFE.match(char) else char
+        if size + len(piece) > limit:
+            return "".join(pieces) + ELLIPSIS
+        pieces.append(piece)
+        size += len(piece)
+    return "".join(pieces)
+
+
+def check_text(value: str, what: str, *, source: str | None = None) -> str:
+    """``value`` if it can be stored (no lone surrogate, which is what bytes that are not
+    UTF-8 become in argv and the environment), else an InputError naming ``what``."""
+    try:
+        canonical(value)
+    except ValueError as exc:
+        raise InputError(f"{what} takes text: {exc}", source=source) from None
+    return value
+
+
+def decode_utf8(data: bytes, *, source: str, bom: bool = False) -> str:
+    """``data`` as text, or an InputError saying where it is not UTF-8. ``bom``: drop a
+    leading byte order mark (files saved by spreadsheets and Windows editors have one)."""
+    try:
+        return data.decode("utf-8-sig" if bom else "utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", source=source) from None
 
 
 def parse_json_text(text: str | None) -> Any:
@@ -100,6 +199,7 @@ def parse_assignments(items: Iterable[str], *, source: str = "<command line>") -
                 raise InputError(f"{key}:= takes a JSON value: {exc}", source=source) from None
         else:
             key, value = item[:eq], item[eq + 1 :]
+            check_text(value, f"{key}=", source=source)
         check_key(key, source=source)
         result[key] = value
     if not result:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Collection
 
 from campaignctl import db, jobs
 from campaignctl.control import campaign_row
@@ -36,10 +36,12 @@ def outcome(data: dict[str, Any], min_valid: float) -> int | None:
 
 def wait(engine: "Engine", name: str, *, timeout: float | None = None, min_valid: float = 1.0,
          interval: float = 1.0, on_update: Callable[[dict[str, Any]], None] = lambda _d: None,
-         progress: jobs.Progress | None = None) -> tuple[int, dict[str, Any]]:
+         progress: jobs.Progress | None = None, devices: int | None = None,
+         only: Collection[str] | None = None) -> tuple[int, dict[str, Any]]:
     """Block until the campaign ends (see ``outcome``) or ``timeout`` seconds pass,
     advancing it meanwhile (so that a CI job needs no separate worker); returns the exit
-    code and the last supervision."""
+    code and the last supervision, which lists the first ``devices`` devices (all by
+    default) among those whose status is in ``only``."""
     from campaignctl.supervision import campaign_status
 
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -50,7 +52,7 @@ def wait(engine: "Engine", name: str, *, timeout: float | None = None, min_valid
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         tick(engine, campaign=name, progress=progress,
              slice_seconds=SLICE_SECONDS if left is None else min(SLICE_SECONDS, left))
-        data = campaign_status(engine, name)
+        data = campaign_status(engine, name, only=only, limit=devices)
         on_update(data)
         code = outcome(data, min_valid)
         if code is not None:

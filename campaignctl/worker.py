@@ -8,14 +8,14 @@ claim, of any job, and ticks between. ``run_workers`` starts several such proces
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from campaignctl import db, jobs, shards
 from campaignctl.engine import advance
-from campaignctl.errors import ConflictError, InputError
+from campaignctl.errors import CampaignctlError, ConflictError, InputError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -77,7 +77,7 @@ def _start_scheduled(engine: "Engine", name: str, info: Callable[[str], None]) -
             return None
         settings = db.run(conn, "SELECT launch_settings FROM campaign WHERE id = :id", {"id": row.id}).scalar()
         try:
-            job_id, owner = jobs.start(conn, row, spec, json.loads(settings or "{}"))
+            job_id, owner = jobs.start(conn, row, spec, db.loads(settings or "{}", dict))
         except ConflictError:
             return None
         except InputError as exc:
@@ -173,6 +173,118 @@ def run_workers(target: str, processes: int, *, interval: float = 2.0,
                     pass
         for child in children:
             child.join(30)
+
+
+#: A launch shares its delivery with other processes from this many devices on (a
+#: process costs about half a second of start-up: not worth it for a few shards).
+HELPERS_FROM = 8000
+
+
+def processes_for(devices: int, requested: int | None) -> int:
+    """How many processes share the sending of ``devices`` documents, the calling one
+    included: ``requested``, or by default one per CPU (up to 4) from ``HELPERS_FROM``
+    devices on, and this one alone below."""
+    import os
+
+    if requested is not None:
+        return max(1, requested)
+    return 1 if devices < HELPERS_FROM else max(1, min(os.cpu_count() or 1, 4))
+
+
+def helper_count(engine: "Engine", job_id: int, processes: int | None) -> int:
+    """How many processes deliver a job beside the launching one (see ``processes_for``)."""
+    if processes is not None:
+        return processes_for(0, processes) - 1
+    with db.read(engine) as conn:
+        return processes_for(jobs.job_row(conn, job_id).total, None) - 1
+
+
+@contextmanager
+def helper_processes(name: str, target: Callable[..., None], arguments: Sequence[tuple[Any, ...]], *,
+                     stop: Any = None, terminate_on_error: bool = False, grace: float = 30.0) -> Iterator[list[Any]]:
+    """While the block lasts, one spawned process per tuple of ``arguments`` runs
+    ``target(*arguments[n])`` (named ``name-n``), with Ctrl-C ignored: it reaches the
+    whole process group, and this process decides what its helpers do. On the way out
+    ``stop`` (a spawn-context Event the helpers watch) is set and each helper gets
+    ``grace`` seconds to finish before it is terminated; with ``terminate_on_error``, a
+    block that raised terminates them at once."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=_ignoring_sigint, args=(target, *args), name=f"{name}-{n}", daemon=True)
+                for n, args in enumerate(arguments)]
+    for child in children:
+        child.start()
+    failed = False
+    try:
+        yield children
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if stop is not None:
+            stop.set()
+        for child in children:
+            if failed and terminate_on_error:
+                child.terminate()
+            child.join(grace)
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+                child.join(5)
+
+
+def _ignoring_sigint(target: Callable[..., None], *args: Any) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    target(*args)
+
+
+@contextmanager
+def delivery_helpers(target: str, job_id: int, count: int) -> Iterator[None]:
+    """While the block lasts, ``count`` more processes on the database at ``target``
+    claim and deliver the job's shards beside this one (the launching process drives
+    the job and delivers shards too). On the way out they finish the shard in hand and
+    stop; on interface-heavy launches this spreads the encoding and publishing over
+    the machine's cores."""
+    if count <= 0:
+        yield
+        return
+    import multiprocessing
+    import os
+
+    stop = multiprocessing.get_context("spawn").Event()
+    with helper_processes("campaignctl-delivery", _shard_child, [(target, job_id, stop, os.getpid())] * count,
+                          stop=stop):
+        yield
+
+
+def _shard_child(target: str, job_id: int, stop: Any, parent: int) -> None:
+    import os
+    import sys
+
+    engine = None
+    try:
+        engine = db.create_engine(target)
+        worker = jobs.new_owner()
+        while not stop.is_set() and os.getppid() == parent:  # the launcher was killed: stop too
+            # A read first: claiming takes the write lock, which the write step needs.
+            with db.read(engine) as conn:
+                waiting = shards.open_count(conn, job_id)
+            if waiting:
+                shards.work(engine, worker, job_id=job_id, stop=stop)
+            stop.wait(SHARD_POLL_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - the launching process delivers what is left
+        print(f"delivery helper {os.getpid()}: {describe(exc, engine)}", file=sys.stderr, flush=True)
+
+
+def describe(exc: BaseException, engine: "Engine | None") -> str:
+    """One line about a helper's failure for a log: never the SQL, whose parameters may
+    hold document values and secrets (``engine`` is None when it could not be made)."""
+    if isinstance(exc, CampaignctlError):
+        return exc.message
+    return db.describe(exc, engine) if engine is not None else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def _child(target: str, interval: float) -> None:

@@ -190,7 +190,39 @@ def test_the_rate_limit_holds_across_workers(cli, broker, prefix, tmp_path, db_u
                    interval=0.2)
     finally:
         workers.stop()
+    assert query(db_url, "SELECT count(*) FROM job_item WHERE status = 'delivered'") == [(30,)]
     stamps = sorted(datetime.fromisoformat(r[0].replace("Z", "+00:00")).timestamp()
-                    for r in query(db_url, "SELECT delivered_at FROM job_item"))
-    # 600 a minute is 10 a second, whoever delivers: 30 devices take about 3 s (the first at once).
+                    for r in query(db_url, "SELECT desired_at FROM device_config WHERE key = 'mode'"))
+    # 600 a minute is 10 a second, whoever delivers: the release starts with one token and
+    # gains 10 a second, so the 30th device is written 2.9 s after the first at the
+    # earliest. (Delivery stamps would add each delivery's own delay, e.g. a worker's
+    # first connection to the broker.)
     assert len(stamps) == 30 and stamps[-1] - stamps[0] >= 2.5, stamps[-1] - stamps[0]
+
+
+def test_launch_shares_its_delivery_with_helper_processes(cli, tmp_path, db_url):
+    """launch --processes N: other processes claim shards while the launching one
+    delivers; every device gets its document once."""
+    from test_webhook import MisbehavingApi, _fleet
+
+    api = MisbehavingApi().start()
+    try:
+        names = [f"gate-{i:03d}" for i in range(40)]
+        cli("devices", "import", _fleet(tmp_path, api.port, names, headers="{}", timeout=60, concurrency=4))
+        cli("create", "-f", write(tmp_path, "c.yaml", "name: shared\ndevices: {selector: {type: thing}}\n"
+                                                      "configurations: {mode: eco}\n"))
+        launch = subprocess.Popen(campaignctl_cmd("--db", db_url, "launch", "shared", "--processes", "3",
+                                                  "--shard-size", "10"),
+                                  env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # The platform holds every request: the launching process sits on its first
+        # shard until the helpers have claimed theirs.
+        wait_until(lambda: query(db_url, "SELECT count(DISTINCT worker) FROM job_shard "
+                                         "WHERE status = 'running'")[0][0] >= 2, timeout=60)
+        api.gate.set()
+        _out, err = launch.communicate(timeout=120)
+        assert launch.returncode == 0, err
+    finally:
+        api.stop()
+    assert sorted(api.requests) == names and all(len(r) == 1 for r in api.requests.values())
+    assert query(db_url, "SELECT count(*) FROM job_item WHERE status = 'delivered'") == [(40,)]
+    assert len({r[0] for r in query(db_url, "SELECT worker FROM job_shard")}) >= 2

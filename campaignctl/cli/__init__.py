@@ -12,6 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from campaignctl import __version__
+from campaignctl.cli.common import info
 from campaignctl.errors import CampaignctlError
 
 
@@ -22,7 +23,7 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except CampaignctlError as exc:
-            typer.echo(f"Error: {exc}", err=True)
+            info(f"Error: {exc}")  # messages quote devices and platforms: escaped
             ctx.exit(exc.exit_code)
         except Exception as exc:
             # The database failing under a command (server gone, permission denied, disk
@@ -30,22 +31,41 @@ class _Group(TyperGroup):
             message = _database_error(exc, ctx)
             if message is None:
                 raise
-            typer.echo(f"Error: {message}", err=True)
+            info(f"Error: {message}")
             ctx.exit(1)
 
 
 def _database_error(exc: Exception, ctx: typer.Context) -> str | None:
-    if not type(exc).__module__.startswith("sqlalchemy"):
-        return None
-    from sqlalchemy.exc import DBAPIError
-
-    if not isinstance(exc, DBAPIError):
-        return None
     from campaignctl import db
 
-    engine = (ctx.obj or {}).get("engine") if isinstance(ctx.obj, dict) else None
-    location = db.location_of(engine) if engine is not None else db.locate(db.default_path())
+    # Only stored data decoded by db.loads is the database's fault: a decoding error from
+    # anywhere else (stdin, a file, a flag) is a bug to fix where that input comes in.
+    unreadable = isinstance(exc, db.UnreadableData)
+    if not unreadable and not _from_the_database(exc):
+        return None
+    obj = ctx.obj if isinstance(ctx.obj, dict) else {}
+    engine = obj.get("engine")
+    location = db.location_of(engine) if engine is not None else db.locate(obj.get("db") or db.default_path())
+    if unreadable:
+        return str(db.unreadable_data(exc, location))
     return str(db.friendly(exc, location))
+
+
+def _from_the_database(exc: Exception) -> bool:
+    """A database error, wrapped by SQLAlchemy or straight from its driver (bulk loads
+    use the driver's own COPY)."""
+    package = type(exc).__module__.split(".")[0]
+    if package == "sqlalchemy":
+        from sqlalchemy.exc import DBAPIError
+
+        return isinstance(exc, DBAPIError)
+    if package == "sqlite3":
+        return True
+    if package == "psycopg":
+        import psycopg
+
+        return isinstance(exc, psycopg.Error)
+    return False
 
 
 app = typer.Typer(

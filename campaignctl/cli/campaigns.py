@@ -7,8 +7,8 @@ from typing import Any, Optional
 
 import typer
 
-from campaignctl.cli.common import (Output, OutputOption, engine, fmt_value, info, print_json, progress_bar,
-                                    short_time, show_table, stdout_console, table)
+from campaignctl.cli.common import (Output, OutputOption, echo, engine, fmt_value, info, plain, print_json,
+                                    print_json_stream, progress_bar, short_time, show_table, stdout_console, table)
 
 FileOption = typer.Option(..., "--file", "-f", metavar="FILE", help="Campaign manifest (YAML; - for stdin).")
 
@@ -19,7 +19,7 @@ def create(ctx: typer.Context, file: str = FileOption) -> None:
     from campaignctl.manifests import load_campaign
 
     result = campaigns.create(engine(ctx), load_campaign(file))
-    typer.echo(f"campaign {result.name}: created")
+    echo(f"campaign {result.name}: created")
 
 
 def apply(ctx: typer.Context, file: str = FileOption) -> None:
@@ -29,7 +29,7 @@ def apply(ctx: typer.Context, file: str = FileOption) -> None:
 
     result = campaigns.apply(engine(ctx), load_campaign(file))
     changes = f" ({', '.join(result.changes)})" if result.changes else ""
-    typer.echo(f"campaign {result.name}: {result.action}{changes}")
+    echo(f"campaign {result.name}: {result.action}{changes}")
 
 
 def list_(ctx: typer.Context, output: Output = OutputOption) -> None:
@@ -56,23 +56,23 @@ def show(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
         print_json(data)
         return
     sel = data["devices"]
-    typer.echo(f"{data['name']}  [{data['status']}]  {data['description'] or ''}".rstrip())
-    typer.echo(f"devices: {sel['count']} ({', '.join(filter(None, [_names(sel['names']), _selector(sel['selector'])]))})")
+    echo(f"{data['name']}  [{data['status']}]  {data['description'] or ''}".rstrip())
+    echo(f"devices: {sel['count']} ({', '.join(filter(None, [_names(sel['names']), _selector(sel['selector'])]))})")
     if data["firmware"]:
-        typer.echo(f"firmware: {data['firmware']['type']} {data['firmware']['version']}")
+        echo(f"firmware: {data['firmware']['type']} {data['firmware']['version']}")
     if data["start_at"]:
-        typer.echo(f"starts at: {short_time(data['start_at'])} UTC")
+        echo(f"starts at: {short_time(data['start_at'])} UTC")
     if data["rollout"]:
         from campaignctl.rollout import Rollout
 
-        typer.echo(f"rollout: {Rollout.from_dict(data['rollout']).describe()}")
+        echo(f"rollout: {Rollout.from_dict(data['rollout']).describe()}")
     keys = sorted(set(data["configurations"]) | set(data["expected_state"]))
     if keys:
         show_table(["key", "configuration", "expected state"],
                    [(k, fmt_value(data["configurations"].get(k)), fmt_value(data["expected_state"].get(k)))
                     for k in keys])
     if data["jobs"]:
-        typer.echo("jobs: " + ", ".join(f"{j['id']} ({j['status']})" for j in data["jobs"]))
+        echo("jobs: " + ", ".join(f"{j['id']} ({j['status']})" for j in data["jobs"]))
 
 
 def _names(names: list[str]) -> str:
@@ -116,6 +116,9 @@ def launch(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
                                           help="Devices written per database transaction."),
            shard_size: int = typer.Option(2000, "--shard-size", min=1, metavar="N",
                                           help="Devices per shard: the unit of delivery a worker claims."),
+           processes: Optional[int] = typer.Option(None, "--processes", min=1, max=64, metavar="N",
+                                                   help="Processes delivering the shards (default: one per CPU, "
+                                                        "up to 4, from 8,000 devices on; 1: this process only)."),
            detach: bool = typer.Option(False, "--detach",
                                        help="Create the job and return: running workers (campaignctl run) deliver it."),
            output: Output = OutputOption) -> None:
@@ -137,7 +140,7 @@ def launch(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
     if job_id is None:
         from campaignctl.supervision import campaign_status
 
-        start_at = campaign_status(db, name)["start_at"]
+        start_at = campaign_status(db, name, limit=0)["start_at"]
         info(f"campaign {name}: scheduled for {start_at} "
              "(it starts then in any running `campaignctl serve` or `run`, or the next `tick`)")
         if limits:
@@ -153,9 +156,14 @@ def launch(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
         if output is Output.json:
             print_json(jobs.show(db, job_id))
         return
+    from campaignctl import worker
+    from campaignctl.db import location_of
+
+    helpers = worker.helper_count(db, job_id, processes)
     # With --wait, the exit code tells the outcome: failed deliveries count there.
-    advance_job(db, job_id, owner, output if not wait else None, fail_on_failed=not wait,
-                slice_seconds=limits[0] if limits else None)
+    with worker.delivery_helpers(location_of(db).target, job_id, helpers):
+        advance_job(db, job_id, owner, output if not wait else None, fail_on_failed=not wait,
+                    slice_seconds=limits[0] if limits else None)
     if limits:
         _wait(db, name, output, *limits)
 
@@ -198,18 +206,18 @@ def advance_job(db: Any, job_id: int, owner: Optional[str], output: Optional[Out
         print_json(result)
     elif output is not None:
         state = result["status"] if result["step"] == "done" else outcome
-        typer.echo(f"job {job_id}: {state} after {time.monotonic() - started:.1f}s: {counts['delivered']} delivered, "
-                   f"{counts['failed']} failed" + "".join(
-                       f", {counts[k]} {label}" for k, label in (("syncing", "waiting for their devices to fetch"),
-                                                                 ("pending", "in later batches"),
-                                                                 ("cancelled", "cancelled")) if counts[k]))
+        echo(f"job {job_id}: {state} after {time.monotonic() - started:.1f}s: {counts['delivered']} delivered, "
+             f"{counts['failed']} failed" + "".join(
+                 f", {counts[k]} {label}" for k, label in (("syncing", "waiting for their devices to fetch"),
+                                                           ("pending", "in later batches"),
+                                                           ("cancelled", "cancelled")) if counts[k]))
         if outcome == "waiting" and counts["pending"]:
             info("the next batches start as the rollout allows: keep `campaignctl serve` or `campaignctl run` "
                  "running, run `campaignctl tick` from cron, or wait with `campaignctl status NAME --wait`")
         elif outcome in ("paused", "aborted"):
             from campaignctl.supervision import campaign_status
 
-            info(f"campaign {result['campaign']}: {outcome}: {campaign_status(db, result['campaign'])['reason']}")
+            info(f"campaign {result['campaign']}: {outcome}: {campaign_status(db, result['campaign'], limit=0)['reason']}")
     if fail_on_failed and result["status"] == "failed" and outcome == "completed":
         raise CampaignctlError(f"{counts['failed']} device(s) could not be delivered "
                                f"(campaignctl jobs show {job_id})")
@@ -231,6 +239,8 @@ def _wait(db: Any, name: str, output: Output, timeout: Optional[float], min_vali
         live.start()
     try:
         code, data = wait(db, name, timeout=timeout, min_valid=min_valid,
+                          devices=0 if output is Output.json else limit or None,
+                          only=None if only is None else {only},
                           on_update=(lambda d: live.update(status_view(d, only, min(limit or 20, 20)),
                                                            refresh=True)) if live else
                           (lambda _d: None))
@@ -240,9 +250,12 @@ def _wait(db: Any, name: str, output: Output, timeout: Optional[float], min_vali
         if live is not None:
             live.stop()
     if output is Output.json:
-        if only:
-            data["devices"] = [d for d in data["devices"] if d["status"] == only]
-        print_json({**data, "exit_code": code})
+        from campaignctl.supervision import open_status
+
+        # The polls read the counts only; the devices are listed once, streamed.
+        with open_status(db, name, only=None if only is None else {only}) as final:
+            print_json_stream({**{k: v for k, v in final.items() if k != "devices"}, "exit_code": code,
+                               "devices": final["devices"]}, "devices")
     elif live is None:
         stdout_console().print(status_view(data, only, limit))
     verdict = {0: "completed", 3: "cancelled" if data["status"] == "cancelled" else "ended below --min-valid",
@@ -273,42 +286,47 @@ def status(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
     With --wait, exit codes: 0 completed with at least --min-valid valid, 3 ended below it
     (or cancelled), 4 --timeout reached first, 5 paused or aborted.
     """
-    from campaignctl.supervision import DEVICE_STATES, campaign_status
+    from campaignctl.supervision import DEVICE_STATES, campaign_status, open_status
 
     if only is not None and only not in DEVICE_STATES:
         raise typer.BadParameter(f"must be one of {', '.join(DEVICE_STATES)}", param_hint="--status")
     db = engine(ctx)
+    statuses = None if only is None else {only}
     if wait:
         _wait(db, name, output, *_wait_limits(timeout, min_valid), only=only, limit=limit)
     if output is Output.json:
-        data = campaign_status(db, name)
-        if only:
-            data["devices"] = [d for d in data["devices"] if d["status"] == only]
-        print_json(data)
+        with open_status(db, name, only=statuses) as data:
+            print_json_stream(data, "devices")
         return
+
+    def view() -> Any:
+        # The table reads the summary's aggregate and the rows it shows, nothing more.
+        return status_view(campaign_status(db, name, only=statuses, limit=limit or None), only, limit)
+
     if not watch:
-        stdout_console().print(status_view(campaign_status(db, name), only, limit))
+        stdout_console().print(view())
         return
     from rich.live import Live
 
     try:
-        with Live(status_view(campaign_status(db, name), only, limit), console=stdout_console(),
-                  auto_refresh=False, screen=False) as live:
+        with Live(view(), console=stdout_console(), auto_refresh=False, screen=False) as live:
             while True:
                 time.sleep(interval)
-                live.update(status_view(campaign_status(db, name), only, limit), refresh=True)
+                live.update(view(), refresh=True)
     except KeyboardInterrupt:
         pass
 
 
 def status_view(data: dict[str, Any], only: Optional[str], limit: int) -> Any:
+    """The status table (and live view): every text a device, manifest or platform wrote
+    goes through ``plain``."""
     from rich.console import Group
     from rich.text import Text
 
     s = data["summary"]
     job = data["job"]
     head = Text.assemble(
-        (data["campaign"], "bold"), f"  [{data['status']}]",
+        plain(data["campaign"], limit=None, style="bold"), f"  [{data['status']}]",
         f"  job {job['id']} {job['status']}" if job else (
             f"  starts at {short_time(data['start_at'])} UTC" if data["status"] == "scheduled" else "  not launched"),
         f"  {s['total']} devices: ",
@@ -318,26 +336,26 @@ def status_view(data: dict[str, Any], only: Optional[str], limit: int) -> Any:
     )
     parts: list[Any] = [head]
     if data.get("reason"):
-        parts.append(Text(data["reason"], style="bold red" if data["status"] != "cancelled" else "dim"))
+        parts.append(plain(data["reason"], limit=None, style="bold red" if data["status"] != "cancelled" else "dim"))
     if len(data.get("batches") or ()) > 1:
-        b = table(["batch", "devices", "status", "valid", "errors", "started", "note"], [])
-        for batch in data["batches"]:
-            c = batch["summary"]
-            b.add_row(str(batch["number"]), str(batch["size"]), batch["status"], str(c["valid"]),
-                      str(c["failed"] + c["invalid"] + c["timed_out"]), short_time(batch["started_at"]),
-                      batch["reason"] or "")
-        parts.append(b)
+        parts.append(table(["batch", "devices", "status", "valid", "errors", "started", "note"],
+                           [_batch_row(batch) for batch in data["batches"]]))
     devices = [d for d in data["devices"] if only is None or d["status"] == only]
     shown = devices if limit == 0 else devices[:limit]
-    t = table(["device", "batch", "status", "reason", "attempts"], [])
-    for d in shown:
-        t.add_row(d["device"], str(d["batch"] or ""), Text(d["status"], style=STATUS_STYLE[d["status"]]),
-                  d["reason"] or "", str(d["attempts"] or ""))
-    parts.append(t)
-    if len(shown) < len(devices):
-        parts.append(Text(f"… {len(devices) - len(shown)} more device(s); --limit 0 shows all, "
+    parts.append(table(["device", "batch", "status", "reason", "attempts"], [
+        (d["device"], d["batch"] or "", plain(d["status"], style=STATUS_STYLE.get(d["status"], "")), d["reason"],
+         d["attempts"] or "") for d in shown]))
+    more = (s["total"] if only is None else s[only]) - len(shown)  # ``devices`` may hold the shown ones only
+    if more > 0:
+        parts.append(Text(f"… {more} more device(s); --limit 0 shows all, "
                           "--status filters, -o json gives everything", style="dim"))
     return Group(*parts)
+
+
+def _batch_row(batch: dict[str, Any]) -> tuple[Any, ...]:
+    c = batch["summary"]
+    return (batch["number"], batch["size"], batch["status"], c["valid"], c["failed"] + c["invalid"] + c["timed_out"],
+            short_time(batch["started_at"]), batch["reason"])
 
 
 COMMANDS = [create, apply, list_, show, delete, launch, status]

@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import typer
 
+from campaignctl.values import LONE_SURROGATE, shown
+
 if TYPE_CHECKING:
+    from rich.text import Text
     from sqlalchemy.engine import Engine
 
     from campaignctl.jobs import Progress
@@ -38,13 +41,75 @@ def engine(ctx: typer.Context) -> "Engine":
 
 def print_json(data: Any) -> None:
     """JSON on stdout: indented for a person at a terminal, compact for pipes. orjson
-    encodes a 100k-device status in a tenth of the time the json module takes."""
+    encodes a 100k-device status in a tenth of the time the json module takes; what it
+    refuses (see ``_orjson_safe``) is encoded by the json module instead, value by value."""
     import orjson
 
-    option = orjson.OPT_APPEND_NEWLINE | (orjson.OPT_INDENT_2 if sys.stdout.isatty() else 0)
+    encoded = _encode(data, orjson.OPT_APPEND_NEWLINE | (orjson.OPT_INDENT_2 if sys.stdout.isatty() else 0))
     sys.stdout.flush()
-    sys.stdout.buffer.write(orjson.dumps(data, option=option))
+    sys.stdout.buffer.write(encoded)
     sys.stdout.buffer.flush()
+
+
+def print_json_stream(data: dict[str, Any], key: str, chunk: int = 2000) -> None:
+    """``print_json`` of ``data`` whose last member ``key`` is an iterator: written as it
+    is read, so that a million devices are never all in memory. At a terminal, where
+    JSON is indented for a person, it is read whole first."""
+    if sys.stdout.isatty():
+        print_json({**data, key: list(data[key])})
+        return
+    import itertools
+
+    head = _encode({k: v for k, v in data.items() if k != key}, 0)
+    out = sys.stdout.buffer
+    sys.stdout.flush()
+    out.write((head[:-1] + b',"' if len(head) > 2 else b'{"') + _encode(key, 0)[1:-1] + b'":[')
+    items, first = iter(data[key]), True
+    while batch := list(itertools.islice(items, chunk)):
+        out.write((b"" if first else b",") + _encode(batch, 0)[1:-1])
+        first = False
+    out.write(b"]}\n")
+    out.flush()
+
+
+def _encode(data: Any, option: int) -> bytes:
+    import orjson
+
+    try:
+        return orjson.dumps(data, option=option)
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_orjson_safe(data, 0, orjson.Fragment), option=option)
+
+
+# orjson refuses nesting deeper than 255; the json module takes over well before that.
+_ORJSON_DEPTH = 200
+
+
+def _orjson_safe(value: Any, depth: int, fragment: Any) -> Any:
+    """``value`` with what orjson cannot encode replaced by the json module's encoding of it
+    (a ``fragment``, orjson's pre-encoded JSON): strings holding lone surrogates (stored by
+    older versions, or decoded from ``\\ud800`` escapes), integers beyond 64 bits, mappings
+    with keys orjson refuses, nesting past its limit. The rest is kept as it is."""
+    if isinstance(value, str):
+        return fragment(_json_text(value)) if LONE_SURROGATE.search(value) else value
+    if value is None or isinstance(value, (bool, float)):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else fragment(str(value))
+    if isinstance(value, (dict, list, tuple)) and depth >= _ORJSON_DEPTH:
+        return fragment(_json_text(value))
+    if isinstance(value, dict):
+        if not all(type(k) is str and not LONE_SURROGATE.search(k) for k in value):
+            return fragment(_json_text(value))
+        return {k: _orjson_safe(v, depth + 1, fragment) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_orjson_safe(v, depth + 1, fragment) for v in value]
+    return value
+
+
+def _json_text(value: Any) -> str:
+    # ASCII only: a lone surrogate can be written as its \\u escape, and only so.
+    return json.dumps(value, ensure_ascii=True, default=str)
 
 
 def stdout_console() -> Any:
@@ -60,18 +125,43 @@ def stderr_console() -> Any:
 
 
 def info(message: str) -> None:
-    """A message for people: stderr, so that stdout stays data."""
-    typer.echo(message, err=True)
+    """A message for people: stderr, so that stdout stays data. Messages carry outside
+    text (device names, errors from devices and platforms): unsafe characters are shown
+    escaped (``values.shown``)."""
+    typer.echo(shown(message, None), err=True)
+
+
+def echo(message: str) -> None:
+    """A line on stdout, escaped as ``info`` is."""
+    typer.echo(shown(message, None))
+
+
+# Table cells longer than this are cut (with an ellipsis): one device's value must not
+# fill the screen. -o json always gives everything.
+CELL_LIMIT = 200
+
+
+def plain(value: Any, *, limit: int | None = CELL_LIMIT, style: str = "") -> "Text":
+    """Any value as Rich text shown exactly as written: no markup (``[bold]``, ``[link=…]``,
+    a lone ``[``), no emoji codes (``:smile:``), unsafe characters escaped and cut to
+    ``limit`` characters as ``values.shown`` does."""
+    from rich.text import Text
+
+    return Text(shown(fmt_value(value), limit), style=style)
 
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None) -> Any:
+    """A Rich table whose cells (and title) are shown as ``plain`` text; a cell that is
+    already a ``Text`` (made with ``plain``, e.g. to give it a style) is kept."""
     from rich.table import Table
+    from rich.text import Text
 
-    t = Table(title=title, title_justify="left", header_style="bold")
+    t = Table(title=None if title is None else plain(title, limit=None), title_justify="left",
+              header_style="bold")
     for column in columns:
         t.add_column(column, overflow="fold")
     for row in rows:
-        t.add_row(*("" if v is None else str(v) for v in row))
+        t.add_row(*(v if isinstance(v, Text) else plain(v) for v in row))
     return t
 
 
@@ -82,7 +172,7 @@ def show_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: 
 def fmt_value(value: Any) -> str:
     if value is None:
         return ""
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
 def short_time(stamp: str | None) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from campaignctl.cli.common import Output, OutputOption, engine, print_json, show_table
+from campaignctl.cli.common import Output, OutputOption, echo, engine, info, print_json, show_table
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -34,13 +34,13 @@ def show(ctx: typer.Context, job_id: int = typer.Argument(..., metavar="ID"),
         print_json(job)
         return
     c = job["counts"]
-    typer.echo(f"job {job['id']}  campaign {job['campaign']}  {job['status']}"
-               f"{' (running)' if job['running'] else ''}  step {job['step']}")
-    typer.echo(f"devices: {job['total']}  pending {c['pending']}  syncing {c['syncing']}  "
-               f"delivered {c['delivered']}  failed {c['failed']}")
-    typer.echo(f"started {job['started_at'] or '-'}  finished {job['finished_at'] or '-'}")
+    echo(f"job {job['id']}  campaign {job['campaign']}  {job['status']}"
+         f"{' (running)' if job['running'] else ''}  step {job['step']}")
+    echo(f"devices: {job['total']}  pending {c['pending']}  syncing {c['syncing']}  "
+         f"delivered {c['delivered']}  failed {c['failed']}")
+    echo(f"started {job['started_at'] or '-'}  finished {job['finished_at'] or '-'}")
     if job["steps"]:
-        typer.echo("steps: " + ", ".join(
+        echo("steps: " + ", ".join(
             f"{s['number']}: {'batch ' + str(s['batch']) if s['kind'] == 'batch' else 'retry'} ({s['devices']} device(s))"
             for s in job["steps"]))
     if job["shards"]:
@@ -61,5 +61,5 @@ def resume(ctx: typer.Context, job_id: int = typer.Argument(..., metavar="ID"),
 
     db = engine(ctx)
     owner = jobs.acquire(db, job_id)
-    typer.echo(f"job {job_id}: resuming", err=True)
+    info(f"job {job_id}: resuming")
     advance_job(db, job_id, owner, output)

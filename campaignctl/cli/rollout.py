@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from campaignctl.cli.common import Output, OutputOption, engine, info, print_json
+from campaignctl.cli.common import Output, OutputOption, echo, engine, info, print_json
 
 
 def pause(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME")) -> None:
@@ -39,12 +39,12 @@ def cancel(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
     if output is Output.json:
         print_json(result)
     elif job is None:
-        typer.echo(f"campaign {name}: cancelled before it started")
+        echo(f"campaign {name}: cancelled before it started")
     else:
         c = job["counts"]
-        typer.echo(f"campaign {name}: cancelled; {c['delivered']} device(s) keep what they received, "
-                   f"{c['cancelled']} will never receive it" + (" (the process that runs the job stops at its next "
-                                                               "step)" if job["step"] != "done" else ""))
+        echo(f"campaign {name}: cancelled; {c['delivered']} device(s) keep what they received, "
+             f"{c['cancelled']} will never receive it" + (" (the process that runs the job stops at its next "
+                                                         "step)" if job["step"] != "done" else ""))
 
 
 def retry(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
@@ -107,4 +107,4 @@ def tick(ctx: typer.Context, output: Output = OutputOption) -> None:
         print_json(results)
         return
     for result in results:
-        typer.echo(f"{result['campaign']}: {result['outcome']}")
+        echo(f"{result['campaign']}: {result['outcome']}")

@@ -20,6 +20,15 @@ def serve(ctx: typer.Context,
           engine_interval: str = typer.Option("2s", "--engine-interval", metavar="DURATION",
                                               help="Time between two passes of the rollout engine."),
           no_engine: bool = typer.Option(False, "--no-engine", help="Do not run the rollout engine."),
+          max_connections: Optional[int] = typer.Option(None, "--max-connections", metavar="N",
+                                                        help="Open connections at most; beyond, the one idle the "
+                                                             "longest is closed [default: the open-file limit, "
+                                                             "less a reserve]."),
+          header_timeout: str = typer.Option("10s", "--header-timeout", metavar="DURATION",
+                                             help="Time a client has to send a whole request (line, headers, "
+                                                  "body) once started."),
+          keep_alive: str = typer.Option("5s", "--keep-alive", metavar="DURATION",
+                                         help="Time an idle connection is kept open waiting for a request."),
           openapi: bool = typer.Option(False, "--openapi", help="Print the OpenAPI description and exit.")) -> None:
     """Run the HTTP device API and the MQTT state listeners until interrupted."""
     if share is not None:
@@ -44,12 +53,17 @@ def serve(ctx: typer.Context,
     signal.signal(signal.SIGTERM, on_term)
     from campaignctl.rollout import parse_duration
 
-    try:
-        interval = None if no_engine else parse_duration(engine_interval)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--engine-interval") from None
+    def duration(text: str, option: str) -> float:
+        try:
+            return parse_duration(text)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint=option) from None
+
+    interval = None if no_engine else duration(engine_interval, "--engine-interval")
     server = Server(db, host, port, listen_mqtt=not no_mqtt, engine_interval=interval, info=info,
-                    warn=lambda m: info(f"warning: {m}"), access_log=access_log, share=share).start()
+                    warn=lambda m: info(f"warning: {m}"), access_log=access_log, share=share,
+                    max_connections=max_connections, header_timeout=duration(header_timeout, "--header-timeout"),
+                    keep_alive=duration(keep_alive, "--keep-alive")).start()
     info(f"serving the device API on http://{host}:{server.port} (OpenAPI: /docs, /openapi.json); Ctrl-C stops")
     try:
         server.wait()

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from campaignctl.cli.common import Output, OutputOption, engine, info, print_json
+from campaignctl.cli.common import Output, OutputOption, echo, engine, info, print_json
 
 
 def simulate(ctx: typer.Context,
@@ -38,6 +38,6 @@ def simulate(ctx: typer.Context,
     if output is Output.json:
         print_json(stats.to_dict())
     else:
-        typer.echo(f"{stats.devices} devices ({stats.late} late, {stats.failing} failing): {stats.documents} documents, "
-                   f"{stats.applied} applied, {stats.failed} failed, {stats.reports} state reports, "
-                   f"{stats.errors} transport errors")
+        echo(f"{stats.devices} devices ({stats.late} late, {stats.failing} failing): {stats.documents} documents, "
+             f"{stats.applied} applied, {stats.failed} failed, {stats.reports} state reports, "
+             f"{stats.errors} transport errors, {stats.reconnects} reconnects")

@@ -26,6 +26,19 @@ def settings_model(kind: str) -> Any:
 
 
 def driver(name: str, kind: str, settings: dict[str, Any]) -> Any:
-    """The delivery driver of interface ``name``."""
-    mod = module(kind)
-    return mod.Driver(name, mod.Settings.model_validate(settings))
+    """The delivery driver of interface ``name``, from its stored ``settings``: they were
+    checked before they were stored, so settings that do not validate are the database's
+    (changed outside campaignctl or damaged)."""
+    from pydantic import ValidationError
+
+    from campaignctl import db
+
+    try:
+        mod = module(kind)
+        valid = mod.Settings.model_validate(settings)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise db.UnreadableData(f"interface {name!r}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    except ValueError as exc:  # an unknown type
+        raise db.UnreadableData(f"interface {name!r}: {exc}") from None
+    return mod.Driver(name, valid)

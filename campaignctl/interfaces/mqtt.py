@@ -9,6 +9,7 @@ never run out.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from typing import Any, Callable, Iterable, Optional
@@ -107,8 +108,78 @@ def new_client(interface: str, settings: Settings, *, purpose: str) -> Any:
     return client
 
 
-def connect(client: Any, settings: Settings, timeout: float) -> None:
-    """Connect and wait for the broker's CONNACK, driving the client from this thread."""
+class NetworkLoop:
+    """One turn of a paho client's network loop, as ``client.loop(timeout)`` does, but
+    waiting with ``selectors`` (epoll on Linux) through paho's external-loop API.
+
+    paho's own loops (``loop``, ``loop_forever``, ``loop_start``) wait in
+    ``select.select``, which refuses descriptors from 1024 on: in ``serve``, whose file
+    limit is raised for thousands of device connections, a broker connection made
+    while many are open gets such a number, and paho takes the refusal for a lost
+    connection, again at every reconnect: the client would never get through."""
+
+    def __init__(self, client: Any) -> None:
+        import selectors
+
+        self.client = client
+        self._selector = selectors.DefaultSelector()
+        self._sock: Any = None
+        self._events = 0
+
+    def __call__(self, timeout: float) -> int:
+        import selectors
+
+        import paho.mqtt.client as mqtt
+
+        client = self.client
+        sock = client.socket()
+        if sock is None:
+            return int(mqtt.MQTT_ERR_NO_CONN)
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.want_write() else 0)
+        if sock is not self._sock:  # a new connection: its descriptor may be the old one's number
+            self._forget()
+            self._selector.register(sock, events)
+            self._sock, self._events = sock, events
+        elif events != self._events:
+            self._selector.modify(sock, events)
+            self._events = events
+        # A TLS socket may hold decrypted bytes already: no waiting for the descriptor then.
+        pending = sock.pending() if hasattr(sock, "pending") else 0
+        ready = 0
+        for _key, mask in self._selector.select(0 if pending else timeout):
+            ready |= mask
+        if ready & selectors.EVENT_READ or pending:
+            rc = client.loop_read()
+            if rc or client.socket() is None:
+                return int(rc)
+        if ready & selectors.EVENT_WRITE:
+            rc = client.loop_write()
+            if rc or client.socket() is None:
+                return int(rc)
+        return int(client.loop_misc())
+
+    def _forget(self) -> None:
+        if self._sock is not None:
+            try:
+                self._selector.unregister(self._sock)
+            except (KeyError, ValueError, OSError):  # closed by paho already
+                pass
+            self._sock = None
+
+    def close(self) -> None:
+        self._forget()
+        self._selector.close()
+
+
+def connect(client: Any, settings: Settings, timeout: float, pump: NetworkLoop | None = None) -> None:
+    """Connect and wait for the broker's CONNACK, driving the client from this thread
+    (with ``pump``, the loop the caller goes on with)."""
+    if pump is None:
+        pump = NetworkLoop(client)
+        try:
+            return connect(client, settings, timeout, pump)
+        finally:
+            pump.close()
     result: dict[str, Any] = {}
     client.on_connect = lambda _c, _u, _f, reason, _p: result.setdefault("reason", reason)
     client.connect_timeout = timeout
@@ -121,7 +192,7 @@ def connect(client: Any, settings: Settings, timeout: float) -> None:
         if time.monotonic() > deadline:
             client.disconnect()
             raise ConnectError(f"no CONNACK from {settings.host}:{settings.port} within {timeout:g}s")
-        rc = client.loop(timeout=0.05)
+        rc = pump(0.05)
         if rc and "reason" not in result:
             raise ConnectError(f"connection to {settings.host}:{settings.port} lost during CONNECT")
     reason = result["reason"]
@@ -150,7 +221,8 @@ class Driver:
         try:
             client = new_client(self.name, settings, purpose="push")
             client.max_inflight_messages_set(0)  # ours is the window below
-            connect(client, settings, policy.timeout)
+            loop = NetworkLoop(client)
+            connect(client, settings, policy.timeout, loop)
         except (ConnectError, ValueError, OSError) as exc:
             permanent = getattr(exc, "permanent", False)
             return [Failure(d, str(exc), permanent) for d in deliveries]
@@ -172,7 +244,7 @@ class Driver:
         timeout = policy.timeout
 
         def pump() -> None:
-            rc = client.loop(timeout=0.01)
+            rc = loop(0.01)
             if rc != mqtt.MQTT_ERR_SUCCESS and not lost:
                 lost.append(f"connection to {settings.host}:{settings.port} lost: {mqtt.error_string(rc)}")
             # Dicts keep insertion order: the first entry is the oldest in flight.
@@ -207,15 +279,23 @@ class Driver:
             failures.extend(Failure(d, lost[0]) for d in iterator)
             inflight.clear()
         client.disconnect()
+        loop.close()
         return failures
 
 
 class StateListener:
     """Subscribes to ``<prefix>/+/state`` and hands each message to ``on_state``.
 
-    paho runs the network loop in its own thread and reconnects by itself; ``on_state``
-    is called from that thread and must be quick (the caller queues and batches).
+    The client runs in a thread of its own (``NetworkLoop``: no descriptor limit), and
+    reconnects after any loss, waiting 1 s, then twice as long each time up to 30 s;
+    ``on_state`` is called from that thread and must be quick (the caller queues and
+    batches). ``down_for()`` says how long it has been without a broker.
     """
+
+    #: seconds to wait between connection attempts: first, most
+    RECONNECT_DELAYS = (1.0, 30.0)
+    #: how long a turn of the network loop waits at most (and a stop may take)
+    TURN = 0.2
 
     def __init__(self, name: str, settings: Settings,
                  on_state: Callable[[str, str, bytes], None],
@@ -226,6 +306,14 @@ class StateListener:
         # one listener of the group, so several `serve` split the ingestion between them.
         self.topic = f"$share/{share}/{settings.state_topic()}" if share else settings.state_topic()
         self.client: Any = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._down_since: float | None = time.monotonic()  # until the first CONNACK
+
+    def down_for(self) -> float:
+        """Seconds since this listener last had a subscribed connection (0 while it has one)."""
+        since = self._down_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def start(self, timeout: float = 10.0) -> None:
         settings = self.settings
@@ -240,32 +328,64 @@ class StateListener:
                 self.on_event(f"{self.name}: broker refused the connection: {reason}")
                 return
             c.subscribe(self.topic, qos=1)
+            self._down_since = None
             self.on_event(f"{self.name}: subscribed to {self.topic} on {settings.host}:{settings.port}")
 
         def on_disconnect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-            if self.client is not None:  # not our own stop()
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+            if not self._stopping.is_set():  # not our own stop()
                 self.on_event(f"{self.name}: disconnected ({reason}); reconnecting")
 
         def on_message(_c: Any, _u: Any, message: Any) -> None:
-            parts = message.topic.split("/")
+            # An exception here would end the network thread, and with it the
+            # listener, for good: no message may do that.
+            try:
+                parts = message.topic.split("/")  # paho decodes the topic: it may not be UTF-8
+            except UnicodeDecodeError:
+                self.on_event(f"{self.name}: message on a topic that is not UTF-8 text ignored")
+                return
             if len(parts) == prefix_parts + 2:
                 self.on_state(self.name, parts[prefix_parts], message.payload)
 
-        def on_connect_fail(_c: Any, _u: Any) -> None:
-            self.on_event(f"{self.name}: cannot connect to {settings.host}:{settings.port}; retrying")
-
         client.on_connect, client.on_disconnect, client.on_message = on_connect, on_disconnect, on_message
-        client.on_connect_fail = on_connect_fail
-        client.reconnect_delay_set(1, 30)
         client.connect_timeout = timeout
         # Asynchronous connect: a broker that is down at start is retried in the
         # background, as after any later disconnection.
-        self.client = client
         client.connect_async(settings.host, settings.port, keepalive=settings.keepalive)
-        client.loop_start()
+        self.client = client
+        self._thread = threading.Thread(target=self._run, name=f"mqtt-listener-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        client, loop = self.client, NetworkLoop(self.client)
+        first, most = self.RECONNECT_DELAYS
+        delay = first
+        try:
+            while not self._stopping.is_set():
+                if self._connect():
+                    while not self._stopping.is_set() and loop(self.TURN) == 0:
+                        if self._down_since is None:  # subscribed: the next loss starts over
+                            delay = first
+                if self._stopping.is_set():
+                    break
+                self._stopping.wait(delay)
+                delay = min(delay * 2, most)
+        finally:
+            client.disconnect()
+            loop(0)  # the DISCONNECT packet, if it could not be sent at once
+            loop.close()
+
+    def _connect(self) -> bool:
+        try:
+            self.client.reconnect()
+            return True
+        except (OSError, ValueError):  # refused, unreachable, unresolvable, timed out
+            self.on_event(f"{self.name}: cannot connect to {self.settings.host}:{self.settings.port}; retrying")
+            return False
 
     def stop(self) -> None:
-        client, self.client = self.client, None
-        if client is not None:
-            client.disconnect()
-            client.loop_stop()
+        self._stopping.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(10)

@@ -1,0 +1,33 @@
+"""Entries by revision, and the revisions of a job's writes: the supervision looks up
+the entries others wrote since a job's own writes (a later change makes a device
+invalid) instead of reading every entry of every device of the job.
+
+Revision ID: 0004
+Revises: 0003
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0004'
+down_revision = '0003'
+branch_labels = None
+depends_on = None
+
+TEXT = sa.Text().with_variant(sa.Text(collation='C'), 'postgresql')
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('device_config', schema=None) as batch_op:
+        batch_op.create_index('ix_device_config_revision', ['desired_revision'], unique=False)
+    with op.batch_alter_table('job', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('revisions', TEXT, nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('job', schema=None) as batch_op:
+        batch_op.drop_column('revisions')
+    with op.batch_alter_table('device_config', schema=None) as batch_op:
+        batch_op.drop_index('ix_device_config_revision')
