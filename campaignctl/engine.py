@@ -455,8 +455,10 @@ def _settle_shards(ctx: Context) -> None:
     """Wait until no other worker is delivering a shard of the job: they stop within a
     flush interval of a cancel, and record what they had in flight as delivered; only
     then can the rest be cancelled without a device getting a document the supervision
-    calls cancelled. A worker that died is waited for until its lease expires."""
-    while True:
+    calls cancelled. A worker that died is waited for until its lease expires; one
+    stuck in retries against a broker that is down, at most a lease's time."""
+    deadline = time.monotonic() + jobs.LEASE_SECONDS
+    while time.monotonic() < deadline:
         with db.read(ctx.engine) as conn:
             if not shards.delivering_elsewhere(conn, ctx.job_id, ctx.owner):
                 return

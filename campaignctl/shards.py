@@ -89,6 +89,15 @@ def claim(engine: "Engine", worker: str, *, job_id: int | None = None) -> Shard 
     """Take the next shard that is pending, or whose worker's lease is gone, of a running
     campaign (of ``job_id`` only, when given); None when there is none. A shard still
     marked as this worker's own was left by an error (it is claiming, not delivering)."""
+    try:
+        return _claim(engine, worker, job_id)
+    except BaseException:
+        with _delivering_lock:
+            _delivering.discard(worker)
+        raise
+
+
+def _claim(engine: "Engine", worker: str, job_id: int | None) -> Shard | None:
     with db.write(engine) as conn:
         dead = [w for (w,) in db.run(conn, "SELECT DISTINCT worker FROM job_shard WHERE status = 'running'")
                 if w and (not owner_alive(w) or _abandoned_here(w))]
@@ -105,6 +114,8 @@ def claim(engine: "Engine", worker: str, *, job_id: int | None = None) -> Shard 
                      {"now": now, "dead": dead or [""], "job": job_id, "me": worker}, "dead").one_or_none()
         if row is None:
             return None
+        with _delivering_lock:  # from now until finish(): never taken as abandoned
+            _delivering.add(worker)
         db.run(conn, "UPDATE job_shard SET status = 'running', worker = :worker, lease_expires_at = :expires, "
                "started_at = coalesce(started_at, :stamp) WHERE job_id = :job AND number = :number",
                {"worker": worker, "expires": now + LEASE_SECONDS, "stamp": db.utcnow(), "job": row[0],
@@ -195,8 +206,6 @@ def deliver(engine: "Engine", shard: Shard, worker: str, *,
 
     recorder = JobRecorder(engine, shard.job_id, on_flush=on_flush)
     completed = False
-    with _delivering_lock:
-        _delivering.add(worker)
     try:
         for interface in found:
             if state["stop"] or not _still_running(engine, shard.job_id):
@@ -209,13 +218,14 @@ def deliver(engine: "Engine", shard: Shard, worker: str, *,
         # Interrupted (Ctrl-C, an error) or stopped: the shard goes back to pending, and
         # whoever claims it next delivers what is still syncing in it.
         heartbeat.stopped.set()
-        with _delivering_lock:
-            _delivering.discard(worker)
         try:
             finish(engine, shard, worker, delivered=int(state["delivered"]), failed=int(state["failed"]),
                    done=completed)
         except Exception:  # noqa: BLE001 - the lease expires and another worker takes the rest
             pass
+        finally:
+            with _delivering_lock:
+                _delivering.discard(worker)
     return completed
 
 

@@ -224,10 +224,11 @@ def helper_processes(name: str, target: Callable[..., None], arguments: Sequence
     finally:
         if stop is not None:
             stop.set()
+        deadline = time.monotonic() + grace  # one deadline for all: not ``grace`` each
         for child in children:
             if failed and terminate_on_error:
                 child.terminate()
-            child.join(grace)
+            child.join(max(0.0, deadline - time.monotonic()))
         for child in children:
             if child.is_alive():
                 child.terminate()

@@ -293,7 +293,9 @@ class _Builder:
                 return _BOOLS[text.lower()]
             node = ScalarNode(tag, text)
             if tag == _INT:
-                return int(text) if text.isdigit() else self._safe.construct_yaml_int(node)
+                # Plain decimal digits the fast way; YAML 1.1 reads a leading 0 as octal.
+                fast = text.isdigit() and (len(text) == 1 or text[0] != "0")
+                return int(text) if fast else self._safe.construct_yaml_int(node)
             if tag == _FLOAT:
                 return self._safe.construct_yaml_float(node)
             if tag == _TIMESTAMP:

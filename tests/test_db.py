@@ -98,6 +98,9 @@ def test_a_version_0_1_database_is_migrated_in_place(sqlite_path, version):
             if statement.strip():
                 conn.execute(statement)
     conn.execute("INSERT INTO campaign (name, spec, created_at, updated_at) VALUES ('old', '{}', 'x', 'x')")
+    # A job written in two steps (revisions 3 and 5): revision 0004 keeps them with the job.
+    conn.execute("INSERT INTO job (id, campaign_id, created_at) VALUES (1, 1, 'x')")
+    conn.executemany("INSERT INTO job_item (job_id, device_id, revision) VALUES (1, ?, ?)", [(1, 3), (2, 3), (3, 5)])
     conn.execute(f"PRAGMA user_version = {version}")
     conn.commit()
     conn.close()
@@ -107,6 +110,7 @@ def test_a_version_0_1_database_is_migrated_in_place(sqlite_path, version):
         assert c.exec_driver_sql("SELECT name FROM campaign").scalar() == "old"
         assert "written_at" in {r[1] for r in c.exec_driver_sql("PRAGMA table_info(job)")}
         assert c.exec_driver_sql("SELECT count(*) FROM job_shard").scalar() == 0
+        assert c.exec_driver_sql("SELECT revisions FROM job").scalar() == "3,5,"
 
 
 # -- PostgreSQL: the schema is upgraded by `db upgrade` only --------------------------------

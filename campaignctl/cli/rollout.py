@@ -89,12 +89,15 @@ def run(ctx: typer.Context,
     signal.signal(signal.SIGTERM, on_term)
     db = engine(ctx)
     info(f"rollout engine: a pass every {interval}; Ctrl-C stops")
-    if processes == 1:
-        worker.run_worker(db, interval=seconds, info=info)
-    else:
-        from campaignctl.db import location_of
+    try:
+        if processes == 1:
+            worker.run_worker(db, interval=seconds, info=info)
+        else:
+            from campaignctl.db import location_of
 
-        worker.run_workers(location_of(db).target, processes, interval=seconds, info=info)
+            worker.run_workers(location_of(db).target, processes, interval=seconds, info=info)
+    except KeyboardInterrupt:
+        pass  # a stop that came while the workers were already stopping: the same clean end
     info("stopped")
 
 

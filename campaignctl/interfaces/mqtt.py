@@ -363,10 +363,13 @@ class StateListener:
         delay = first
         try:
             while not self._stopping.is_set():
-                if self._connect():
-                    while not self._stopping.is_set() and loop(self.TURN) == 0:
-                        if self._down_since is None:  # subscribed: the next loss starts over
-                            delay = first
+                try:
+                    if self._connect():
+                        while not self._stopping.is_set() and loop(self.TURN) == 0:
+                            if self._down_since is None:  # subscribed: the next loss starts over
+                                delay = first
+                except Exception as exc:  # noqa: BLE001 - a callback or paho failing: the listener goes on
+                    self.on_event(f"{self.name}: listener error ({type(exc).__name__}: {exc}); reconnecting")
                 if self._stopping.is_set():
                     break
                 self._stopping.wait(delay)

@@ -24,6 +24,17 @@ def upgrade() -> None:
         batch_op.create_index('ix_device_config_revision', ['desired_revision'], unique=False)
     with op.batch_alter_table('job', schema=None) as batch_op:
         batch_op.add_column(sa.Column('revisions', TEXT, nullable=True))
+    # Jobs written before: their revisions from their items, so that a job whose later
+    # batches are written after the upgrade keeps all of its own.
+    bind = op.get_bind()
+    revisions: dict[int, list[int]] = {}
+    for job_id, revision in bind.execute(sa.text(
+            "SELECT DISTINCT job_id, revision FROM job_item WHERE revision > 0 ORDER BY job_id, revision")):
+        revisions.setdefault(job_id, []).append(revision)
+    if revisions:
+        bind.execute(sa.text("UPDATE job SET revisions = :revisions WHERE id = :id"),
+                     [{"id": job_id, "revisions": "".join(f"{r}," for r in found)}
+                      for job_id, found in revisions.items()])
 
 
 def downgrade() -> None:
