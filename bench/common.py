@@ -86,9 +86,10 @@ def campaignctl(*args: str, db: Path | str, check: bool = True) -> tuple[float, 
 
 
 def mqtt_fleet(work: Path, db: Path | str, devices: int, port: int, keys: int) -> dict[str, str]:
-    """An MQTT fleet of ``devices`` devices imported from CSV, and a campaign ``bench``
-    setting ``keys`` keys on all of them, key_0 also expected to be reported; returns the
-    values set, and the import's (wall seconds, peak RSS KiB) in ``figures``."""
+    """The files of an MQTT fleet: its interface and device type imported, its
+    ``devices`` devices in ``devices.csv`` and a campaign ``bench`` in ``campaign.yaml``
+    setting ``keys`` keys on all of them, key_0 also expected to be reported (the caller
+    imports the CSV and creates the campaign, to time them); returns the values set."""
     (work / "fleet.yaml").write_text(
         f"interfaces:\n  broker: {{type: mqtt, url: 'mqtt://127.0.0.1:{port}', topic_prefix: bench}}\n"
         "device_types:\n  sensor-v2: {}\ndevices: []\n")

@@ -136,13 +136,13 @@ def secrets_of(engine: "Engine", names: list[str]) -> dict[str, str]:
 
 
 def with_hidden_values(values: dict[str, Any], *, stdin_key: str | None, env_pairs: list[str],
-                       stdin: BinaryIO, environ: dict[str, str] | None = None) -> dict[str, Any]:
+                       stdin: BinaryIO) -> dict[str, Any]:
     """``values`` plus the secret values given out of sight of ``ps``: ``stdin_key``'s
     from ``stdin``, bytes that must be UTF-8 (one trailing newline removed, as ``echo``
     and here-strings add one), and each ``KEY=VAR`` of ``env_pairs`` from the environment
     variable VAR. They are strings, checked as ``KEY=VALUE`` arguments are; an empty one
     is refused (an unset or empty variable is never a secret)."""
-    env = os.environ if environ is None else environ
+    env = os.environ
     source = "<command line>"
     hidden: dict[str, str] = {}
     for pair in env_pairs:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from campaignctl.errors import CampaignctlError
+from campaignctl.values import cut
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 BUSY_TIMEOUT_MS = 30_000
 POOL_SIZE = 40
 CONNECT_TIMEOUT_S = 10
+#: Characters kept of a driver's error text: some quote the value they refused (a
+#: device's report among them), which a log line or an error message must not carry whole.
+MAX_DETAIL = 300
 
 
 def data_dir() -> Path:
@@ -128,8 +132,10 @@ def friendly(exc: BaseException, location: Location) -> CampaignctlError:
     primary = getattr(getattr(orig, "diag", None), "message_primary", None)
     detail = " ".join(str(primary or orig).split()) or type(orig).__name__
     if location.is_postgres:
-        detail = _scrub(detail, location.target)
+        # Scrubbed before it is cut: a cut could leave a password's head unmatched.
+        detail = cut(_scrub(detail, location.target), MAX_DETAIL)
         return CampaignctlError(f"cannot use the {location.shown}: {detail}")
+    detail = cut(detail, MAX_DETAIL)
     return CampaignctlError(_sqlite_problem(orig, location.target, detail))
 
 
@@ -186,13 +192,20 @@ def unreadable_data(exc: UnreadableData, location: Location) -> CampaignctlError
                             "outside campaignctl or is damaged; restore it from a backup")
 
 
-def describe(exc: BaseException, engine: "Engine") -> str:
-    """One line for a log: a database error without its SQL, or the exception's type and text."""
+def describe(exc: BaseException, engine: "Engine | None") -> str:
+    """One line for a log: campaignctl's own message, a database error without its SQL
+    (whose parameters may hold document values and secrets), or the exception's type and
+    text, cut (``engine`` is None when it could not be made)."""
     from sqlalchemy.exc import DBAPIError
 
-    if isinstance(exc, DBAPIError):
+    if isinstance(exc, CampaignctlError):
+        return exc.message
+    if isinstance(exc, DBAPIError) and engine is not None:
         return friendly(exc, location_of(engine)).message
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    if isinstance(exc, DBAPIError):  # the driver's first line: PostgreSQL's DETAIL repeats row values
+        first = (str(exc.orig).splitlines() or [""])[0]
+        return f"{type(exc.orig).__name__}: {cut(first, MAX_DETAIL)}"
+    return f"{type(exc).__name__}: {cut(' '.join(str(exc).split()), MAX_DETAIL)}"
 
 
 def _scrub(text: str, url: str) -> str:

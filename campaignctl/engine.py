@@ -252,18 +252,13 @@ def _write(ctx: Context, number: int, limit: int) -> int:
     """Write the desired entries of up to ``limit`` pending devices of a batch, in one
     transaction with their items' move to ``syncing``: a device is written exactly once,
     whenever the process dies. What the job overwrites is kept, to put back on cancel."""
-    values = [(int(t), key, value, key in p["secret"]) for t, p in ctx.plan.items()
-              for key, value in p["configurations"].items()]
-    params: dict[str, Any] = {}
-    rows = []
-    for n, (type_id, key, value, secret) in enumerate(values):
-        params.update({f"t{n}": type_id, f"k{n}": key, f"v{n}": value, f"s{n}": secret})
-        rows.append(f"(CAST(:t{n} AS INTEGER), CAST(:k{n} AS TEXT), CAST(:v{n} AS TEXT), CAST(:s{n} AS BOOLEAN))")
-    values_sql = ",".join(rows) or "(CAST(NULL AS INTEGER), CAST(NULL AS TEXT), CAST(NULL AS TEXT), false)"
-    items = ("FROM job_item ji JOIN device d ON d.id = ji.device_id JOIN v ON v.device_type_id = d.device_type_id "
+    from campaignctl.supervision import plan_values
+
+    values, params = plan_values("v", ctx.plan, "configurations")
+    items = ("FROM job_item ji JOIN device d ON d.id = ji.device_id JOIN v ON v.type_id = d.device_type_id "
              "{join} WHERE ji.job_id = :job AND ji.batch = :batch AND ji.status = 'pending' "
-             "AND ji.device_id BETWEEN :lo AND :hi AND v.key IS NOT NULL")
-    cte = f"WITH v(device_type_id, key, value, secret) AS (VALUES {values_sql}) "
+             "AND ji.device_id BETWEEN :lo AND :hi")
+    cte = f"WITH {values} "
     with db.write(ctx.engine) as conn:
         stop_if_not_ours(conn, ctx)
         lo, hi, count = db.run(conn,

@@ -245,11 +245,11 @@ def show_device(engine: "Engine", name: str, *, show_secrets: bool = False) -> d
         "configuration": [
             {
                 "key": e.key,
-                "desired": mask(store.loads(e.desired), bool(e.secret) and e.desired is not None,
+                "desired": mask(db.loads(e.desired), bool(e.secret) and e.desired is not None,
                                 show_secrets=show_secrets),
                 "desired_at": e.desired_at,
                 "desired_by": e.desired_by,
-                "reported": mask(store.loads(e.reported), bool(e.secret) and e.reported is not None,
+                "reported": mask(db.loads(e.reported), bool(e.secret) and e.reported is not None,
                                  show_secrets=show_secrets),
                 "reported_at": e.reported_at,
                 "secret": bool(e.secret),

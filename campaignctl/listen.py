@@ -221,6 +221,6 @@ def listen(engine: "Engine", *, timeout: float | None = None, interfaces: list[s
 
 def _down(listeners: "list[StateListener]") -> str | None:
     """Which listeners have been without their broker for longer than ``DOWN_AFTER``."""
-    down = [f"{listener.name}: no broker connection for {listener.down_for():.0f}s" for listener in listeners
-            if listener.down_for() > DOWN_AFTER]
+    down = [f"{listener.name}: no broker connection for {seconds:.0f}s" for listener in listeners
+            if (seconds := listener.down_for()) > DOWN_AFTER]
     return ", ".join(down) or None

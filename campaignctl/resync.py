@@ -26,6 +26,7 @@ from campaignctl import db, interfaces
 from campaignctl.delivery import CHUNK, load_documents, refresher
 from campaignctl.errors import NotFoundError
 from campaignctl.interfaces.base import Delivery, DeliveryPolicy, Failure
+from campaignctl.values import cut
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -249,7 +250,10 @@ def _send(engine: "Engine", parts: Sequence[Part], selection: Selection, policy:
         counted()
 
     def failed(outcome: InterfaceResult, failure: Failure) -> None:
-        result.reasons.setdefault(failure.error, Reason(failure.error)).add(failure.delivery.device)
+        # A platform's answer can be any size: bounded as a job item's error is, and
+        # reasons that differ only past that point are one reason.
+        error = cut(failure.error, 1000)
+        result.reasons.setdefault(error, Reason(error)).add(failure.delivery.device)
         outcome.failed += 1
         counted()
 
@@ -359,8 +363,6 @@ class _Helpers:
 
 def _helper(target: str, index: int, share: list[Part], selection: Selection, policy: DeliveryPolicy,
             results: Any, counter: Any) -> None:
-    from campaignctl.worker import describe
-
     done = 0
 
     def counted() -> None:
@@ -377,4 +379,4 @@ def _helper(target: str, index: int, share: list[Part], selection: Selection, po
         _send(engine, share, selection, policy, result, counted)
         results.put((index, result))
     except Exception as exc:  # noqa: BLE001 - the parent sends this share itself
-        results.put((index, describe(exc, engine)))
+        results.put((index, db.describe(exc, engine)))

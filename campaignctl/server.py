@@ -62,11 +62,6 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def _why(exc: BaseException, engine: "Engine") -> str:
-    """Why a component of serve stopped, in one line without secrets."""
-    return exc.message if isinstance(exc, CampaignctlError) else db.describe(exc, engine)
-
-
 def _token(authorization: str | None) -> str:
     """The bearer token of an Authorization header."""
     if not authorization:
@@ -113,16 +108,18 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
 
     reader = app.state.reader = Reader(engine)
 
-    def authenticate(row: Any, token: str) -> None:
+    def authenticated(statement: Any, name: str, request: Request) -> Any:
+        """The row of ``statement`` (id, secret hash, ...) for the device the request's
+        bearer token is the secret of."""
+        token = _token(request.headers.get("authorization"))
+        # A name no device can have (a NUL byte, which PostgreSQL text cannot hold) is
+        # not worth a query: it is an unknown device.
+        row = None if name_problem(name) else reader.one(statement, {"name": name})
         # Unknown device, device on another interface and wrong secret look the same:
         # names are not disclosed.
         if row is None or not credentials.matches(row[1], token):
             raise ApiError(401, "invalid device secret")
-
-    def lookup(statement: Any, name: str) -> Any:
-        # A name no device can have (a NUL byte, which PostgreSQL text cannot hold) is
-        # not worth a query: it is an unknown device.
-        return None if name_problem(name) else reader.one(statement, {"name": name})
+        return row
 
     @app.get("/healthz", summary="Liveness", response_class=JSONResponse,
              responses={200: _HEALTHY, 503: _UNHEALTHY})
@@ -132,7 +129,7 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
             with db.read(engine) as conn:
                 db.run(conn, "SELECT 1").scalar()
         except Exception as exc:  # noqa: BLE001 - whatever keeps the database away, serve is unhealthy
-            stopped["database"] = _why(exc, engine)
+            stopped["database"] = db.describe(exc, engine)
         if stopped:
             return JSONResponse({"status": "unhealthy", "error": "stopped: " + ", ".join(sorted(stopped)),
                                  "stopped": stopped}, status_code=503)
@@ -149,10 +146,7 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
                                        "description": "The ETag of the document the device has"}]},
     )
     async def get_configuration(name: str, request: Request) -> Response:
-        token = _token(request.headers.get("authorization"))
-        row = lookup(_configuration_query, name)
-        authenticate(row, token)
-        device_id, _, version, configuration, waiting = row
+        device_id, _, version, configuration, waiting = authenticated(_configuration_query, name, request)
         if waiting is not None and waiting <= version:  # a job waits for the device to fetch this
             await run_in_threadpool(_record_fetch, engine, device_id, version)
         etag = f'"{version}"'
@@ -175,10 +169,7 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
         from campaignctl.fleet import parse_state_payload
         from campaignctl.listen import write_state
 
-        token = _token(request.headers.get("authorization"))
-        row = lookup(_AUTHENTICATE, name)
-        authenticate(row, token)
-        device_id = row[0]
+        device_id = authenticated(_AUTHENTICATE, name, request)[0]
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_body:
             raise ApiError(413, f"body larger than {max_body} bytes")
@@ -354,8 +345,6 @@ class Server:
         import socket
         import time
 
-        from campaignctl.errors import CampaignctlError
-
         # Bind here, not in uvicorn: a busy port is then a clean error, and port 0 a
         # known port before anything is served.
         try:
@@ -390,7 +379,7 @@ class Server:
             run_worker(self.engine, interval=self.engine_interval or 2.0, stop=self._stop, info=self.info)
         except Exception as exc:  # noqa: BLE001
             self.errors.append(exc)
-            self.app.state.stopped["rollout_engine"] = why = _why(exc, self.engine)
+            self.app.state.stopped["rollout_engine"] = why = db.describe(exc, self.engine)
             self.warn(f"rollout engine stopped: {why}")  # never the SQL text and its values
 
     def start_listeners(self) -> bool:
@@ -422,7 +411,7 @@ class Server:
                    health=self._listeners_health)
         except Exception as exc:  # noqa: BLE001
             self.errors.append(exc)
-            self.app.state.stopped["mqtt_listeners"] = why = _why(exc, self.engine)
+            self.app.state.stopped["mqtt_listeners"] = why = db.describe(exc, self.engine)
             self.warn(f"MQTT listeners stopped: {why}")
 
     def _listeners_health(self, problem: str | None) -> None:

@@ -169,7 +169,7 @@ class Simulator:
     async def _report(self, device: Device, values: dict[str, Any]) -> None:
         device.state.update(values)
         kind = self.interfaces[device.interface]["type"]
-        ok = await (self._mqtt_report(device, values) if kind == "mqtt" else self._http_report(device, values))
+        ok = self._mqtt_publish_state(device) if kind == "mqtt" else await self._http_report(device, values)
         self._count_report(ok)
 
     def _count_report(self, ok: bool) -> None:
@@ -235,9 +235,6 @@ class Simulator:
         # disconnected fails quietly; the reconnection then does it.
         device.online = True
         client.subscribe(settings.config_topic(device.name), qos=1)
-
-    async def _mqtt_report(self, device: Device, values: dict[str, Any]) -> bool:
-        return self._mqtt_publish_state(device)
 
     def _mqtt_publish_state(self, device: Device) -> bool:
         import paho.mqtt.client as mqtt

@@ -60,17 +60,12 @@ def _in_key_order(rows: Sequence[tuple]) -> list[tuple]:
 def write_desired(conn: "Connection", rows: Sequence[tuple]) -> None:
     """Bulk upsert of desired entries: (device_id, key, json, at, revision, by, secret)."""
     if rows:
-        params = [dict(zip(_DESIRED, row)) for row in _in_key_order(rows)]
-        for p in params:
-            p["secret"] = bool(p["secret"])
-        db.run(conn, UPSERT_DESIRED, params)
+        # secret as a boolean: PostgreSQL's column takes no 0 or 1.
+        db.run(conn, UPSERT_DESIRED, [{**dict(zip(_DESIRED, row)), "secret": bool(row[6])}
+                                      for row in _in_key_order(rows)])
 
 
 def write_reported(conn: "Connection", rows: Sequence[tuple]) -> None:
     """Bulk upsert of reported entries: (device_id, key, json, at)."""
     if rows:
         db.run(conn, UPSERT_REPORTED, [dict(zip(_REPORTED, row)) for row in _in_key_order(rows)])
-
-
-# A stored JSON column: canonical text, or NULL.
-loads = db.loads

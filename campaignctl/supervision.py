@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Collection, Iterator
 from campaignctl import db, dialect
 from campaignctl.jobs import ITEM_STATES
 from campaignctl.rollout import Rollout, format_duration
-from campaignctl.values import SECRET_MASK
+from campaignctl.values import SECRET_MASK, cut
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -40,11 +40,12 @@ if TYPE_CHECKING:
 DEVICE_STATES = ("pending", "syncing", "waiting", "valid", "invalid", "failed", "timed_out", "cancelled")
 
 
-def _values_cte(name: str, rows: list[tuple[int, str, str, bool]]) -> tuple[str, dict[str, Any]]:
-    """A CTE of the plan's (type_id, key, value, secret) rows, with ``n``: their number in
-    (type, key) order (Python's str order is UTF-8 byte order, the keys' order in SQL),
-    so that "the first mismatch" is the same on every backend whatever the plan."""
-    rows = sorted(rows, key=lambda r: (r[0], r[1]))
+def plan_values(name: str, plan: dict[str, Any], part: str) -> tuple[str, dict[str, Any]]:
+    """A CTE ``name(type_id, key, value, secret, n)`` of a job plan's values (``part``:
+    "configurations" or "expected_state"), ``n`` their number in (type, key) order
+    (Python's str order is UTF-8 byte order, the keys' order in SQL), so that "the first
+    mismatch" is the same on every backend whatever the plan; and its parameters."""
+    rows = sorted((int(t), k, v, k in p["secret"]) for t, p in plan.items() for k, v in p[part].items())
     columns = f"{name}(type_id, key, value, secret, n)"
     if not rows:
         return (f"{columns} AS (SELECT CAST(NULL AS INTEGER), CAST(NULL AS TEXT), CAST(NULL AS TEXT), false, "
@@ -75,6 +76,9 @@ def _tuples(conn: Any, sql: str, params: dict[str, Any]) -> list[tuple]:
 #: An expected key's number n is written as N + n: ten digits, so that the smallest
 #: text is the first key, whatever the collation.
 _N = 1_000_000_000
+
+#: Characters of a reported value quoted in a reason.
+_REPORTED_SHOWN = 200
 
 #: Expected keys read by a join each, up to this many (then by a lookup each).
 _JOINED_KEYS = 8
@@ -109,18 +113,16 @@ def _items_for(statuses: Collection[str]) -> list[str]:
 
 
 class _Facts:
-    """The SQL of a job's facts. Each expected key is one lookup of the device's entry by
-    primary key, and "changed since" only looks at the entries written after the job's
-    first write by anyone else (an index on the revision finds them), so that the cost
-    per device stays a few index lookups on both backends."""
+    """The SQL of a job's facts. Each expected key's entry is joined by primary key, and
+    "changed since" only looks at the entries others wrote since the job's first write
+    (an index on the revision finds them), so that the cost per device stays a few index
+    lookups on both backends."""
 
     def __init__(self, conn: "Connection", job_id: int, plan: dict[str, Any], rollout: Rollout,
                  now: float | None) -> None:
-        config_rows = [(int(t), k, v, k in p["secret"]) for t, p in plan.items()
-                       for k, v in p["configurations"].items()]
         state_rows = sorted((int(t), k, v, k in p["secret"])
                             for t, p in plan.items() for k, v in p["expected_state"].items())
-        cfg_cte, cfg_params = _values_cte("cfg", config_rows)
+        cfg_cte, cfg_params = plan_values("cfg", plan, "configurations")
         self.cte = f"WITH {cfg_cte}"
         self.expected = [(key, secret) for _t, key, _v, secret in state_rows]  # by n
         self.params: dict[str, Any] = {**cfg_params, "job_id": job_id}
@@ -190,13 +192,10 @@ class _Facts:
         first write: the ranges between and after the job's own revisions (the global
         counter gives each write its own), which the index reads without a look at the
         job's own entries."""
+        # Kept with the job by each write (and back-filled by revision 0004): reading
+        # them from the job's items would scan a million rows at a million devices.
         stored = db.run(conn, "SELECT revisions FROM job WHERE id = :job_id", {"job_id": job_id}).scalar()
-        if stored is not None:
-            revisions = sorted(int(r) for r in stored.split(",") if r)
-        else:  # a job written before the revisions were kept with it
-            revisions = [r for (r,) in db.run(
-                conn, "SELECT DISTINCT revision FROM job_item WHERE job_id = :job_id AND revision > 0 "
-                "ORDER BY revision", {"job_id": job_id})]
+        revisions = sorted(int(r) for r in (stored or "").split(",") if r)
         if not revisions:
             return "1 = 0"  # nothing written yet: nothing changed since
         gaps = [(a + 1, b - 1) for a, b in zip(revisions, revisions[1:]) if b > a + 1]
@@ -340,7 +339,8 @@ def _mismatch(expected: list[tuple[str, bool]], mismatch: str) -> str:
     reported = mismatch[10:]
     if not reported:
         return f"{key} not reported yet"
-    return f"{key} reported {SECRET_MASK if secret else reported}"
+    # A device may report up to 64 KiB: the reason quotes the start of it.
+    return f"{key} reported {SECRET_MASK if secret else cut(reported, _REPORTED_SHOWN)}"
 
 
 def campaign_status(engine: "Engine", name: str, *, only: Collection[str] | None = None,

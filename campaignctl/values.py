@@ -84,10 +84,17 @@ def canonical(value: Any) -> str:
         raise ValueError("the value is nested too deeply") from None
     # json.dumps escapes C0 control characters (NUL included), so the text is safe to
     # store; a lone surrogate it leaves as it is, and no database can store that.
-    bad = None if text.isascii() else LONE_SURROGATE.search(text)
-    if bad:
-        raise ValueError(f"text holds a lone surrogate {bad.group()!r} (half of a UTF-16 pair), which is not Unicode")
+    problem = _surrogate_problem(text)
+    if problem:
+        raise ValueError(problem)
     return text
+
+
+def _surrogate_problem(text: str) -> str | None:
+    bad = None if text.isascii() else LONE_SURROGATE.search(text)
+    if bad is None:
+        return None
+    return f"text holds a lone surrogate {bad.group()!r} (half of a UTF-16 pair), which is not Unicode"
 
 
 def depth(value: Any) -> int:
@@ -163,10 +170,10 @@ def shown(text: str, limit: int | None = 80) -> str:
 def check_text(value: str, what: str, *, source: str | None = None) -> str:
     """``value`` if it can be stored (no lone surrogate, which is what bytes that are not
     UTF-8 become in argv and the environment), else an InputError naming ``what``."""
-    try:
-        canonical(value)
-    except ValueError as exc:
-        raise InputError(f"{what} takes text: {exc}", source=source) from None
+    # The check canonical() makes of text, without encoding the value as JSON for it.
+    problem = _surrogate_problem(value)
+    if problem:
+        raise InputError(f"{what} takes text: {problem}", source=source)
     return value
 
 

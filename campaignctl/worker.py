@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from campaignctl import db, jobs, shards
 from campaignctl.engine import advance
-from campaignctl.errors import CampaignctlError, ConflictError, InputError
+from campaignctl.errors import ConflictError, InputError
+from campaignctl.values import shown
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -277,15 +278,8 @@ def _shard_child(target: str, job_id: int, stop: Any, parent: int) -> None:
                 shards.work(engine, worker, job_id=job_id, stop=stop)
             stop.wait(SHARD_POLL_SECONDS)
     except Exception as exc:  # noqa: BLE001 - the launching process delivers what is left
-        print(f"delivery helper {os.getpid()}: {describe(exc, engine)}", file=sys.stderr, flush=True)
-
-
-def describe(exc: BaseException, engine: "Engine | None") -> str:
-    """One line about a helper's failure for a log: never the SQL, whose parameters may
-    hold document values and secrets (``engine`` is None when it could not be made)."""
-    if isinstance(exc, CampaignctlError):
-        return exc.message
-    return db.describe(exc, engine) if engine is not None else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        # The text may come from a driver or a platform: escaped for the terminal.
+        print(shown(f"delivery helper {os.getpid()}: {db.describe(exc, engine)}", 500), file=sys.stderr, flush=True)
 
 
 def _child(target: str, interval: float) -> None:
@@ -299,7 +293,7 @@ def _child(target: str, interval: float) -> None:
     signal.signal(signal.SIGINT, on_term)
     engine = db.create_engine(target)
 
-    def info(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+    def info(message: str) -> None:  # as the CLI's info: device and platform texts escaped
+        print(shown(message, None), file=sys.stderr, flush=True)
 
     run_worker(engine, interval=interval, info=info)

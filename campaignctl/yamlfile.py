@@ -174,7 +174,9 @@ class _Builder:
                     raise self._error("a mapping key must be a scalar (text, number...), not a list or mapping",
                                       event)
                 if event.tag is not None and event.tag != "!" and event.tag != (_MAP if mapping else _SEQ):
-                    raise self._error(f"the YAML tag {event.tag} is not supported here (values are JSON)", event)
+                    # Tags and anchors are the file's text, of any length: quoted cut short.
+                    raise self._error(f"the YAML tag {cut(event.tag, 40)} is not supported here (values are JSON)",
+                                      event)
                 if event.anchor is not None:
                     self._anchors[event.anchor] = (_BUILDING, 0, 0)
                 stack.append(_Frame({} if mapping else [], event.anchor, event.start_mark.line + 1))
@@ -184,7 +186,7 @@ class _Builder:
             elif kind is AliasEvent:
                 done = self._anchors.get(event.anchor)  # type: ignore[assignment]
                 if done is None:
-                    raise self._error(f"invalid YAML: found undefined alias {event.anchor!r}", event)
+                    raise self._error(f"invalid YAML: found undefined alias {cut(event.anchor, 40)!r}", event)
                 if done[0] is _BUILDING:
                     raise self._error("invalid YAML: an alias refers to itself (the value would be infinite)", event)
                 if stack and stack[-1].is_map and stack[-1].key is _NO_KEY:
@@ -304,7 +306,7 @@ class _Builder:
                 return self._safe.construct_yaml_binary(node)
         except (ValueError, OverflowError, KeyError, AttributeError, TypeError, yaml.YAMLError) as exc:
             raise self._error(_scalar_problem(tag, text, exc), event) from None
-        raise self._error(f"the YAML tag {tag} is not supported here (values are JSON)", event)
+        raise self._error(f"the YAML tag {cut(tag, 40)} is not supported here (values are JSON)", event)
 
 
 def _resolve(text: str) -> str:
@@ -324,15 +326,14 @@ def _key_text(key: Any) -> Any:
         return "null"
     if isinstance(key, bool):
         return "true" if key else "false"
-    if isinstance(key, str):
-        return key
-    return str(key)
+    return str(key)  # only called for keys that are not text
 
 
 def _twice(text: str, first: tuple[Any, Any], second: tuple[Any, Any]) -> str:
     """Why two keys of a mapping are one: ``first`` and ``second`` are (key, libyaml's mark)."""
     (key1, mark1), (key2, mark2) = first, second
     line1, line2 = mark1.line + 1, mark2.line + 1
+    text = cut(text, 40)  # a key may be any length
     if type(key1) is type(key2) and key1 == key2:
         return f"key {text!r} is given twice (lines {line1} and {line2})"
     return (f"key {text!r} is given twice: as {_spelling(key1)} on line {line1} and as {_spelling(key2)} "

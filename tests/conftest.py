@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,15 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 from campaignctl.cli import app
-from pgserver import PostgresServer, wait_for_port
+from pgserver import PostgresServer, free_port, wait_for_port
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Broker:
@@ -191,12 +184,25 @@ def csv_fleet(cli: Cli, tmp_path: Path, url: str, prefix: str, count: int, *, na
 
 
 def in_threads(target: Any, count: int) -> None:
-    """Run ``target()`` in ``count`` threads at once and wait for them all."""
-    threads = [threading.Thread(target=target) for _ in range(count)]
+    """Run ``target()`` in ``count`` threads at once and wait for them all; the first
+    exception a thread raised is raised here (a thread's own would only be printed, and
+    the test could pass on what the threads that did not fail left)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:  # noqa: BLE001 - raised in the test's thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
+    assert not any(t.is_alive() for t in threads), "a thread is still running after 60 s"
+    if errors:
+        raise errors[0]
 
 
 @pytest.fixture

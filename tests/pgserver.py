@@ -25,7 +25,7 @@ def _bindir() -> str:
     raise RuntimeError("PostgreSQL is not installed (Debian: apt-get install postgresql)")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -34,7 +34,7 @@ def _free_port() -> int:
 class PostgresServer:
     def __init__(self) -> None:
         self.bindir = _bindir()
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="campaignctl-pg-")
         self.data = os.path.join(self.dir, "data")
         self.user = "postgres" if os.geteuid() == 0 else None

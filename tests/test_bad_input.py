@@ -311,3 +311,21 @@ def test_sql_errors_do_not_print_their_parameters(db_url):
     shown = db.describe(failure.value, engine)
     assert "name" in shown and "tok-5ecret" not in shown
     engine.dispose()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("a: !" + "x" * 5000 + " 1\n", "the YAML tag !xxx"),
+    ("a: !" + "x" * 5000 + " [1]\n", "the YAML tag !xxx"),
+    ("a: *" + "x" * 5000 + "\n", "found undefined alias 'xxx"),
+    ("k" * 1000 + ": 1\n" + "k" * 1000 + ": 2\n", "is given twice (lines 1 and 2)"),
+], ids=["scalar tag", "collection tag", "alias", "key given twice"])
+def test_yaml_errors_quote_what_the_file_wrote_cut_short(text, expected):
+    from campaignctl.errors import InputError
+    from campaignctl.yamlfile import YamlDocument
+
+    with pytest.raises(InputError) as raised:
+        YamlDocument(text, "m.yaml")
+    message = str(raised.value)
+    assert expected in message and "…" in message
+    # The key stands once in the field path, and at most 40 characters of it in the text.
+    assert len(message.split(": ", 2)[-1]) < 150, message

@@ -43,6 +43,7 @@ def test_pragmas_and_revision(sqlite_path):
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.BUSY_TIMEOUT_MS
+        assert conn.exec_driver_sql("PRAGMA temp_store").scalar() == 2  # MEMORY
         assert migrations.current_revision(conn) == migrations.HEAD
 
 
@@ -174,6 +175,20 @@ def test_the_password_of_the_url_is_never_shown(postgres, cli_for):
     cli = cli_for(f"postgresql://team:hunter2secret@127.0.0.1:{server.port}/{name}")
     out = cli("--help").stdout + cli("db", "status").stdout + cli("list").stdout
     assert "hunter2secret" not in out
+
+
+def test_a_driver_s_long_error_text_is_cut_after_its_password_is_scrubbed():
+    # A driver's text may quote the value it refused: a device's report, a stored row.
+    refused = "r" * 5000
+    sqlite_error = db.friendly(sqlite3.OperationalError(refused), db.locate("/tmp/c.db")).message
+    assert len(sqlite_error) < db.MAX_DETAIL + 100 and sqlite_error.endswith("…")
+    password = "hunter2secret"
+    url = f"postgresql://team:{password}@127.0.0.1/db"
+    # The password straddles the cut: scrubbing first leaves no head of it behind.
+    text = "x" * (db.MAX_DETAIL - 6) + password + refused
+    pg_error = db.friendly(RuntimeError(text), db.locate(url)).message
+    assert password[:6] not in pg_error and len(pg_error) < db.MAX_DETAIL + 100
+    assert db.describe(RuntimeError(refused), None).endswith("…")  # not a database error: cut all the same
 
 
 # -- PostgreSQL under concurrency -------------------------------------------------------------

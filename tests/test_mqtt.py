@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from conftest import Broker, Subscriber, import_fleet, publish, write
+from conftest import Broker, Subscriber, import_fleet, publish, wait_until, write
 
 
 def _status(cli, name):
@@ -217,3 +217,34 @@ def test_a_failed_device_that_reports_the_expected_state_is_valid(cli, tmp_path,
     assert _status(cli, "c")[0]["sensor-0001"]["status"] == "failed"
     cli("devices", "report", "sensor-0001", "mode=eco")  # it got the value another way
     assert _status(cli, "c")[0]["sensor-0001"]["status"] == "valid"
+
+
+def test_the_state_listener_survives_a_failing_callback_and_says_so_safely(broker, prefix):
+    """An exception from ``on_state`` must not end the listener's thread: it reconnects
+    and gets the next messages; the warning quotes the exception as plain, short text."""
+    from campaignctl.interfaces.mqtt import Settings, StateListener
+
+    received: list[bytes] = []
+    events: list[str] = []
+
+    def on_state(_interface: str, _device: str, payload: bytes) -> None:
+        if not received:
+            received.append(payload)
+            raise RuntimeError("\x1b[31mboom" + "x" * 1000)
+        received.append(payload)
+
+    listener = StateListener("broker", Settings(url=broker.url, topic_prefix=prefix), on_state, events.append)
+    listener.RECONNECT_DELAYS = (0.1, 0.1)
+    listener.start()
+    try:
+        wait_until(lambda: any("subscribed" in e for e in events), timeout=10)
+        publish(broker.port, f"{prefix}/sensor-0001/state", '{"a": 1}')
+        wait_until(lambda: any("listener error" in e for e in events), timeout=10)
+        wait_until(lambda: sum("subscribed" in e for e in events) == 2, timeout=10)
+        publish(broker.port, f"{prefix}/sensor-0001/state", '{"a": 2}')
+        wait_until(lambda: len(received) == 2, timeout=10)
+    finally:
+        listener.stop()
+    assert received == [b'{"a": 1}', b'{"a": 2}']
+    [error] = [e for e in events if "listener error" in e]
+    assert "\x1b" not in error and "RuntimeError: \\x1b[31mboom" in error and len(error) < 400

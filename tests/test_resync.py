@@ -293,11 +293,35 @@ def test_a_helper_s_database_error_is_one_line_without_the_statement_s_values(sp
     hidden: document values, secrets) over several lines: a helper logs one line."""
     from sqlalchemy.exc import DBAPIError
 
-    from campaignctl import db, worker
+    from campaignctl import db
 
     with pytest.raises(DBAPIError) as caught:
         with db.write(split_engine) as conn:
             db.run(conn, "INSERT INTO device (id, name) VALUES (:id, :name)", {"id": 1, "name": "s3cret-value"})
     assert "INSERT" in str(caught.value) and "\n" in str(caught.value)  # what was logged
-    line = worker.describe(caught.value, split_engine)
+    line = db.describe(caught.value, split_engine)
     assert "NOT NULL constraint failed" in line and "\n" not in line and "INSERT" not in line
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_platform_s_huge_error_is_one_bounded_reason(split_engine, monkeypatch):
+    """An error text is the platform's: any size. A reason keeps its first 1,000
+    characters, as a job item's error does; errors differing only past them are one."""
+    from campaignctl import db, resync
+    from campaignctl.interfaces.base import DeliveryPolicy, Failure
+
+    class Refusing:
+        def deliver(self, deliveries, _policy, _on_delivered, on_failed, _refresh):
+            for n, delivery in enumerate(deliveries):
+                on_failed(Failure(delivery, "x" * 5000 + str(n)))
+
+    monkeypatch.setattr(resync.interfaces, "driver", lambda *_args: Refusing())
+    selection = resync.Selection()
+    with db.read(split_engine) as conn:
+        [target] = [t for t in resync._targets(conn, selection) if t[1] == "broker"]
+        parts = resync._split(conn, selection, target, 1)
+    result = resync.Result([resync.InterfaceResult("broker", "mqtt", target[4], True)])
+    resync._send(split_engine, parts, selection, DeliveryPolicy(attempts=1), result, lambda: None)
+    [reason] = result.reasons.values()
+    assert reason.devices == result.failed == 12 and len(reason.error) <= 1001
+    assert reason.error.startswith("x" * 1000)

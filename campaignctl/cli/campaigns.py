@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from campaignctl.cli.common import (Output, OutputOption, echo, engine, fmt_value, info, plain, print_json,
+from campaignctl.cli.common import (Output, OutputOption, duration, echo, engine, fmt_value, info, plain, print_json,
                                     print_json_stream, progress_bar, short_time, show_table, stdout_console, table)
 
 FileOption = typer.Option(..., "--file", "-f", metavar="FILE", help="Campaign manifest (YAML; - for stdin).")
@@ -169,12 +169,9 @@ def launch(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
 
 
 def _wait_limits(timeout: Optional[str], min_valid: str) -> tuple[Optional[float], float]:
-    from campaignctl.rollout import parse_duration, parse_percent
+    from campaignctl.rollout import parse_percent
 
-    try:
-        seconds = None if timeout is None else parse_duration(timeout)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--timeout") from None
+    seconds = None if timeout is None else duration(timeout, "--timeout")
     try:
         share = parse_percent(min_valid)
     except ValueError as exc:

@@ -39,6 +39,27 @@ def engine(ctx: typer.Context) -> "Engine":
     return obj["engine"]
 
 
+def duration(text: str, option: str) -> float:
+    """A duration option's seconds (``90s``, ``30m``, ``2h`` or bare seconds); a usage
+    error naming ``option`` otherwise."""
+    from campaignctl.rollout import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
+
+
+def stop_on_sigterm() -> None:
+    """A service manager's stop (SIGTERM) ends a long-running command as Ctrl-C does."""
+    import signal
+
+    def on_term(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
 def print_json(data: Any) -> None:
     """JSON on stdout: indented for a person at a terminal, compact for pipes. orjson
     encodes a 100k-device status in a tenth of the time the json module takes; what it

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from campaignctl.cli.common import Output, OutputOption, echo, engine, info, print_json
+from campaignctl.cli.common import Output, OutputOption, duration, echo, engine, info, print_json, stop_on_sigterm
 
 
 def pause(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME")) -> None:
@@ -75,18 +75,9 @@ def run(ctx: typer.Context,
     """Run workers until interrupted: deliver shards of any job, start scheduled campaigns,
     promote batches. Any number of workers, on any machines, can share one database."""
     from campaignctl import worker
-    from campaignctl.rollout import parse_duration
 
-    try:
-        seconds = parse_duration(interval)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--interval") from None
-    import signal
-
-    def on_term(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    seconds = duration(interval, "--interval")
+    stop_on_sigterm()
     db = engine(ctx)
     info(f"rollout engine: a pass every {interval}; Ctrl-C stops")
     try:

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from campaignctl.cli.common import engine, info
+from campaignctl.cli.common import duration, engine, info, stop_on_sigterm
 
 
 def serve(ctx: typer.Context,
@@ -45,20 +45,7 @@ def serve(ctx: typer.Context,
         return
     from campaignctl.server import Server
 
-    import signal
-
-    def on_term(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt  # a service manager's stop: the same clean shutdown as Ctrl-C
-
-    signal.signal(signal.SIGTERM, on_term)
-    from campaignctl.rollout import parse_duration
-
-    def duration(text: str, option: str) -> float:
-        try:
-            return parse_duration(text)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint=option) from None
-
+    stop_on_sigterm()
     interval = None if no_engine else duration(engine_interval, "--engine-interval")
     server = Server(db, host, port, listen_mqtt=not no_mqtt, engine_interval=interval, info=info,
                     warn=lambda m: info(f"warning: {m}"), access_log=access_log, share=share,

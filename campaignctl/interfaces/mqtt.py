@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from campaignctl.errors import CampaignctlError
 from campaignctl.interfaces.base import (Delivery, DeliveryPolicy, Failure, OnDelivered, OnFailed, Refresh,
                                         deliver_in_rounds)
+from campaignctl.values import shown
 
 
 class Settings(BaseModel):
@@ -369,7 +370,9 @@ class StateListener:
                             if self._down_since is None:  # subscribed: the next loss starts over
                                 delay = first
                 except Exception as exc:  # noqa: BLE001 - a callback or paho failing: the listener goes on
-                    self.on_event(f"{self.name}: listener error ({type(exc).__name__}: {exc}); reconnecting")
+                    # paho's or a callback's text may quote what a broker or device sent
+                    self.on_event(f"{self.name}: listener error ({shown(f'{type(exc).__name__}: {exc}', 300)}); "
+                                  "reconnecting")
                 if self._stopping.is_set():
                     break
                 self._stopping.wait(delay)
