@@ -77,20 +77,28 @@ def resolve_devices(conn: "Connection", spec: CampaignSpec, fail: Fail) -> list[
     return sorted(selected.items())
 
 
-def build_plan(conn: "Connection", spec: CampaignSpec, type_ids: set[int], fail: Fail) -> dict[str, Any]:
-    """The values per device type: the campaign's, plus the firmware registry's.
+def build_plan(conn: "Connection", spec: CampaignSpec, type_ids: set[int], fail: Fail, *,
+               problems: dict[int, str] | None = None, dry_run: bool = False) -> dict[str, Any]:
+    """The values per device type: the campaign's, plus the firmware registry's, plus the
+    keys a rollback puts back (value None: each device's own value from before).
 
-    Returns ``{type_id: {"type", "configurations": {key: json}, "expected_state": {key: json},
-    "secret": [keys]}}`` with canonical JSON texts, ready for SQL comparisons.
+    Returns ``{type_id: {"type", "configurations": {key: json | None}, "expected_state":
+    {key: json}, "secret": [keys], "firmware_keys": [keys], "restore_job": id | None}}``
+    with canonical JSON texts, ready for SQL comparisons. Device types the firmware does
+    not exist for are left out (and said why in ``problems``) as long as one type
+    remains; a recalled firmware is an error, unless ``dry_run`` (its types are left out).
     """
     plan: dict[str, Any] = {}
     secret_config = {k.split(".", 1)[1] for k in spec.secret_keys if k.startswith("configurations.")}
     secret_state = {k.split(".", 1)[1] for k in spec.secret_keys if k.startswith("expected_state.")}
     types = {r[0]: r[1] for r in db.run(conn, "SELECT id, name FROM device_type")}
+    restore = _restore_source(conn, spec, fail) if spec.rollback_of else None
+    missing: dict[int, Exception] = {}
     for type_id in sorted(type_ids):
-        configurations = {k: canonical(v) for k, v in spec.configurations.items()}
+        configurations: dict[str, Any] = {k: canonical(v) for k, v in spec.configurations.items()}
         expected = {k: canonical(v) for k, v in spec.expected_state.items()}
         secret = set(secret_config) | secret_state
+        firmware_keys: list[str] = []
         if spec.firmware:
             fw_type, version = spec.firmware["type"], spec.firmware["version"]
             keys = db.run(
@@ -98,15 +106,25 @@ def build_plan(conn: "Connection", spec: CampaignSpec, type_ids: set[int], fail:
                 "SELECT version_key, url_key, token_key FROM firmware_type "
                 "WHERE device_type_id = :type_id AND name = :name", {"type_id": type_id, "name": fw_type}).first()
             if keys is None:
-                raise fail(f"device type {types[type_id]!r} has no firmware type {fw_type!r}", ("firmware", "type"))
+                missing[type_id] = fail(f"device type {types[type_id]!r} has no firmware type {fw_type!r}",
+                                        ("firmware", "type"))
+                continue
             fw = db.run(
                 conn,
-                "SELECT url, token FROM firmware "
+                "SELECT url, token, recalled_at, recall_reason FROM firmware "
                 "WHERE device_type_id = :type_id AND firmware_type = :firmware_type AND version = :version",
                 {"type_id": type_id, "firmware_type": fw_type, "version": version}).first()
             if fw is None:
-                raise fail(f"no {fw_type} firmware {version!r} for device type {types[type_id]!r} in the registry "
-                           "(campaignctl firmwares add)", ("firmware", "version"))
+                missing[type_id] = fail(f"no {fw_type} firmware {version!r} for device type {types[type_id]!r} in "
+                                        "the registry (campaignctl firmwares add)", ("firmware", "version"))
+                continue
+            if fw.recalled_at is not None:
+                recalled = (f"{types[type_id]} {fw_type} firmware {version} was recalled at {fw.recalled_at}: "
+                            f"{fw.recall_reason}")
+                if not dry_run or problems is None:
+                    raise fail(recalled + " (campaignctl firmwares unrecall)", ("firmware", "version"))
+                problems[type_id] = recalled
+                continue
             filled = {keys.version_key: version, keys.url_key: fw.url}
             if keys.token_key and fw.token is not None:
                 filled[keys.token_key] = fw.token
@@ -120,9 +138,37 @@ def build_plan(conn: "Connection", spec: CampaignSpec, type_ids: set[int], fail:
                 raise fail(f"{keys.version_key} must be the firmware version {version!r}",
                            ("expected_state", keys.version_key))
             expected[keys.version_key] = canonical(version)
+            firmware_keys = [keys.version_key, keys.url_key] + ([keys.token_key] if keys.token_key else [])
+        restore_job = None
+        if restore is not None:
+            restore_job, source_plan = restore
+            source = source_plan.get(str(type_id)) or {"configurations": {}, "secret": []}
+            for key in source["configurations"]:
+                if key not in configurations:
+                    configurations[key] = None  # each device's own value from before
+                    if key in source["secret"]:
+                        secret.add(key)
         plan[str(type_id)] = {"type": types[type_id], "configurations": configurations,
-                              "expected_state": expected, "secret": sorted(secret)}
+                              "expected_state": expected, "secret": sorted(secret),
+                              "firmware_keys": firmware_keys, "restore_job": restore_job}
+    if missing and not plan and not (dry_run and problems):
+        raise next(iter(missing.values()))
+    for type_id, exc in missing.items():
+        if problems is not None:
+            problems[type_id] = getattr(exc, "detail", str(exc))
     return plan
+
+
+def _restore_source(conn: "Connection", spec: CampaignSpec, fail: Fail) -> tuple[int, dict[str, Any]]:
+    """The job whose before-values a rollback puts back, and its plan."""
+    row = db.run(conn, "SELECT id, status FROM campaign WHERE name = :name", {"name": spec.rollback_of}).first()
+    if row is None:
+        raise fail(f"no campaign named {spec.rollback_of!r}", ("rollback_of",))
+    job = db.run(conn, "SELECT id, plan FROM job WHERE campaign_id = :id ORDER BY id DESC", {"id": row.id}).first()
+    if job is None:
+        raise fail(f"campaign {spec.rollback_of!r} was never launched: there is nothing to roll back",
+                   ("rollback_of",))
+    return job.id, db.loads(job.plan, dict)
 
 
 def _validate(conn: "Connection", spec: CampaignSpec, fail: Fail) -> list[tuple[int, int]]:
@@ -180,15 +226,23 @@ def create(engine: "Engine", spec: CampaignSpec) -> ApplyResult:
     return ApplyResult(spec.name, "created", [])
 
 
+def insert_validated(conn: "Connection", spec: CampaignSpec, fail: Fail) -> None:
+    """Create a draft the library built (a rollback), in the caller's transaction."""
+    if _row(conn, spec.name, required=False) is not None or not (_validate(conn, spec, fail) and
+                                                                   _insert(conn, spec, db.utcnow())):
+        raise _exists(spec.name)
+
+
 def _insert(conn: "Connection", spec: CampaignSpec, now: str) -> bool:
     """Insert a draft; False when a campaign of that name exists (another process may
     have created it since this transaction looked)."""
     return bool(db.run(
         conn,
-        "INSERT INTO campaign (name, description, status, spec, secret_keys, created_at, updated_at) "
-        "VALUES (:name, :description, 'draft', :spec, :secret_keys, :now, :now) ON CONFLICT (name) DO NOTHING",
+        "INSERT INTO campaign (name, description, status, spec, secret_keys, created_at, updated_at, rollback_of) "
+        "VALUES (:name, :description, 'draft', :spec, :secret_keys, :now, :now, :rollback_of) "
+        "ON CONFLICT (name) DO NOTHING",
         {"name": spec.name, "description": spec.description, "spec": spec.to_json(),
-         "secret_keys": json.dumps(spec.secret_keys), "now": now}).rowcount == 1)
+         "secret_keys": json.dumps(spec.secret_keys), "now": now, "rollback_of": spec.rollback_of}).rowcount == 1)
 
 
 def apply(engine: "Engine", spec: CampaignSpec) -> ApplyResult:
@@ -216,9 +270,9 @@ def apply(engine: "Engine", spec: CampaignSpec) -> ApplyResult:
         _validate(conn, spec, _fail_for(spec))
         db.run(conn,
                "UPDATE campaign SET description = :description, spec = :spec, secret_keys = :secret_keys, "
-               "updated_at = :now WHERE id = :id",
+               "updated_at = :now, rollback_of = :rollback_of WHERE id = :id",
                {"description": spec.description, "spec": spec.to_json(), "secret_keys": json.dumps(spec.secret_keys),
-                "now": now, "id": row.id})
+                "now": now, "rollback_of": spec.rollback_of, "id": row.id})
     return ApplyResult(spec.name, "updated", changes)
 
 
@@ -241,6 +295,10 @@ def _diff(old: CampaignSpec, new: CampaignSpec) -> list[str]:
         changes.append("start_at")
     if canonical(old.rollout) != canonical(new.rollout):
         changes.append("rollout")
+    if old.priority != new.priority:
+        changes.append("priority")
+    if old.rollback_of != new.rollback_of:
+        changes.append("rollback_of")
     if sorted(old.secret_keys) != sorted(new.secret_keys):
         changes.extend(k for k in sorted(set(old.secret_keys) ^ set(new.secret_keys)) if k not in changes)
     return changes

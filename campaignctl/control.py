@@ -35,20 +35,32 @@ def pause(engine: "Engine", name: str) -> None:
             return
         if row.status != "running":
             raise ConflictError(f"campaign {name!r} is {row.status}: only a running campaign can be paused")
-        db.run(conn, "UPDATE campaign SET status = 'paused', reason = :reason, updated_at = :now WHERE id = :id",
-               {"reason": f"paused by a user at {stamp}", "now": stamp, "id": row.id})
-        db.run(conn, "UPDATE job SET status = 'paused' WHERE campaign_id = :id AND step != 'done'", {"id": row.id})
+        mark_paused(conn, name, f"paused by a user at {stamp}")
 
 
-def resume(engine: "Engine", name: str) -> int:
+def mark_paused(conn: "Connection", name: str, reason: str) -> None:
+    """Pause a scheduled, running or paused campaign with this reason, in the caller's
+    write transaction (a scheduled one goes back to scheduled when resumed)."""
+    row = campaign_row(conn, name)
+    db.run(conn, "UPDATE campaign SET status = 'paused', reason = :reason, updated_at = :now WHERE id = :id",
+           {"reason": reason, "now": db.utcnow(), "id": row.id})
+    db.run(conn, "UPDATE job SET status = 'paused' WHERE campaign_id = :id AND step != 'done'", {"id": row.id})
+
+
+def resume(engine: "Engine", name: str) -> int | None:
     """Resume a paused campaign where it stopped; a batch that tripped the breaker is
-    accepted as it is (no more thresholds for it). Returns the job id."""
+    accepted as it is (no more thresholds for it). Returns the job id (None: the
+    campaign had not started, and is scheduled again)."""
     stamp = db.utcnow()
     with db.write(engine) as conn:
         row = campaign_row(conn, name)
         if row.status != "paused":
             raise ConflictError(f"campaign {name!r} is {row.status}: only a paused campaign can be resumed")
         job_id = jobs.latest_job(conn, row.id)
+        if job_id is None:  # paused before it started (a firmware recall): scheduled again
+            db.run(conn, "UPDATE campaign SET status = 'scheduled', reason = NULL, updated_at = :now WHERE id = :id",
+                   {"now": stamp, "id": row.id})
+            return None
         db.run(conn, "UPDATE campaign SET status = 'running', reason = NULL, updated_at = :now WHERE id = :id",
                {"now": stamp, "id": row.id})
         tripped = db.run(conn, "SELECT number, delivered_at FROM job_batch WHERE job_id = :job AND status = 'tripped'",
@@ -74,17 +86,26 @@ def cancel(engine: "Engine", name: str, *, wait: float = 10.0) -> dict[str, Any]
         if row.status not in ("scheduled", "running", "paused"):
             raise ConflictError(f"campaign {name!r} is {row.status}: only a scheduled, running or paused campaign "
                                 "can be cancelled" + (" (delete a draft instead)" if row.status == "draft" else ""))
-        db.run(conn, "UPDATE campaign SET status = 'cancelled', reason = :reason, updated_at = :now, "
-               "completed_at = :now WHERE id = :id", {"reason": f"cancelled by a user at {stamp}", "now": stamp,
-                                                     "id": row.id})
-        job_id = jobs.latest_job(conn, row.id)
+        mark_cancelled(conn, name, f"cancelled by a user at {stamp}")
+    return finish_cancel(engine, name, wait=wait)
+
+
+def mark_cancelled(conn: "Connection", name: str, reason: str) -> None:
+    stamp = db.utcnow()
+    db.run(conn, "UPDATE campaign SET status = 'cancelled', reason = :reason, updated_at = :now, "
+           "completed_at = :now WHERE id = :id", {"reason": reason, "now": stamp, "id": campaign_row(conn, name).id})
+
+
+def finish_cancel(engine: "Engine", name: str, *, wait: float = 10.0) -> dict[str, Any]:
+    """Finish a cancelled campaign's job here, unless the process that runs it does
+    first; past ``wait`` seconds that process stops at its next step."""
+    with db.read(engine) as conn:
+        job_id = jobs.latest_job(conn, campaign_row(conn, name).id)
     if job_id is None:
         return {"job": None}
     from campaignctl.worker import drive
 
     deadline = time.monotonic() + wait
-    # Finish the job here, unless the process that runs it does first; past the deadline
-    # that process stops at its next step.
     while drive(engine, job_id) is None and time.monotonic() < deadline:
         time.sleep(0.1)
     with db.read(engine) as conn:

@@ -133,7 +133,7 @@ def _advance(ctx: Context) -> str:
             _cancel_items(ctx, "cancelled", "the campaign was cancelled")
             return "cancelled"
         if status == "aborted":
-            _cancel_items(ctx, "failed", "the campaign was aborted")
+            _cancel_items(ctx, "failed", "the campaign was aborted", revert=ctx.rollout.on_error == "revert")
             return "aborted"
         if status == "paused":
             with db.write(ctx.engine) as conn:
@@ -255,6 +255,12 @@ def _write(ctx: Context, number: int, limit: int) -> int:
     from campaignctl.supervision import plan_values
 
     values, params = plan_values("v", ctx.plan, "configurations")
+    # A rollback's keys (value NULL in the plan) take each device's value from before
+    # the job it rolls back (NULL again, the key withdrawn, when it had none).
+    restore_job = next((p.get("restore_job") for p in ctx.plan.values() if p.get("restore_job")), None)
+    value = "v.value" if restore_job is None else (
+        "coalesce(v.value, (SELECT b.desired FROM job_item_before b WHERE b.job_id = :restore_job "
+        "AND b.device_id = ji.device_id AND b.key = v.key))")
     items = ("FROM job_item ji JOIN device d ON d.id = ji.device_id JOIN v ON v.type_id = d.device_type_id "
              "{join} WHERE ji.job_id = :job AND ji.batch = :batch AND ji.status = 'pending' "
              "AND ji.device_id BETWEEN :lo AND :hi")
@@ -280,12 +286,13 @@ def _write(ctx: Context, number: int, limit: int) -> int:
             + " AND c.desired IS NOT NULL", where)
         db.run(conn,
             cte + "INSERT INTO device_config (device_id, key, desired, desired_at, desired_revision, desired_by, "
-            "secret) SELECT ji.device_id, v.key, v.value, :now, :revision, :by, v.secret " + items.format(join="")
+            f"secret) SELECT ji.device_id, v.key, {value}, :now, :revision, :by, v.secret " + items.format(join="")
             + " ON CONFLICT (device_id, key) DO UPDATE SET desired = excluded.desired, "
             "desired_at = excluded.desired_at, desired_revision = excluded.desired_revision, "
             # Once secret, always secret: the device may still report the old secret value.
             "desired_by = excluded.desired_by, secret = (device_config.secret OR excluded.secret)",
-            {**where, "now": stamp, "revision": revision, "by": f"job:{ctx.job_id}"})
+            {**where, "now": stamp, "revision": revision, "by": f"job:{ctx.job_id}",
+             **({} if restore_job is None else {"restore_job": restore_job})})
         # A device type the campaign writes nothing to (expected state only) gets revision
         # 0: any document it fetches holds "the job's write".
         valued = sorted({int(t) for t, p in ctx.plan.items() if p["configurations"]})
@@ -361,10 +368,11 @@ def _breaker(ctx: Context, batch: Any, states: dict[str, int]) -> bool:
     if threshold is None or batch.accepted:
         return False
     errors = states.get("failed", 0) + states.get("invalid", 0) + states.get("timed_out", 0)
-    if not errors or errors / batch.size < threshold:
+    size = _counted(batch, states)
+    if not errors or errors / size < threshold:
         return False
     detail = ", ".join(f"{states[k]} {k}" for k in ("failed", "invalid", "timed_out") if states.get(k))
-    reason = (f"batch {batch.number}: {detail} of {batch.size} devices ({errors / batch.size:.0%}) reached the "
+    reason = (f"batch {batch.number}: {detail} of {size} devices ({errors / size:.0%}) reached the "
               f"error threshold ({threshold:.0%})")
     _trip(ctx, batch.number, reason)
     return True
@@ -377,7 +385,7 @@ def _trip(ctx: Context, number: int, reason: str) -> None:
         _set_trip(conn, ctx, number, reason, stamp, status)
         _set_job(conn, ctx, status="paused" if status == "paused" else "failed")
     if status == "aborted":
-        _cancel_items(ctx, "failed", reason)
+        _cancel_items(ctx, "failed", reason, revert=ctx.rollout.on_error == "revert")
 
 
 def _judge(ctx: Context, batch: Any) -> str | None:
@@ -398,20 +406,21 @@ def _judge(ctx: Context, batch: Any) -> str | None:
             _set_job(conn, ctx, status="waiting", step="bake")
         return "waiting"
     valid = states.get("valid", 0)
+    size = _counted(batch, states)
     stamp = db.utcnow()
-    if valid / batch.size >= threshold - 1e-9:
+    if valid / size >= threshold - 1e-9:
         with db.write(ctx.engine) as conn:
             stop_if_not_ours(conn, ctx)
             db.run(conn, "UPDATE job_batch SET status = 'promoted', finished_at = :now, reason = :reason "
                    "WHERE job_id = :job AND number = :number",
-                   {"now": stamp, "reason": (f"{valid} of {batch.size} valid" if judged else "delivered")
+                   {"now": stamp, "reason": (f"{valid} of {size} valid" if judged else "delivered")
                     + (" (accepted by a user)" if batch.accepted else ""), "job": ctx.job_id,
                     "number": batch.number})
         return None
     errors = sum(states.get(k, 0) for k in ("failed", "invalid", "timed_out", "cancelled"))
-    if (batch.size - errors) / batch.size < threshold - 1e-9:
+    if (size - errors) / size < threshold - 1e-9:
         reason = (f"batch {batch.number} can no longer reach the success threshold ({threshold:.0%}): "
-                  f"{valid} valid, {errors} failed, invalid or timed out of {batch.size}")
+                  f"{valid} valid, {errors} failed, invalid or timed out of {size}")
         with db.write(ctx.engine) as conn:
             _set_trip(conn, ctx, batch.number, reason, stamp, "paused")
             _set_job(conn, ctx, status="paused")
@@ -419,6 +428,12 @@ def _judge(ctx: Context, batch: Any) -> str | None:
     with db.write(ctx.engine) as conn:
         _set_job(conn, ctx, status="waiting", step="bake")
     return "waiting"  # devices still on their way to the expected state
+
+
+def _counted(batch: Any, states: dict[str, int]) -> int:
+    """The batch's devices its thresholds count: not those a campaign of higher priority
+    took over since (at least 1: an empty batch divides nothing)."""
+    return max(1, batch.size - states.get("superseded", 0))
 
 
 def _set_trip(conn: "Connection", ctx: Context, number: int, reason: str, stamp: str, status: str) -> None:
@@ -460,10 +475,12 @@ def _settle_shards(ctx: Context) -> None:
         ctx.sleep(SHARD_POLL_SECONDS)
 
 
-def _cancel_items(ctx: Context, job_status: str, reason: str) -> None:
+def _cancel_items(ctx: Context, job_status: str, reason: str, *, revert: bool = False) -> None:
     """Devices not yet delivered are never touched: pending ones become cancelled, and
     written-but-undelivered ones get back the entries the job overwrote (under a new
-    revision, so that versions still only grow) before they become cancelled."""
+    revision, so that versions still only grow) before they become cancelled.
+    ``revert`` (``on_error: revert``): in the same transaction, a rollback campaign for
+    the devices of the tripped batch and those before it starts."""
     _settle_shards(ctx)
     by = f"job:{ctx.job_id}"
     stamp = db.utcnow()
@@ -496,4 +513,20 @@ def _cancel_items(ctx: Context, job_status: str, reason: str) -> None:
         _set_job(conn, ctx, status=job_status, step="done", finished_at=stamp)
         db.run(conn, "UPDATE campaign SET completed_at = coalesce(completed_at, :now) WHERE id = :id",
                {"now": stamp, "id": ctx.campaign_id})
+        if revert:
+            _revert(conn, ctx)
+
+
+def _revert(conn: "Connection", ctx: Context) -> None:
+    from campaignctl import rollback
+
+    tripped = db.run(conn, "SELECT max(number) FROM job_batch WHERE job_id = :job AND status = 'tripped'",
+                     {"job": ctx.job_id}).scalar()
+    if tripped is None:
+        return
+    settings = db.loads(db.run(conn, "SELECT settings FROM job WHERE id = :id", {"id": ctx.job_id}).scalar_one(), dict)
+    result = rollback.revert(conn, ctx.campaign_id, tripped, settings)
+    if result is not None:
+        db.run(conn, "UPDATE campaign SET reason = coalesce(reason, '') || :more WHERE id = :id",
+               {"more": f"; {rollback.describe(result)}", "id": ctx.campaign_id})
 

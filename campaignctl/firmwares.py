@@ -11,7 +11,7 @@ from campaignctl.errors import ConflictError, InputError, NotFoundError
 from campaignctl.values import mask
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -56,8 +56,8 @@ def add(engine: "Engine", *, device_type: str, firmware_type: str, version: str,
 
 
 def list_firmwares(engine: "Engine", *, device_type: str | None = None, show_secrets: bool = False) -> list[dict]:
-    sql = ("SELECT t.name, f.firmware_type, f.version, f.url, f.token, f.sha256, f.size, f.description, f.created_at "
-           "FROM firmware f JOIN device_type t ON t.id = f.device_type_id")
+    sql = ("SELECT t.name, f.firmware_type, f.version, f.url, f.token, f.sha256, f.size, f.description, f.created_at, "
+           "f.recalled_at, f.recall_reason FROM firmware f JOIN device_type t ON t.id = f.device_type_id")
     params: dict[str, Any] = {}
     if device_type is not None:
         sql += " WHERE t.name = :device_type"
@@ -66,4 +66,79 @@ def list_firmwares(engine: "Engine", *, device_type: str | None = None, show_sec
         rows = db.run(conn, sql + " ORDER BY t.name, f.firmware_type, f.created_at, f.id", params).all()
     return [{"device_type": r[0], "firmware_type": r[1], "version": r[2], "url": r[3],
              "token": None if r[4] is None else mask(r[4], True, show_secrets=show_secrets),
-             "sha256": r[5], "size": r[6], "description": r[7], "created_at": r[8]} for r in rows]
+             "sha256": r[5], "size": r[6], "description": r[7], "created_at": r[8],
+             "recalled": None if r[9] is None else {"at": r[9], "reason": r[10]}} for r in rows]
+
+
+def _firmware_id(conn: "Connection", device_type: str, firmware_type: str, version: str) -> int:
+    found = db.run(conn,
+        "SELECT f.id FROM firmware f JOIN device_type t ON t.id = f.device_type_id WHERE t.name = :device_type "
+        "AND f.firmware_type = :firmware_type AND f.version = :version",
+        {"device_type": device_type, "firmware_type": firmware_type, "version": version}).scalar()
+    if found is None:
+        raise NotFoundError(f"no {device_type} {firmware_type} firmware {version!r} in the registry")
+    return int(found)
+
+
+def recall(engine: "Engine", *, device_type: str, firmware_type: str, version: str, reason: str,
+           cancel: bool = False) -> dict[str, Any]:
+    """Mark a version recalled: no campaign may ship it any more, and every scheduled,
+    running or paused campaign that ships it to that device type is paused (``cancel``:
+    cancelled) with the reason, in the same transaction. Returns the campaigns stopped."""
+    from campaignctl import control
+
+    if not reason.strip():
+        raise InputError("say why the firmware is recalled", field="--reason")
+    stamp = db.utcnow()
+    what = f"{device_type} {firmware_type} firmware {version}"
+    why = f"{what} was recalled: {reason}"
+    with db.write(engine) as conn:
+        firmware_id = _firmware_id(conn, device_type, firmware_type, version)
+        db.run(conn, "UPDATE firmware SET recalled_at = :now, recall_reason = :reason WHERE id = :id",
+               {"now": stamp, "reason": reason, "id": firmware_id})
+        stopped = [name for name in _shipping(conn, device_type, firmware_type, version)]
+        for name in stopped:
+            if cancel:
+                control.mark_cancelled(conn, name, why)
+            else:
+                control.mark_paused(conn, name, why)
+    if cancel:
+        for name in stopped:
+            control.finish_cancel(engine, name)
+    return {"firmware": {"device_type": device_type, "firmware_type": firmware_type, "version": version},
+            "recalled_at": stamp, "reason": reason, "cancelled" if cancel else "paused": stopped}
+
+
+def unrecall(engine: "Engine", *, device_type: str, firmware_type: str, version: str) -> None:
+    """Lift a recall; campaigns it paused stay paused until resumed."""
+    with db.write(engine) as conn:
+        firmware_id = _firmware_id(conn, device_type, firmware_type, version)
+        db.run(conn, "UPDATE firmware SET recalled_at = NULL, recall_reason = NULL WHERE id = :id",
+               {"id": firmware_id})
+
+
+def _shipping(conn: "Connection", device_type: str, firmware_type: str, version: str) -> list[str]:
+    """The scheduled, running and paused campaigns shipping this firmware to devices of
+    this type."""
+    from campaignctl.campaigns import fail_stored, resolve_devices
+    from campaignctl.errors import CampaignctlError
+    from campaignctl.spec import CampaignSpec
+
+    type_id = db.run(conn, "SELECT id FROM device_type WHERE name = :name", {"name": device_type}).scalar()
+    out = []
+    for campaign_id, name, text in db.run(conn, "SELECT id, name, spec FROM campaign WHERE status IN "
+                                          "('scheduled', 'running', 'paused') ORDER BY id").all():
+        spec = CampaignSpec.from_json(text, [])
+        if not spec.firmware or (spec.firmware["type"], spec.firmware["version"]) != (firmware_type, version):
+            continue
+        plan = db.run(conn, "SELECT plan FROM job WHERE campaign_id = :id ORDER BY id DESC", {"id": campaign_id}).scalar()
+        if plan is not None:
+            types = {int(t) for t in db.loads(plan, dict)}
+        else:
+            try:
+                types = {t for _, t in resolve_devices(conn, spec, fail_stored(name))}
+            except CampaignctlError:
+                types = {type_id}  # cannot tell: stop it rather than let it ship
+        if type_id in types:
+            out.append(name)
+    return out

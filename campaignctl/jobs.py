@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from campaignctl import db, dialect
 from campaignctl.errors import ConflictError, NotFoundError
 from campaignctl.interfaces.base import DeliveryPolicy
-from campaignctl.rollout import Rollout, batch_sizes, order_devices
+from campaignctl.rollout import Rollout
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 LEASE_SECONDS = 30.0
 HEARTBEAT_SECONDS = 5.0
 WRITE_CHUNK = 5000
-ITEM_STATES = ("pending", "syncing", "delivered", "failed", "cancelled")
+ITEM_STATES = ("pending", "syncing", "delivered", "failed", "cancelled", "installed", "skipped", "superseded")
 
 #: progress(phase, done, total): phase is "write" or "deliver".
 Progress = Callable[[str, int, int], None]
@@ -70,13 +70,14 @@ def _lease_held(job: Any, now: float) -> bool:
 
 
 def launch(engine: "Engine", name: str, *, policy: DeliveryPolicy | None = None, chunk_size: int = WRITE_CHUNK,
-           shard_size: int | None = None, now: bool = False) -> tuple[int | None, str | None]:
+           shard_size: int | None = None, now: bool = False, force: bool = False) -> tuple[int | None, str | None]:
     """Launch a draft campaign: ``scheduled`` when its ``start_at`` is in the future
     (unless ``now``), else ``running`` with its job created. Returns (job id, lease
     owner), or (None, None) when scheduled.
 
     A second launch, even from another process at the same moment, finds the campaign
-    no longer a draft and is refused.
+    no longer a draft and is refused. So is a campaign that competes with another for
+    a key of a device, unless its priority is higher or ``force``.
     """
     from campaignctl.campaigns import get_spec
 
@@ -93,20 +94,29 @@ def launch(engine: "Engine", name: str, *, policy: DeliveryPolicy | None = None,
 
         settings = {**policy.to_dict(), "chunk_size": chunk_size, "shard_size": shard_size or DEFAULT_SIZE}
         if spec.start_at and spec.start_at > stamp and not now:
+            if not force:
+                from campaignctl import membership
+                from campaignctl.campaigns import fail_stored
+
+                refuse_conflicts(name, spec, membership.resolve(conn, name, spec, fail_stored(name)).conflicts)
             db.run(conn, "UPDATE campaign SET status = 'scheduled', start_at = :start_at, launched_at = :now, "
                    "updated_at = :now, launch_settings = :settings WHERE id = :id",
                    {"start_at": spec.start_at, "now": stamp, "settings": json.dumps(settings), "id": row.id})
             return None, None
-        return start(conn, row, spec, settings)
+        return start(conn, row, spec, settings, force=force)
 
 
-def start(conn: "Connection", row: Any, spec: Any, settings: dict[str, Any]) -> tuple[int, str]:
-    """Create the job of a campaign that starts now, in the caller's write transaction."""
-    from campaignctl.campaigns import fail_stored, build_plan, resolve_devices
+def start(conn: "Connection", row: Any, spec: Any, settings: dict[str, Any], *,
+          force: bool = True) -> tuple[int, str]:
+    """Create the job of a campaign that starts now, in the caller's write transaction.
+    Unless ``force``, refused when another campaign of the same or a higher priority sets
+    one of its keys on one of its devices."""
+    from campaignctl import membership
+    from campaignctl.campaigns import fail_stored
 
-    fail = fail_stored(row.name)
-    devices = resolve_devices(conn, spec, fail)
-    plan = build_plan(conn, spec, {t for _, t in devices}, fail)
+    found = membership.resolve(conn, row.name, spec, fail_stored(row.name))
+    if not force:
+        refuse_conflicts(row.name, spec, found.conflicts)
     rollout = Rollout.from_dict(spec.rollout)
     stamp = db.utcnow()
     # Conditional on the status: of two processes launching (or starting) the same
@@ -121,34 +131,48 @@ def start(conn: "Connection", row: Any, spec: Any, settings: dict[str, Any]) -> 
         "INSERT INTO job (campaign_id, status, step, plan, settings, total, lease_owner, lease_expires_at, "
         f"created_at) VALUES (:campaign, 'created', 'write', :plan, :settings, :total, :owner, "
         f"{dialect.clock(conn)} + :lease, :now) RETURNING id",
-        {"campaign": row.id, "plan": json.dumps(plan), "settings": json.dumps({**settings, "rollout": rollout.to_dict()}),
-         "total": len(devices), "owner": owner, "lease": LEASE_SECONDS, "now": stamp}).scalar_one()
-    _insert_items(conn, job_id, row.name, devices, rollout, spec)
+        {"campaign": row.id, "plan": json.dumps(found.plan),
+         "settings": json.dumps({**settings, "rollout": rollout.to_dict()}),
+         "total": len(found.devices), "owner": owner, "lease": LEASE_SECONDS, "now": stamp}).scalar_one()
+    _insert_items(conn, job_id, found)
+    membership.supersede(conn, row.name, spec.priority, found.conflicts)
     return job_id, owner
 
 
-def _insert_items(conn: "Connection", job_id: int, campaign: str, devices: list[tuple[int, int]],
-                  rollout: Rollout, spec: Any) -> None:
-    from campaignctl.campaigns import fail_stored, canaries as canary_ids
+def refuse_conflicts(name: str, spec: Any, conflicts: list[Any]) -> None:
+    """A ConflictError listing the campaigns of the same or a higher priority that set
+    the campaign's keys on its devices (drafts do not count)."""
+    from campaignctl.membership import ACTIVE
+
+    blocking: dict[str, dict[str, Any]] = {}
+    for c in conflicts:
+        if c.claim.status in ACTIVE and c.claim.priority >= spec.priority:
+            entry = blocking.setdefault(c.claim.campaign, {"claim": c.claim, "devices": set(), "keys": set()})
+            entry["devices"].add(c.device_id)
+            entry["keys"].add(c.key)
+    if not blocking:
+        return
+    parts = [f"{other} ({e['claim'].status}, priority {e['claim'].priority}), which sets {', '.join(sorted(e['keys']))} "
+             f"on {len(e['devices'])} of its devices" for other, e in blocking.items()]
+    raise ConflictError(f"campaign {name!r} (priority {spec.priority}) competes with " + "; ".join(parts)
+                        + f": give it a higher priority, cancel the other, or launch with --force "
+                          f"(campaignctl plan {name} lists the devices)")
+
+
+def _insert_items(conn: "Connection", job_id: int, found: Any) -> None:
     from campaignctl.models import JobItem
 
-    ids = [d for d, _ in devices]
-    canaries = canary_ids(conn, spec, set(ids), fail_stored(campaign))
-    order = ids
-    if rollout.explicit:
-        names = dict(db.run(conn, "SELECT id, name FROM device").all())
-        order = order_devices(campaign, [(d, names[d], d in canaries) for d in ids])
-    sizes = batch_sizes(rollout, len(order))
     batch_of: dict[int, int] = {}
-    position = 0
-    for number, size in enumerate(sizes, start=1):
-        for device_id in order[position : position + size]:
+    for number, members in found.batches():
+        for device_id in members:
             batch_of[device_id] = number
-        position += size
-    db.run(conn, "INSERT INTO job_batch (job_id, number, size) VALUES (:job, :number, :size)",
-           [{"job": job_id, "number": n, "size": size} for n, size in enumerate(sizes, start=1)])
-    dialect.bulk_insert(conn, JobItem.__table__, ("job_id", "device_id", "status", "attempts", "batch"),
-                        ((job_id, d, "pending", 0, batch_of[d]) for d in ids))
+    if found.sizes:  # none when every device is left out (all already installed)
+        db.run(conn, "INSERT INTO job_batch (job_id, number, size) VALUES (:job, :number, :size)",
+               [{"job": job_id, "number": n, "size": size} for n, size in enumerate(found.sizes, start=1)])
+    left_out = found.left_out
+    dialect.bulk_insert(conn, JobItem.__table__, ("job_id", "device_id", "status", "attempts", "batch", "error"),
+                        ((job_id, d, "pending", 0, batch_of[d], None) if d not in left_out else
+                         (job_id, d, left_out[d][0], 0, 0, left_out[d][1]) for d, _ in found.devices))
     # The write step's statements join these rows: plan them on their real numbers.
     dialect.analyze(conn, "job_item")
 

@@ -21,6 +21,7 @@ from campaignctl.names import check_name, name_problem
 from campaignctl.rollout import MAX_COUNT, Rollout, check_count, parse_duration, parse_percent, parse_time
 from campaignctl.spec import CampaignSpec
 from campaignctl.values import MissingVariable, canonical, expand_env, key_problem
+from campaignctl.versions import check_pattern
 from campaignctl.yamlfile import YamlDocument, format_path, read_text
 
 
@@ -158,15 +159,30 @@ class DeviceSelection(_Strict):
 
 
 class FirmwareRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     type: Name
     version: str
+    allow_downgrade: bool = Field(False, strict=True)
+    # Only devices reporting one of these versions (5.0.x, 5.1.*) are updated.
+    from_: Optional[list[Annotated[str, AfterValidator(check_pattern)]]] = Field(None, alias="from", min_length=1)
 
     @field_validator("version", mode="before")
     @classmethod
     def _version_text(cls, value: Any) -> Any:
         # `version: 1.1` is a float to YAML but a version to the user.
         return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @field_validator("from_", mode="before")
+    @classmethod
+    def _patterns_text(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in value]
+        return value
+
+    def to_spec(self) -> dict[str, Any]:
+        """As stored: without the defaults, so that campaigns stored before these
+        fields existed compare equal."""
+        return self.model_dump(by_alias=True, exclude_defaults=True)
 
 
 class CanarySelector(_Strict):
@@ -192,7 +208,7 @@ class RolloutManifest(BaseModel):
     bake_time: Annotated[Optional[float], BeforeValidator(_duration)] = None
     success_threshold: Annotated[Optional[float], BeforeValidator(_percent)] = None
     error_threshold: Annotated[Optional[float], BeforeValidator(_percent)] = None
-    on_error: Literal["pause", "abort"] = "pause"
+    on_error: Literal["pause", "abort", "revert"] = "pause"
     max_per_minute: Optional[int] = Field(None, ge=1, le=MAX_COUNT, strict=True)
     device_timeout: Annotated[Optional[float], BeforeValidator(_duration)] = None
 
@@ -245,6 +261,8 @@ class CampaignManifest(_Strict):
     firmware: Optional[FirmwareRef] = None
     start_at: Annotated[Optional[str], BeforeValidator(lambda v: None if v is None else parse_time(v))] = None
     rollout: Optional[RolloutManifest] = None
+    priority: int = Field(0, strict=True, ge=-1_000_000, le=1_000_000)
+    rollback_of: Optional[Name] = None
 
 
 def _validate(model: type[BaseModel], data: Any, doc: YamlDocument, prefix: tuple = ()) -> Any:
@@ -425,8 +443,8 @@ def load_campaign(path: str, environ: dict[str, str] | None = None) -> CampaignS
     manifest: CampaignManifest = _validate(CampaignManifest, doc.data, doc)
     if not manifest.devices.names and manifest.devices.selector is None:
         raise doc.error("select devices with names and/or a selector", ("devices",))
-    if not manifest.configurations and not manifest.expected_state and manifest.firmware is None:
-        raise doc.error("a campaign needs configurations, expected_state or a firmware", ())
+    if not (manifest.configurations or manifest.expected_state or manifest.firmware or manifest.rollback_of):
+        raise doc.error("a campaign needs configurations, expected_state, a firmware or rollback_of", ())
     secret_keys: list[str] = []
     values: dict[str, dict[str, Any]] = {}
     for section in ("configurations", "expected_state"):
@@ -451,10 +469,12 @@ def load_campaign(path: str, environ: dict[str, str] | None = None) -> CampaignS
         selector=manifest.devices.selector.model_dump() if manifest.devices.selector else None,
         configurations=values["configurations"],
         expected_state=values["expected_state"],
-        firmware=manifest.firmware.model_dump() if manifest.firmware else None,
+        firmware=manifest.firmware.to_spec() if manifest.firmware else None,
         secret_keys=secret_keys,
         start_at=manifest.start_at,
         rollout=manifest.rollout.to_rollout().to_dict() if manifest.rollout else None,
+        priority=manifest.priority,
+        rollback_of=manifest.rollback_of,
         source=path,
         text=text,
     )

@@ -126,6 +126,8 @@ class Firmware(SQLModel, table=True):
     size: Optional[int] = integer(big=True)
     description: Optional[str] = text()
     created_at: str = text(nullable=False)
+    recalled_at: Optional[str] = text()  # recalled: no campaign may ship it
+    recall_reason: Optional[str] = text()
 
 
 class Campaign(SQLModel, table=True):
@@ -144,6 +146,7 @@ class Campaign(SQLModel, table=True):
     start_at: Optional[str] = text()  # scheduled start (UTC ISO 8601)
     reason: Optional[str] = text()  # why it is paused, aborted or cancelled
     launch_settings: Optional[str] = text()  # JSON: the launch options, kept until a scheduled start
+    rollback_of: Optional[str] = text()  # the campaign whose before-values this one puts back
 
 
 class Job(SQLModel, table=True):

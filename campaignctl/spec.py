@@ -24,6 +24,8 @@ class CampaignSpec:
     secret_keys: list[str] = field(default_factory=list)  # "configurations.<key>" / "expected_state.<key>"
     start_at: str | None = None  # UTC ISO 8601: the campaign starts by itself then
     rollout: dict[str, Any] | None = None  # campaignctl.rollout.Rollout, as a dict
+    priority: int = 0  # of two campaigns setting a key on a device, the higher one wins
+    rollback_of: str | None = None  # puts back the values this campaign's job overwrote
     source: str = "<manifest>"
     text: str | None = field(default=None, repr=False)  # the manifest, for errors found later
 
@@ -38,6 +40,8 @@ class CampaignSpec:
                 "firmware": self.firmware,
                 "start_at": self.start_at,
                 "rollout": self.rollout,
+                "priority": self.priority,
+                "rollback_of": self.rollback_of,
             }
         )
 
@@ -62,4 +66,6 @@ class CampaignSpec:
             secret_keys=secret_keys,
             start_at=data.get("start_at"),
             rollout=data.get("rollout"),
+            priority=data.get("priority", 0),
+            rollback_of=data.get("rollback_of"),
         )

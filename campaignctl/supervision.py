@@ -4,11 +4,14 @@ Device statuses, in the order they are decided:
 
 - ``pending``: the campaign's configuration is not yet written for this device (its
   batch has not started, or the campaign is not launched);
+- ``skipped``: left out by the firmware version rules (a downgrade, not in ``from``);
+- ``superseded``: a campaign of higher priority sets one of the same keys on it;
 - ``cancelled``: the campaign was cancelled or aborted before the device got anything;
 - ``invalid``: a campaign key's desired value was changed after the campaign set it;
 - ``failed``: delivery failed after every retry (reason: the last error), unless the
   device reports the expected state all the same (it got the values another way): valid;
-- ``valid``: delivered, and every campaign key's desired value and every expected-state
+- ``valid``: already running the firmware version the campaign ships (nothing sent); or
+  delivered, and every campaign key's desired value and every expected-state
   key's reported value equal the campaign's (compared as JSON);
 - ``timed_out``: ``device_timeout`` has passed since delivery (or, for a device that
   polls and never fetched, since its document was written) without becoming valid;
@@ -37,7 +40,10 @@ from campaignctl.values import SECRET_MASK, cut
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
-DEVICE_STATES = ("pending", "syncing", "waiting", "valid", "invalid", "failed", "timed_out", "cancelled")
+DEVICE_STATES = ("pending", "syncing", "waiting", "valid", "invalid", "failed", "timed_out", "cancelled", "skipped",
+                 "superseded")
+#: Devices a campaign leaves out: they count neither for nor against its thresholds.
+LEFT_OUT_STATES = ("skipped", "superseded")
 
 
 def plan_values(name: str, plan: dict[str, Any], part: str) -> tuple[str, dict[str, Any]]:
@@ -87,10 +93,10 @@ def judge(item: str, invalid: bool, mismatch: bool, timed_out: bool, expecting: 
     """A device's status from its facts, in the order of the module's list. ``mismatch``:
     an expected key's reported value differs; ``expecting``: its device type has an
     expected state."""
-    if item == "pending":
-        return "pending"
-    if item == "cancelled":
-        return "cancelled"
+    if item in ("pending", "cancelled", "skipped", "superseded"):
+        return item
+    if item == "installed":
+        return "valid"
     if invalid:
         return "invalid"
     if item == "failed" and (mismatch or not expecting):
@@ -161,7 +167,8 @@ class _Facts:
             "NULL")
         any_mismatch = per_type(lambda keys: "CASE WHEN " + " OR ".join(
             f"{r} IS DISTINCT FROM :ev{n}" for n, r in keys) + " THEN 1 ELSE 0 END", "0")
-        settled = "ji.status IN ('pending', 'cancelled')"  # judged without the other facts
+        # Judged without the other facts:
+        settled = "ji.status IN ('pending', 'cancelled', 'installed', 'skipped', 'superseded')"
         self.mismatch = f"CASE WHEN {settled} THEN NULL ELSE {first_mismatch} END"
         self.any_mismatch = f"CASE WHEN {settled} THEN 0 ELSE {any_mismatch} END"
         expecting = sorted(by_type)
@@ -178,9 +185,16 @@ class _Facts:
         # A campaign key whose desired value is no longer the campaign's. Only an entry
         # written after the job's own writes can be one: the candidates come from the
         # revision index, and are few unless someone changed many devices since.
+        value = "cfg.value"
+        restore_job = next((p.get("restore_job") for p in plan.values() if p.get("restore_job")), None)
+        if restore_job is not None:
+            # A rollback's keys (value NULL) hold each device's value from before.
+            self.params["restore_job"] = restore_job
+            value = ("coalesce(cfg.value, (SELECT b.desired FROM job_item_before b WHERE b.job_id = :restore_job "
+                     "AND b.device_id = ji.device_id AND b.key = cfg.key))")
         self.changed_from = (
             f"FROM cfg JOIN device_config c ON c.device_id = ji.device_id AND c.key = cfg.key "
-            f"WHERE cfg.type_id = {device_type} AND c.desired IS DISTINCT FROM cfg.value")
+            f"WHERE cfg.type_id = {device_type} AND c.desired IS DISTINCT FROM {value}")
         self.candidates = (f"ji.device_id IN (SELECT later.device_id FROM device_config later "
                            f"WHERE {self._written_by_others(conn, job_id)})")
         # CASE, not AND: SQL does not promise to skip the right side of an AND.
@@ -313,7 +327,7 @@ def device_statuses(conn: "Connection", job_id: int, plan: dict[str, Any], rollo
                 reason = None
                 if status == "pending":
                     reason = None if number in started else f"batch {number} has not started"
-                elif status in ("cancelled", "failed"):
+                elif status in ("cancelled", "failed", "skipped", "superseded") or item == "installed":
                     reason = error
                 elif status == "invalid":
                     key, by, at = changed[device_id].split("\x1f")
@@ -365,6 +379,8 @@ def open_status(engine: "Engine", name: str, *, only: Collection[str] | None = N
         row, spec = get_spec(conn, name)
         extra = db.run(conn, "SELECT reason, start_at FROM campaign WHERE id = :id", {"id": row.id}).one()
         job_id = jobs.latest_job(conn, row.id)
+        rollbacks = [{"campaign": r[0], "status": r[1]} for r in db.run(
+            conn, "SELECT name, status FROM campaign WHERE rollback_of = :name ORDER BY id", {"name": name})]
         batches: list[dict[str, Any]] = []
         devices: Iterator[dict[str, Any]]
         if job_id is None:
@@ -397,6 +413,9 @@ def open_status(engine: "Engine", name: str, *, only: Collection[str] | None = N
                 "status": row.status,
                 "reason": extra[0] if row.status in ("paused", "aborted", "cancelled") else None,
                 "start_at": extra[1],
+                "priority": spec.priority,
+                "rollback_of": spec.rollback_of,
+                "rollbacks": rollbacks,
                 "job": job,
                 "summary": summary,
                 "batches": batches,

@@ -13,7 +13,7 @@ from campaignctl.worker import SLICE_SECONDS, tick
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-FINAL_DEVICE_STATES = ("valid", "invalid", "failed", "timed_out", "cancelled")
+FINAL_DEVICE_STATES = ("valid", "invalid", "failed", "timed_out", "cancelled", "skipped", "superseded")
 
 EXIT_OK, EXIT_BELOW, EXIT_TIMEOUT, EXIT_STOPPED = 0, 3, 4, 5
 
@@ -30,7 +30,10 @@ def outcome(data: dict[str, Any], min_valid: float) -> int | None:
     summary = data["summary"]
     if any(summary[s] for s in summary if s not in ("total", *FINAL_DEVICE_STATES)):
         return None  # some devices are still on their way
-    valid = summary["valid"] / summary["total"] if summary["total"] else 1.0
+    # Devices the campaign left out (version rules, a campaign of higher priority) are
+    # not its to make valid.
+    counted = summary["total"] - summary["skipped"] - summary["superseded"]
+    valid = summary["valid"] / counted if counted else 1.0
     return EXIT_OK if valid >= min_valid - 1e-9 else EXIT_BELOW
 
 

@@ -48,11 +48,25 @@ def tick(engine: "Engine", *, campaign: str | None = None, progress: jobs.Progre
         results.append({"campaign": name, "job": started["job"],
                         "outcome": _advance_safely(engine, started["job"], started["owner"], progress, info,
                                                    slice_seconds)})
+    _advance_active(engine, campaign, results, progress, info, slice_seconds)
+    if any(r.get("outcome") == "aborted" for r in results):
+        # A campaign that aborted with ``on_error: revert`` started its rollback: it goes
+        # out in this pass too.
+        _advance_active(engine, campaign, results, progress, info, slice_seconds, rollbacks=True)
+    return results
+
+
+def _advance_active(engine: "Engine", campaign: str | None, results: list[dict[str, Any]],
+                    progress: jobs.Progress | None, info: Callable[[str], None], slice_seconds: float | None, *,
+                    rollbacks: bool = False) -> None:
+    """Advance every running (or cancelled, aborted: to finish) job that no other process
+    runs; ``rollbacks``: only those of rollbacks of ``campaign``."""
+    where = " AND c.rollback_of = :name" if rollbacks and campaign else " AND c.name = :name" if campaign else ""
     with db.read(engine) as conn:
         active = db.run(conn,
             "SELECT j.id, c.name FROM job j JOIN campaign c ON c.id = j.campaign_id WHERE j.step != 'done' "
-            "AND c.status IN ('running', 'cancelled', 'aborted')" + (" AND c.name = :name" if campaign else "")
-            + " ORDER BY j.id", {"name": campaign}).all()
+            "AND c.status IN ('running', 'cancelled', 'aborted')" + where + " ORDER BY j.id",
+            {"name": campaign}).all()
     seen = {r.get("job") for r in results}
     for job_id, name in active:
         if job_id in seen:
@@ -62,7 +76,6 @@ def tick(engine: "Engine", *, campaign: str | None = None, progress: jobs.Progre
             continue  # finished meanwhile, or another process runs it
         results.append({"campaign": name, "job": job_id,
                         "outcome": _advance_safely(engine, job_id, owner, progress, info, slice_seconds)})
-    return results
 
 
 def _start_scheduled(engine: "Engine", name: str, info: Callable[[str], None]) -> dict[str, Any] | None:

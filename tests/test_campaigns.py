@@ -143,9 +143,10 @@ def test_status_table_and_json_contract(cli, fleet, tmp_path):
     cli("create", "-f", write(tmp_path, "c.yaml", CAMPAIGN))
     cli("launch", "interval")
     data = cli.json("status", "interval")
-    assert set(data) == {"campaign", "status", "reason", "start_at", "job", "summary", "batches", "devices"}
+    assert set(data) == {"campaign", "status", "reason", "start_at", "priority", "rollback_of", "rollbacks", "job",
+                         "summary", "batches", "devices"}
     assert set(data["summary"]) == {"total", "pending", "syncing", "waiting", "valid", "invalid", "failed",
-                                    "timed_out", "cancelled"}
+                                    "timed_out", "cancelled", "skipped", "superseded"}
     assert [b["number"] for b in data["batches"]] == [1] and data["batches"][0]["status"] == "promoted"
     assert {"id", "status"} <= set(data["job"])
     assert all({"device", "status", "reason"} <= set(d) for d in data["devices"])

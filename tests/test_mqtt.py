@@ -77,7 +77,8 @@ def test_reported_state_over_mqtt_makes_devices_valid(cli, fleet, broker, prefix
     assert devices["sensor-0002"]["status"] == "waiting"
     assert devices["sensor-0002"]["reason"] == "report_interval reported 60"
     assert data["summary"] == {"total": 2, "pending": 0, "syncing": 0, "waiting": 1, "valid": 1,
-                               "invalid": 0, "failed": 0, "timed_out": 0, "cancelled": 0}
+                               "invalid": 0, "failed": 0, "timed_out": 0, "cancelled": 0, "skipped": 0,
+                               "superseded": 0}
     assert outcome["stats"].rejected == 2 and outcome["stats"].recorded == 2
     shown = cli.json("devices", "show", "sensor-0001")
     assert {e["key"]: e["reported"] for e in shown["configuration"]}["rssi"] == -70

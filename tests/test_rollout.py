@@ -282,7 +282,7 @@ def test_start_at_launches_via_run_and_now_overrides(cli, fleet20, tmp_path, db_
     cli("create", "-f", _campaign(tmp_path, "  batch_size: 20\n", extra=f"start_at: {start}\n"))
     cli("create", "-f", _campaign(tmp_path, "  batch_size: 20\n", name="later", extra=f"start_at: {later}\n"))
     assert "scheduled for" in cli("launch", "roll").stderr  # the worker, not the launch, starts it
-    cli("launch", "later", "--now")
+    cli("launch", "later", "--now", "--force")  # both set report_interval
     assert _status(cli, "later")["status"] == "running"
     worker = subprocess.Popen(campaignctl_cmd("--db", str(db_url), "run", "--interval", "0.2"),
                               env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -463,7 +463,8 @@ def test_wait_exit_codes_driven_by_the_simulator(cli, fleet20, tmp_path, db_url)
     cli("create", "-f", _campaign(tmp_path, "  batch_size: 20\n  error_threshold: 10%\n  device_timeout: 2s\n",
                                   name="broken").replace("report_interval: 30", "report_interval: 48"))
     with Fleet(db_url, fail_rate=0.5, seed=2):
-        result = cli("launch", "broken", "--wait", "--timeout", "30s", "-o", "json", code=5)
+        # --force: "silent" (still running) sets report_interval on the same devices.
+        result = cli("launch", "broken", "--force", "--wait", "--timeout", "30s", "-o", "json", code=5)
     data = json.loads(result.stdout)
     assert data["exit_code"] == 5 and data["status"] == "paused" and "error threshold (10%)" in data["reason"]
 

@@ -147,7 +147,8 @@ def test_retry_classes_and_retry_after(cli, api, tmp_path):
     result = cli("launch", "push", "--attempts", "4", "--backoff", "0.1", "--max-backoff", "0.2", env=env, code=1)
     assert "3 device(s) could not be delivered" in result.stderr
     job = cli.json("jobs", "show", "1")
-    assert job["counts"] == {"pending": 0, "syncing": 0, "delivered": 4, "failed": 3, "cancelled": 0}
+    assert job["counts"] == {"pending": 0, "syncing": 0, "delivered": 4, "failed": 3, "cancelled": 0, "installed": 0,
+                             "skipped": 0, "superseded": 0}
     errors = {e["device"]: e for e in job["errors"]}
     # Other 4xx fail at once, with the status in the reason.
     assert errors["gone-1"]["attempts"] == 1 and errors["gone-1"]["error"] == "HTTP 404 Not Found"

@@ -102,7 +102,8 @@ def _root(
 
 
 def _register() -> None:
-    from campaignctl.cli import campaigns, database, demo, devices, firmwares, jobs, listen, rollout, serve, simulate
+    from campaignctl.cli import (campaigns, database, demo, devices, firmwares, jobs, listen, rollout, safety, serve,
+                                 simulate)
 
     app.add_typer(devices.app, name="devices", help="Import, list and inspect devices; set and report values.")
     app.add_typer(firmwares.app, name="firmwares", help="The firmware registry.")
@@ -110,6 +111,8 @@ def _register() -> None:
     app.add_typer(database.app, name="db", help="The database's schema: upgrade, status.")
     for command in campaigns.COMMANDS:
         app.command(command.__name__.rstrip("_").replace("_", "-"))(command)
+    app.command("plan")(safety.plan)
+    app.command("rollback")(safety.rollback)
     for command in (rollout.pause, rollout.resume, rollout.cancel, rollout.retry, rollout.run, rollout.tick):
         app.command(command.__name__)(command)
     app.command("listen")(listen.listen)

@@ -119,6 +119,9 @@ def launch(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
            processes: Optional[int] = typer.Option(None, "--processes", min=1, max=64, metavar="N",
                                                    help="Processes delivering the shards (default: one per CPU, "
                                                         "up to 4, from 8,000 devices on; 1: this process only)."),
+           force: bool = typer.Option(False, "--force",
+                                      help="Launch even when another campaign of the same or a higher priority "
+                                           "sets one of its keys on one of its devices."),
            detach: bool = typer.Option(False, "--detach",
                                        help="Create the job and return: running workers (campaignctl run) deliver it."),
            output: Output = OutputOption) -> None:
@@ -136,7 +139,8 @@ def launch(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
     policy = DeliveryPolicy(attempts=attempts, timeout=ack_timeout, backoff=backoff, max_backoff=max_backoff,
                             window=window)
     db = engine(ctx)
-    job_id, owner = jobs.launch(db, name, policy=policy, chunk_size=chunk_size, shard_size=shard_size, now=now)
+    job_id, owner = jobs.launch(db, name, policy=policy, chunk_size=chunk_size, shard_size=shard_size, now=now,
+                                force=force)
     if job_id is None:
         from campaignctl.supervision import campaign_status
 
@@ -215,10 +219,25 @@ def advance_job(db: Any, job_id: int, owner: Optional[str], output: Optional[Out
             from campaignctl.supervision import campaign_status
 
             info(f"campaign {result['campaign']}: {outcome}: {campaign_status(db, result['campaign'], limit=0)['reason']}")
+    if outcome == "aborted":
+        _drive_revert(db, result["campaign"], output)
     if fail_on_failed and result["status"] == "failed" and outcome == "completed":
         raise CampaignctlError(f"{counts['failed']} device(s) could not be delivered "
                                f"(campaignctl jobs show {job_id})")
     return True
+
+
+def _drive_revert(db: Any, name: str, output: Optional[Output]) -> None:
+    """``on_error: revert``: the aborted campaign started its rollback; it goes out from
+    here as well (any engine may drive it)."""
+    from campaignctl.supervision import campaign_status
+
+    for rollback in campaign_status(db, name, limit=0)["rollbacks"]:
+        status = campaign_status(db, rollback["campaign"], limit=0)
+        job = status["job"]
+        if status["status"] == "running" and job is not None and job["step"] != "done":
+            info(f"campaign {rollback['campaign']}: reverting, job {job['id']}")
+            advance_job(db, job["id"], None, output, fail_on_failed=False)
 
 
 def _wait(db: Any, name: str, output: Output, timeout: Optional[float], min_valid: float, *,
@@ -263,7 +282,8 @@ def _wait(db: Any, name: str, output: Output, timeout: Optional[float], min_vali
 
 
 STATUS_STYLE = {"valid": "green", "waiting": "yellow", "syncing": "cyan", "pending": "dim",
-                "failed": "red", "invalid": "magenta", "timed_out": "red", "cancelled": "dim"}
+                "failed": "red", "invalid": "magenta", "timed_out": "red", "cancelled": "dim", "skipped": "dim",
+                "superseded": "blue"}
 
 
 def status(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
@@ -327,11 +347,17 @@ def status_view(data: dict[str, Any], only: Optional[str], limit: int) -> Any:
         f"  job {job['id']} {job['status']}" if job else (
             f"  starts at {short_time(data['start_at'])} UTC" if data["status"] == "scheduled" else "  not launched"),
         f"  {s['total']} devices: ",
-        *[part for state in ("valid", "waiting", "syncing", "pending", "invalid", "failed", "timed_out", "cancelled")
+        *[part for state in ("valid", "waiting", "syncing", "pending", "invalid", "failed", "timed_out", "cancelled",
+                             "skipped", "superseded")
           if s[state] or state in ("valid", "waiting")
           for part in ((f"{s[state]} {state}", STATUS_STYLE[state]), "  ")],
     )
     parts: list[Any] = [head]
+    if data.get("rollback_of"):
+        parts.append(plain(f"rolls back campaign {data['rollback_of']}", limit=None, style="dim"))
+    for rollback in data.get("rollbacks") or ():
+        parts.append(plain(f"rolled back by campaign {rollback['campaign']} ({rollback['status']})", limit=None,
+                           style="bold"))
     if data.get("reason"):
         parts.append(plain(data["reason"], limit=None, style="bold red" if data["status"] != "cancelled" else "dim"))
     if len(data.get("batches") or ()) > 1:

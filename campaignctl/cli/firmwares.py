@@ -42,6 +42,41 @@ def list_(ctx: typer.Context,
     if output is Output.json:
         print_json(rows)
         return
-    show_table(["device type", "firmware type", "version", "url", "token", "sha256", "size", "description"],
+    show_table(["device type", "firmware type", "version", "url", "token", "sha256", "size", "description", "recalled"],
                [(r["device_type"], r["firmware_type"], r["version"], r["url"], r["token"],
-                 (r["sha256"] or "")[:12], r["size"], r["description"]) for r in rows])
+                 (r["sha256"] or "")[:12], r["size"], r["description"],
+                 r["recalled"] and f"{r['recalled']['at'][:16]}: {r['recalled']['reason']}") for r in rows])
+
+
+@app.command("recall")
+def recall(ctx: typer.Context,
+           device_type: str = typer.Option(..., "--device-type", metavar="NAME"),
+           firmware_type: str = typer.Option(..., "--firmware-type", metavar="NAME"),
+           version: str = typer.Option(..., "--version", metavar="VERSION"),
+           reason: str = typer.Option(..., "--reason", metavar="TEXT", help="Why (shown on the campaigns it stops)."),
+           cancel: bool = typer.Option(False, "--cancel", help="Cancel the campaigns shipping it instead of pausing."),
+           output: Output = OutputOption) -> None:
+    """Recall a firmware version: campaigns shipping it are paused (or cancelled), and no
+    campaign may ship it any more."""
+    from campaignctl import firmwares
+
+    result = firmwares.recall(engine(ctx), device_type=device_type, firmware_type=firmware_type, version=version,
+                              reason=reason, cancel=cancel)
+    stopped = result["cancelled" if cancel else "paused"]
+    if output is Output.json:
+        print_json(result)
+    info(f"firmware {device_type} {firmware_type} {version} recalled; "
+         + (f"{'cancelled' if cancel else 'paused'}: {', '.join(stopped)}" if stopped else "no campaign was shipping it"))
+
+
+@app.command("unrecall")
+def unrecall(ctx: typer.Context,
+             device_type: str = typer.Option(..., "--device-type", metavar="NAME"),
+             firmware_type: str = typer.Option(..., "--firmware-type", metavar="NAME"),
+             version: str = typer.Option(..., "--version", metavar="VERSION")) -> None:
+    """Lift a recall (campaigns it paused stay paused until resumed)."""
+    from campaignctl import firmwares
+
+    firmwares.unrecall(engine(ctx), device_type=device_type, firmware_type=firmware_type, version=version)
+    info(f"firmware {device_type} {firmware_type} {version}: recall lifted (paused campaigns stay paused until "
+         "resumed)")

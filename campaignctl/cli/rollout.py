@@ -25,6 +25,9 @@ def resume(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
 
     db = engine(ctx)
     job_id = control.resume(db, name)
+    if job_id is None:
+        info(f"campaign {name}: scheduled again (it had not started)")
+        return
     info(f"campaign {name}: resumed, job {job_id}")
     advance_job(db, job_id, None, output)
 
