@@ -366,6 +366,8 @@ def show(engine: "Engine", name: str, *, show_secrets: bool = False) -> dict[str
         "firmware": spec.firmware,
         "start_at": spec.start_at,
         "rollout": spec.rollout,
+        "priority": spec.priority,
+        "rollback_of": spec.rollback_of,
         "created_at": row.created_at,
         "updated_at": row.updated_at,
         "launched_at": row.launched_at,

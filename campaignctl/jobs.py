@@ -135,7 +135,7 @@ def start(conn: "Connection", row: Any, spec: Any, settings: dict[str, Any], *,
          "settings": json.dumps({**settings, "rollout": rollout.to_dict()}),
          "total": len(found.devices), "owner": owner, "lease": LEASE_SECONDS, "now": stamp}).scalar_one()
     _insert_items(conn, job_id, found)
-    membership.supersede(conn, row.name, spec.priority, found.conflicts)
+    membership.supersede(conn, row.name, spec.priority, found)
     return job_id, owner
 
 

@@ -85,7 +85,8 @@ def resolve(conn: "Connection", name: str, spec: "CampaignSpec", fail: "Fail", *
         # version it goes back to: their desired entries hold the one rolled back.
         left_out.update(_version_rules(conn, spec, plan, devices))
     claims = active_claims(conn, spec, name, conflict_statuses)
-    conflicts = find_conflicts(devices, plan, claims)
+    # Devices the campaign leaves out anyway (version rules) compete with nobody.
+    conflicts = find_conflicts([d for d in devices if d[0] not in left_out], plan, claims)
     for conflict in conflicts:
         other = conflict.claim
         if other.status in ACTIVE and other.priority > spec.priority and conflict.device_id not in left_out:
@@ -194,13 +195,13 @@ def find_conflicts(devices: list[tuple[int, int]], plan: dict[str, Any], claims:
     return out
 
 
-def supersede(conn: "Connection", name: str, priority: int, conflicts: list[Conflict]) -> None:
-    """Launching ``name``: the devices it shares with campaigns of lower priority are
-    theirs no more (status ``superseded``)."""
+def supersede(conn: "Connection", name: str, priority: int, found: Membership) -> None:
+    """Launching ``name``: the devices it writes that campaigns of lower priority also
+    set are theirs no more (status ``superseded``)."""
     by_job: dict[int, tuple[Claim, dict[int, str]]] = {}
-    for conflict in conflicts:
+    for conflict in found.conflicts:
         claim = conflict.claim
-        if claim.job_id is None or claim.priority >= priority:
+        if claim.job_id is None or claim.priority >= priority or conflict.device_id in found.left_out:
             continue
         by_job.setdefault(claim.job_id, (claim, {}))[1].setdefault(conflict.device_id, conflict.key)
     stamp = db.utcnow()

@@ -42,7 +42,7 @@ def plan(engine: "Engine", *, name: str | None = None, spec: CampaignSpec | None
                                    conflict_statuses=("draft", *membership.ACTIVE))
         names = dict(db.run(conn, "SELECT id, name FROM device").all())
         changes = _changes(conn, found)
-        recalled = _recalled(conn, spec)
+        recalled = _recalled(conn, spec, {t for _, t in found.devices})
     rollout = Rollout.from_dict(spec.rollout)
     batches = [{"number": n, "size": len(members), "devices": [names[d] for d in members]}
                for n, members in found.batches()]
@@ -67,13 +67,16 @@ def plan(engine: "Engine", *, name: str | None = None, spec: CampaignSpec | None
     }
 
 
-def _recalled(conn: "Connection", spec: CampaignSpec) -> list[dict[str, Any]] | None:
+def _recalled(conn: "Connection", spec: CampaignSpec, type_ids: set[int]) -> list[dict[str, Any]] | None:
+    """The recalls of the firmware the campaign ships, for its devices' types."""
     if not spec.firmware:
         return None
     rows = db.run(conn,
         "SELECT t.name, f.recalled_at, f.recall_reason FROM firmware f JOIN device_type t ON t.id = f.device_type_id "
-        "WHERE f.firmware_type = :type AND f.version = :version AND f.recalled_at IS NOT NULL ORDER BY t.name",
-        {"type": spec.firmware["type"], "version": spec.firmware["version"]}).all()
+        "WHERE f.firmware_type = :type AND f.version = :version AND f.recalled_at IS NOT NULL "
+        "AND f.device_type_id IN :types ORDER BY t.name",
+        {"type": spec.firmware["type"], "version": spec.firmware["version"], "types": sorted(type_ids) or [0]},
+        "types").all()
     return [{"device_type": r[0], "at": r[1], "reason": r[2]} for r in rows] or None
 
 

@@ -37,7 +37,7 @@ def default_name(conn: "Connection", name: str) -> str:
 def targets(conn: "Connection", name: str, *, devices: list[str] | None = None,
             up_to_batch: int | None = None) -> tuple[int, list[str], list[dict[str, str]]]:
     """The source job, the devices to roll back (by name), and those left alone with why."""
-    from campaignctl.supervision import plan_values
+    from campaignctl.supervision import plan_values, writer_name
 
     row = db.run(conn, "SELECT id, status FROM campaign WHERE name = :name", {"name": name}).one_or_none()
     if row is None:
@@ -71,11 +71,12 @@ def targets(conn: "Connection", name: str, *, devices: list[str] | None = None,
                              + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""), field="--device")
         chosen = sorted(set(devices))
     left_alone = []
+    writers: dict[str, str] = {}
     for device in chosen:
         if device in changed:
             key, by, at = changed[device].split("\x1f")
             left_alone.append({"device": device, "reason": f"{key} was changed after the campaign set it"
-                               + (f" (by {by} at {at})" if by else "")})
+                               + (f" (by {writer_name(conn, by, writers)} at {at})" if by else "")})
     return job.id, [d for d in chosen if d not in changed], left_alone
 
 

@@ -290,6 +290,10 @@ def device_statuses(conn: "Connection", job_id: int, plan: dict[str, Any], rollo
         conn, "SELECT number FROM job_batch WHERE job_id = :job_id AND status <> 'pending'", {"job_id": job_id})}
     timeout = rollout.device_timeout
     reasons: dict[str, str] = {}  # a fleet's devices mostly report the same few things
+    writers: dict[str, str] = {}
+
+    def writer(by: str) -> str:
+        return writer_name(conn, by, writers)
 
     def mismatch_reason(mismatch: str) -> str:
         reason = reasons.get(mismatch)
@@ -331,7 +335,8 @@ def device_statuses(conn: "Connection", job_id: int, plan: dict[str, Any], rollo
                     reason = error
                 elif status == "invalid":
                     key, by, at = changed[device_id].split("\x1f")
-                    reason = f"{key} was changed after the campaign set it" + (f" (by {by} at {at})" if by else "")
+                    reason = f"{key} was changed after the campaign set it" + (
+                        f" (by {writer(by)} at {at})" if by else "")
                 elif status == "timed_out":
                     what = "delivered" if item == "delivered" else "written, never fetched,"
                     reason = f"{what} {format_duration(timeout or 0)} ago and still not valid"
@@ -346,6 +351,18 @@ def device_statuses(conn: "Connection", job_id: int, plan: dict[str, Any], rollo
                     return
     finally:
         result.close()
+
+
+def writer_name(conn: "Connection", by: str, cache: dict[str, str]) -> str:
+    """Who wrote an entry, for a reason: "job:7" as the campaign of that job (the name
+    a user can look up); "user" as it is."""
+    if not by.startswith("job:") or not by[4:].isdigit():
+        return by
+    if by not in cache:
+        name = db.run(conn, "SELECT c.name FROM job j JOIN campaign c ON c.id = j.campaign_id WHERE j.id = :id",
+                      {"id": int(by[4:])}).scalar()
+        cache[by] = f"campaign {name}" if name is not None else by
+    return cache[by]
 
 
 def _mismatch(expected: list[tuple[str, bool]], mismatch: str) -> str:

@@ -146,6 +146,9 @@ rollout:
     assert set(docs) == {"sensor-0001", "sensor-0002"}  # batch 2 never got anything
     # The devices report 5.0.0: the revert is valid (they ran 5.0.0 all along).
     assert {d["status"] for d in revert["devices"]} == {"valid"}
+    # The one-off rule: the campaign does not fight its rollback, and names it.
+    reverted = _statuses(cli, "bad-fw")["sensor-0001"]
+    assert reverted["status"] == "invalid" and "(by campaign bad-fw-rollback at " in reverted["reason"]
 
 
 def test_recall_pauses_a_running_rollout_and_blocks_new_campaigns(cli, db_url, tmp_path, broker, prefix):

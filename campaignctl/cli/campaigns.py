@@ -59,7 +59,15 @@ def show(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
     echo(f"{data['name']}  [{data['status']}]  {data['description'] or ''}".rstrip())
     echo(f"devices: {sel['count']} ({', '.join(filter(None, [_names(sel['names']), _selector(sel['selector'])]))})")
     if data["firmware"]:
-        echo(f"firmware: {data['firmware']['type']} {data['firmware']['version']}")
+        firmware = data["firmware"]
+        rules = ([f"from {', '.join(firmware['from'])}"] if firmware.get("from") else []) + (
+            ["downgrades allowed"] if firmware.get("allow_downgrade") else [])
+        echo(f"firmware: {firmware['type']} {firmware['version']}" + (f" ({'; '.join(rules)})" if rules else ""))
+    if data["priority"]:
+        echo(f"priority: {data['priority']}")
+    if data["rollback_of"]:
+        echo(f"rolls back: {data['rollback_of']} (each device's value from before it; "
+             "withdrawn where it had none)")
     if data["start_at"]:
         echo(f"starts at: {short_time(data['start_at'])} UTC")
     if data["rollout"]:
@@ -207,11 +215,13 @@ def advance_job(db: Any, job_id: int, owner: Optional[str], output: Optional[Out
         print_json(result)
     elif output is not None:
         state = result["status"] if result["step"] == "done" else outcome
+        left_out = counts["installed"] + counts["skipped"] + counts["superseded"]
         echo(f"job {job_id}: {state} after {time.monotonic() - started:.1f}s: {counts['delivered']} delivered, "
              f"{counts['failed']} failed" + "".join(
                  f", {counts[k]} {label}" for k, label in (("syncing", "waiting for their devices to fetch"),
                                                            ("pending", "in later batches"),
-                                                           ("cancelled", "cancelled")) if counts[k]))
+                                                           ("cancelled", "cancelled")) if counts[k])
+             + (f", {left_out} left out (already installed, skipped or superseded: see status)" if left_out else ""))
         if outcome == "waiting" and counts["pending"]:
             info("the next batches start as the rollout allows: keep `campaignctl serve` or `campaignctl run` "
                  "running, run `campaignctl tick` from cron, or wait with `campaignctl status NAME --wait`")
