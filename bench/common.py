@@ -22,10 +22,15 @@ def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen, int]:
     """mosquitto on 127.0.0.1 with the queue limits lifted (see docs/performance.md)."""
     port = free_port()
     conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_queued_messages 0\nmax_inflight_messages 0\n")
-    proc = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "max_queued_messages 0\nmax_inflight_messages 0\n"
+    )
+    proc = subprocess.Popen(
+        [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(200):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -92,17 +97,21 @@ def mqtt_fleet(work: Path, db: Path | str, devices: int, port: int, keys: int) -
     imports the CSV and creates the campaign, to time them); returns the values set."""
     (work / "fleet.yaml").write_text(
         f"interfaces:\n  broker: {{type: mqtt, url: 'mqtt://127.0.0.1:{port}', topic_prefix: bench}}\n"
-        "device_types:\n  sensor-v2: {}\ndevices: []\n")
+        "device_types:\n  sensor-v2: {}\ndevices: []\n"
+    )
     with open(work / "devices.csv", "w") as f:
         f.write("name,type,interface,tags\n")
-        f.writelines(f"sensor-{i:07d},sensor-v2,broker,site=s{i % 10};ring={'canary' if i < 100 else 'main'}\n"
-                     for i in range(devices))
+        f.writelines(
+            f"sensor-{i:07d},sensor-v2,broker,site=s{i % 10};ring={'canary' if i < 100 else 'main'}\n"
+            for i in range(devices)
+        )
     campaignctl("devices", "import", str(work / "fleet.yaml"), db=db)
     values = {f"key_{k}": json.dumps(f"https://assets.example.com/fw/{k}/5.1.9_beta01.bin") for k in range(keys)}
     (work / "campaign.yaml").write_text(
         "name: bench\ndevices: {selector: {type: sensor-v2}}\nconfigurations:\n"
         + "".join(f"  {k}: {v}\n" for k, v in values.items())
-        + f"expected_state: {{key_0: {values['key_0']}}}\n")
+        + f"expected_state: {{key_0: {values['key_0']}}}\n"
+    )
     return values
 
 
@@ -118,8 +127,9 @@ def iso_seconds(a: str, b: str) -> float:
 def import_fleet(work: Path, db: Path | str, interface: str, spec: str, device_type: str, names: list[str]) -> None:
     """Import one interface (``spec``: its YAML mapping), one device type and its devices
     (from a CSV, the fast way) into ``db``."""
-    (work / "fleet.yaml").write_text(f"interfaces:\n  {interface}: {spec}\ndevice_types:\n  {device_type}: {{}}\n"
-                                     "devices: []\n")
+    (work / "fleet.yaml").write_text(
+        f"interfaces:\n  {interface}: {spec}\ndevice_types:\n  {device_type}: {{}}\ndevices: []\n"
+    )
     with open(work / "devices.csv", "w") as f:
         f.write("name,type,interface\n")
         f.writelines(f"{name},{device_type},{interface}\n" for name in names)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import new_database, start_postgres  # noqa: E402
+from common import new_database, start_postgres
 
 HEAD = """interfaces:
   broker:
@@ -63,8 +63,9 @@ def campaignctl(*args: str, db: str) -> tuple[float, float, int]:
     time other processes held the cores."""
     env = dict(os.environ, CAMPAIGNCTL_DB=db)
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "campaignctl", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "campaignctl", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - started
     if status != 0:
@@ -74,6 +75,7 @@ def campaignctl(*args: str, db: str) -> tuple[float, float, int]:
 
 def write_fleet(work: Path, devices: int) -> tuple[Path, Path, Path]:
     """The YAML manifest, the interfaces and types alone (for the CSV), the CSV file."""
+
     def tags(i: int) -> tuple[str, int]:
         return ("lyon" if i % 2 else "paris"), i % 7
 
@@ -83,8 +85,10 @@ def write_fleet(work: Path, devices: int) -> tuple[Path, Path, Path]:
         f.write(HEAD + "devices:\n")
         for i in range(devices):
             site, floor = tags(i)
-            f.write(f"  - {{name: sensor-{i:07d}, type: sensor-v2, interface: broker, "
-                    f"tags: {{site: {site}, floor: {floor}}}}}\n")
+            f.write(
+                f"  - {{name: sensor-{i:07d}, type: sensor-v2, interface: broker, "
+                f"tags: {{site: {site}, floor: {floor}}}}}\n"
+            )
     with csv_path.open("w") as f:
         f.write("name,type,interface,tags\n")
         for i in range(devices):
@@ -94,8 +98,9 @@ def write_fleet(work: Path, devices: int) -> tuple[Path, Path, Path]:
 
 
 def reference(kind: str, path: Path) -> tuple[float, float, int]:
-    out = subprocess.run([sys.executable, "-c", REFERENCE, kind, str(path)], check=True, capture_output=True,
-                         text=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", REFERENCE, kind, str(path)], check=True, capture_output=True, text=True
+    ).stdout.split()
     return float(out[0]), float(out[1]), int(out[2])
 
 
@@ -113,13 +118,21 @@ def main() -> None:
         rows: list[tuple[str, float, float, int]] = []
         db = new_database(backend, work, server, args.db)
         rows.append(("campaignctl --help", *campaignctl("--help", db=db)))
-        rows.append((f"devices import fleet.yaml ({args.devices:,} devices)",
-                     *campaignctl("devices", "import", str(yaml_path), db=db)))
+        rows.append(
+            (
+                f"devices import fleet.yaml ({args.devices:,} devices)",
+                *campaignctl("devices", "import", str(yaml_path), db=db),
+            )
+        )
         rows.append(("  again, nothing changed", *campaignctl("devices", "import", str(yaml_path), db=db)))
         db = new_database(backend, work, server, args.db)
         campaignctl("devices", "import", str(head_path), db=db)
-        rows.append((f"devices import devices.csv ({args.devices:,} devices)",
-                     *campaignctl("devices", "import", str(csv_path), db=db)))
+        rows.append(
+            (
+                f"devices import devices.csv ({args.devices:,} devices)",
+                *campaignctl("devices", "import", str(csv_path), db=db),
+            )
+        )
         rows.append(("  again, nothing changed", *campaignctl("devices", "import", str(csv_path), db=db)))
         rows.append(("reference: yaml.load, CSafeLoader", *reference("pyyaml", yaml_path)))
         rows.append(("reference: campaignctl's YAML reader alone", *reference("reader", yaml_path)))

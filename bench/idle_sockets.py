@@ -124,10 +124,11 @@ def bad_sockets(port: int, count: int, reconnect_delay: float, counters: multipr
                         key.fileobj.send(SLOWLORIS_DRIP)
                     except OSError:
                         pass
-        counters[3 * slot:3 * slot + 3] = [opened, closed, failed]
+        counters[3 * slot : 3 * slot + 3] = [opened, closed, failed]
 
 
 # --- the well-behaved devices -----------------------------------------------------------
+
 
 class Device:
     def __init__(self, name: str, secret: str) -> None:
@@ -144,9 +145,10 @@ class Device:
                 if self.writer is None:
                     fresh = True
                     self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
-                self.writer.write(f"GET /v1/devices/{self.name}/configuration HTTP/1.1\r\nHost: devapi\r\n"
-                                  f"Authorization: Bearer {self.secret}\r\nIf-None-Match: {self.etag}\r\n\r\n"
-                                  .encode())
+                self.writer.write(
+                    f"GET /v1/devices/{self.name}/configuration HTTP/1.1\r\nHost: devapi\r\n"
+                    f"Authorization: Bearer {self.secret}\r\nIf-None-Match: {self.etag}\r\n\r\n".encode()
+                )
                 await self._answer()
                 return fresh
             except (OSError, asyncio.IncompleteReadError):
@@ -185,8 +187,9 @@ class Polls:
         self.stopped = False
 
     async def run(self) -> None:
-        await asyncio.gather(*(self._device(d, i * self.interval / len(self.devices))
-                               for i, d in enumerate(self.devices)))
+        await asyncio.gather(
+            *(self._device(d, i * self.interval / len(self.devices)) for i, d in enumerate(self.devices))
+        )
         for device in self.devices:
             device.close()
 
@@ -207,9 +210,15 @@ class Polls:
         inside = [(latency, fresh) for started, latency, fresh in self.samples if begin <= started < end]
         every = sorted(latency for latency, _ in inside)
         connecting = sorted(latency for latency, fresh in inside if fresh)
-        return {"rate": len(every) / (end - begin), "p50": _percentile(every, 0.5), "p99": _percentile(every, 0.99),
-                "errors": sum(begin <= t < end for t in self.failures), "connects": len(connecting),
-                "connect_p50": _percentile(connecting, 0.5), "connect_p99": _percentile(connecting, 0.99)}
+        return {
+            "rate": len(every) / (end - begin),
+            "p50": _percentile(every, 0.5),
+            "p99": _percentile(every, 0.99),
+            "errors": sum(begin <= t < end for t in self.failures),
+            "connects": len(connecting),
+            "connect_p50": _percentile(connecting, 0.5),
+            "connect_p99": _percentile(connecting, 0.99),
+        }
 
 
 def _percentile(ordered: list[float], fraction: float) -> float:
@@ -234,6 +243,7 @@ def open_files(pid: int) -> int:
 
 # --- the run -----------------------------------------------------------------------------
 
+
 def prepare(work: Path, port: int, count: int) -> tuple[Path, dict[str, str]]:
     """A database with ``count`` HTTP devices: (path, device secrets)."""
     db, names = work / "idle.db", [f"cam-{i:05d}" for i in range(count)]
@@ -252,8 +262,21 @@ def start_serve(db: Path, port: int, log: Path) -> subprocess.Popen:
     """The real command; its open-file limit is the machine's (it raises its soft limit to
     the hard one, which this process leaves as it is)."""
     with open(log, "wb") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "campaignctl", "--db", str(db), "serve", "--port", str(port),
-                                 "--no-mqtt", "--no-engine"], stderr=stderr)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "campaignctl",
+                "--db",
+                str(db),
+                "serve",
+                "--port",
+                str(port),
+                "--no-mqtt",
+                "--no-engine",
+            ],
+            stderr=stderr,
+        )
     import socket
 
     for _ in range(300):
@@ -269,11 +292,13 @@ def start_serve(db: Path, port: int, log: Path) -> subprocess.Popen:
 def report(label: str, stats: dict[str, float], pid: int, cpu: float) -> None:
     """One phase: the devices' figures, and serve's memory, descriptors and CPU share."""
     rss = memory(pid)[0]
-    print(f"  {label:<26} {stats['rate']:>5.0f} req/s  p50 {stats['p50'] * 1000:>7.1f} ms  "
-          f"p99 {stats['p99'] * 1000:>7.1f} ms  errors {stats['errors']:>4}  serve: RSS {rss:>4} MiB, "
-          f"{open_files(pid):>5} open files, CPU {cpu:.0%} of a core\n"
-          f"  {'':<26} of which {stats['connects']:.0f} on a new connection: "
-          f"p50 {stats['connect_p50'] * 1000:.1f} ms  p99 {stats['connect_p99'] * 1000:.1f} ms")
+    print(
+        f"  {label:<26} {stats['rate']:>5.0f} req/s  p50 {stats['p50'] * 1000:>7.1f} ms  "
+        f"p99 {stats['p99'] * 1000:>7.1f} ms  errors {stats['errors']:>4}  serve: RSS {rss:>4} MiB, "
+        f"{open_files(pid):>5} open files, CPU {cpu:.0%} of a core\n"
+        f"  {'':<26} of which {stats['connects']:.0f} on a new connection: "
+        f"p50 {stats['connect_p50'] * 1000:.1f} ms  p99 {stats['connect_p99'] * 1000:.1f} ms"
+    )
 
 
 async def phases(args: argparse.Namespace, devices: list[Device], port: int, pid: int) -> list:
@@ -295,8 +320,12 @@ async def phases(args: argparse.Namespace, devices: list[Device], port: int, pid
     def total(field: int) -> int:
         return sum(counters[field::3])
 
-    bad = [multiprocessing.Process(target=bad_sockets, args=(port, share, args.reconnect_delay, counters, slot),
-                                   daemon=True) for slot, share in enumerate(shares)]
+    bad = [
+        multiprocessing.Process(
+            target=bad_sockets, args=(port, share, args.reconnect_delay, counters, slot), daemon=True
+        )
+        for slot, share in enumerate(shares)
+    ]
     started = time.monotonic()
     for process in bad:
         process.start()
@@ -307,10 +336,16 @@ async def phases(args: argparse.Namespace, devices: list[Device], port: int, pid
     print(f"  {args.bad} bad sockets connected in {time.monotonic() - started:.1f}s ({len(bad)} processes)")
     begin, closed, cpu = time.monotonic(), total(1), cpu_seconds(pid)
     await asyncio.sleep(args.duration)
-    report(f"with {args.bad} bad sockets", polls.window(begin, time.monotonic()), pid,
-           (cpu_seconds(pid) - cpu) / args.duration)
-    print(f"  bad sockets: {total(0)} open at the end, {total(1) - closed} closed by serve during the phase, "
-          f"{total(2)} connection attempts failed")
+    report(
+        f"with {args.bad} bad sockets",
+        polls.window(begin, time.monotonic()),
+        pid,
+        (cpu_seconds(pid) - cpu) / args.duration,
+    )
+    print(
+        f"  bad sockets: {total(0)} open at the end, {total(1) - closed} closed by serve during the phase, "
+        f"{total(2)} connection attempts failed"
+    )
     polls.stopped = True
     await polling
     return bad
@@ -322,8 +357,9 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--poll-interval", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of each phase")
-    parser.add_argument("--reconnect-delay", type=float, default=1.0,
-                        help="time a bad socket waits before coming back once closed")
+    parser.add_argument(
+        "--reconnect-delay", type=float, default=1.0, help="time a bad socket waits before coming back once closed"
+    )
     args = parser.parse_args()
     raise_own_file_limit(args.devices + 200)
     work = Path(tempfile.mkdtemp(prefix="campaignctl-bench-"))
@@ -333,9 +369,11 @@ def main() -> None:
         db, secrets = prepare(work, port, args.devices)
         proc = start_serve(db, port, work / "serve.log")
         devices = [Device(name, secret) for name, secret in sorted(secrets.items())]
-        print(f"campaignctl serve on 127.0.0.1:{port}: {args.devices} devices polling every {args.poll_interval:g}s "
-              f"({args.devices / args.poll_interval:.0f} req/s offered), {args.duration:g}s per phase; "
-              f"serve's open-file limit {resource.getrlimit(resource.RLIMIT_NOFILE)[1]}")
+        print(
+            f"campaignctl serve on 127.0.0.1:{port}: {args.devices} devices polling every {args.poll_interval:g}s "
+            f"({args.devices / args.poll_interval:.0f} req/s offered), {args.duration:g}s per phase; "
+            f"serve's open-file limit {resource.getrlimit(resource.RLIMIT_NOFILE)[1]}"
+        )
         bad.extend(asyncio.run(phases(args, devices, port, proc.pid)))
     finally:
         for process in bad:

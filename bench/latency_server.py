@@ -1,6 +1,6 @@
 """An HTTP API that answers every request after a fixed latency (webhook benchmark).
 
-    python bench/latency_server.py PORT [LATENCY_MS]
+python bench/latency_server.py PORT [LATENCY_MS]
 """
 
 from __future__ import annotations

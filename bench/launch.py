@@ -30,8 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (campaignctl, iso_seconds, mqtt_fleet, new_database, start_mosquitto,  # noqa: E402
-                    start_postgres)
+from common import campaignctl, iso_seconds, mqtt_fleet, new_database, start_mosquitto, start_postgres
 
 
 def raw_sqlite(path: Path, devices: int, values: dict[str, str]) -> float:
@@ -40,16 +39,22 @@ def raw_sqlite(path: Path, devices: int, values: dict[str, str]) -> float:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("CREATE TABLE job_item (job_id INTEGER, device_id INTEGER, status TEXT, revision INTEGER, "
-                 "updated_at TEXT, PRIMARY KEY (job_id, device_id)) WITHOUT ROWID")
-    conn.execute("CREATE TABLE device_config (device_id INTEGER, key TEXT, desired TEXT, desired_at TEXT, "
-                 "desired_revision INTEGER, desired_by TEXT, secret INTEGER, PRIMARY KEY (device_id, key)) WITHOUT ROWID")
+    conn.execute(
+        "CREATE TABLE job_item (job_id INTEGER, device_id INTEGER, status TEXT, revision INTEGER, "
+        "updated_at TEXT, PRIMARY KEY (job_id, device_id)) WITHOUT ROWID"
+    )
+    conn.execute(
+        "CREATE TABLE device_config (device_id INTEGER, key TEXT, desired TEXT, desired_at TEXT, "
+        "desired_revision INTEGER, desired_by TEXT, secret INTEGER, PRIMARY KEY (device_id, key)) WITHOUT ROWID"
+    )
     now = "2026-11-25T00:00:00.000000Z"
     started = time.perf_counter()
     conn.execute("BEGIN")
     conn.executemany("INSERT INTO job_item VALUES (1, ?, 'syncing', 1, ?)", ((i, now) for i in range(devices)))
-    conn.executemany("INSERT INTO device_config VALUES (?, ?, ?, ?, 1, 'job:1', 0)",
-                     ((i, k, v, now) for i in range(devices) for k, v in values.items()))
+    conn.executemany(
+        "INSERT INTO device_config VALUES (?, ?, ?, ?, 1, 'job:1', 0)",
+        ((i, k, v, now) for i in range(devices) for k, v in values.items()),
+    )
     conn.execute("COMMIT")
     elapsed = time.perf_counter() - started
     conn.close()
@@ -67,8 +72,9 @@ def raw_postgres(url: str, devices: int, values: dict[str, str]) -> float:
     with psycopg.connect(url) as conn:
         conn.execute("INSERT INTO interface (id, name, type, created_at, updated_at) VALUES (1, 'i', 'mqtt', 'x', 'x')")
         conn.execute("INSERT INTO device_type (id, name, created_at) VALUES (1, 't', 'x')")
-        with conn.cursor().copy("COPY device (id, name, device_type_id, interface_id, created_at, updated_at) "
-                                "FROM STDIN") as copy:
+        with conn.cursor().copy(
+            "COPY device (id, name, device_type_id, interface_id, created_at, updated_at) FROM STDIN"
+        ) as copy:
             for i in range(1, devices + 1):
                 copy.write_row((i, f"d{i}", 1, 1, now, now))
         conn.execute("INSERT INTO campaign (id, name, spec, created_at, updated_at) VALUES (1, 'c', '{}', 'x', 'x')")
@@ -80,8 +86,10 @@ def raw_postgres(url: str, devices: int, values: dict[str, str]) -> float:
             with cur.copy("COPY job_item (job_id, device_id, status, revision, updated_at) FROM STDIN") as copy:
                 for i in range(1, devices + 1):
                     copy.write_row((1, i, "syncing", 1, now))
-            with cur.copy("COPY device_config (device_id, key, desired, desired_at, desired_revision, desired_by, "
-                          "secret) FROM STDIN") as copy:
+            with cur.copy(
+                "COPY device_config (device_id, key, desired, desired_at, desired_revision, desired_by, "
+                "secret) FROM STDIN"
+            ) as copy:
                 for i in range(1, devices + 1):
                     for k, v in values.items():
                         copy.write_row((i, k, v, now, 1, "job:1", False))
@@ -150,11 +158,16 @@ def main() -> None:
         figures["help_s"] = min(campaignctl("--help", db=db)[0] for _ in range(5))
 
         # The raw limits, same machine, same run.
-        figures["raw_db_s"] = (raw_sqlite(work / "raw.db", n, values) if backend == "sqlite"
-                               else raw_postgres(new_database(backend, work, server, args.db), n, values))
+        figures["raw_db_s"] = (
+            raw_sqlite(work / "raw.db", n, values)
+            if backend == "sqlite"
+            else raw_postgres(new_database(backend, work, server, args.db), n, values)
+        )
         payload_values = ",".join(f'"{k}":{v}' for k, v in sorted(values.items()))
-        payloads = [(f"raw/sensor-{i:07d}/config", f'{{"configuration":{{{payload_values}}},"version":7}}'.encode())
-                    for i in range(n)]
+        payloads = [
+            (f"raw/sensor-{i:07d}/config", f'{{"configuration":{{{payload_values}}},"version":7}}'.encode())
+            for i in range(n)
+        ]
         figures["raw_paho_s"] = raw_paho(port, payloads)
     finally:
         broker.terminate()
@@ -172,15 +185,24 @@ def main() -> None:
         return
     rows = [
         ("devices imported (CSV)", f"{figures['import_s']:.2f} s", ""),
-        ("write step (desired entries + job items)", f"{figures['write_s']:.2f} s",
-         f"{figures['write_vs_raw']:.2f}× raw {'sqlite3' if backend == 'sqlite' else 'COPY'} "
-         f"({figures['raw_db_s']:.2f} s), target ≤ 3×"),
-        ("delivery step (QoS 1, retained)", f"{figures['deliver_s']:.2f} s",
-         f"{figures['deliver_vs_raw']:.2f}× raw paho ({figures['raw_paho_s']:.2f} s), target ≤ 2×"),
+        (
+            "write step (desired entries + job items)",
+            f"{figures['write_s']:.2f} s",
+            f"{figures['write_vs_raw']:.2f}× raw {'sqlite3' if backend == 'sqlite' else 'COPY'} "
+            f"({figures['raw_db_s']:.2f} s), target ≤ 3×",
+        ),
+        (
+            "delivery step (QoS 1, retained)",
+            f"{figures['deliver_s']:.2f} s",
+            f"{figures['deliver_vs_raw']:.2f}× raw paho ({figures['raw_paho_s']:.2f} s), target ≤ 2×",
+        ),
         ("launch command, wall", f"{figures['launch_wall_s']:.2f} s", "target ≤ 5 s at 100k"),
         ("launch peak memory", f"{figures['launch_peak_rss_mb']:.0f} MB", "target < 500 MB"),
-        ("status (table)", f"{figures['status_table_s']:.2f} s",
-         f"target < 0.5 s; start-up (campaignctl list): {figures['list_s']:.2f} s"),
+        (
+            "status (table)",
+            f"{figures['status_table_s']:.2f} s",
+            f"target < 0.5 s; start-up (campaignctl list): {figures['list_s']:.2f} s",
+        ),
         ("status -o json", f"{figures['status_json_s']:.2f} s", "target < 1 s"),
         ("campaignctl --help", f"{figures['help_s'] * 1000:.0f} ms", "target < 200 ms"),
     ]

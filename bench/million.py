@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import campaignctl, mqtt_fleet, new_database, start_mosquitto  # noqa: E402
+from common import campaignctl, mqtt_fleet, new_database, start_mosquitto
 
 
 def main() -> None:
@@ -34,12 +34,14 @@ def main() -> None:
     try:
         db = new_database("sqlite", work, None)
         mqtt_fleet(work, db, args.devices, port, args.keys)
-        for label, command in [("devices import (CSV)", ("devices", "import", str(work / "devices.csv"))),
-                               ("create", ("create", "-f", str(work / "campaign.yaml"))),
-                               ("launch", ("launch", "bench")),
-                               ("status (table)", ("status", "bench")),
-                               ("status -o json", ("status", "bench", "-o", "json")),
-                               ("db status (start-up reference)", ("db", "status"))]:
+        for label, command in [
+            ("devices import (CSV)", ("devices", "import", str(work / "devices.csv"))),
+            ("create", ("create", "-f", str(work / "campaign.yaml"))),
+            ("launch", ("launch", "bench")),
+            ("status (table)", ("status", "bench")),
+            ("status -o json", ("status", "bench", "-o", "json")),
+            ("db status (start-up reference)", ("db", "status")),
+        ]:
             seconds, rss, _ = campaignctl(*command, db=db)
             steps.append((label, seconds, rss))
     finally:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import campaignctl, free_port, mqtt_fleet, new_database, start_postgres  # noqa: E402
+from common import campaignctl, free_port, mqtt_fleet, new_database, start_postgres
 
 
 def raw_read(db: str, keys: list[str]) -> float:
@@ -51,8 +51,10 @@ def already_set(url: str, value: str, count: int) -> None:
     engine = db.create_engine(url)
     with db.write(engine) as conn:
         revision = store.next_revision(conn)
-        store.write_desired(conn, [(device_id, "key_1", value, db.utcnow(), revision, "user", False)
-                                   for device_id in range(1, count + 1)])
+        store.write_desired(
+            conn,
+            [(device_id, "key_1", value, db.utcnow(), revision, "user", False) for device_id in range(1, count + 1)],
+        )
 
 
 def main() -> None:
@@ -71,7 +73,8 @@ def main() -> None:
         text = (work / "campaign.yaml").read_text()
         (work / "campaign.yaml").write_text(
             text + "rollout:\n  batches: [1%, 10%, 50%, 100%]\n  canary: {tags: {ring: canary}}\n"
-            "  bake_time: 30m\n  max_per_minute: 20000\n")
+            "  bake_time: 30m\n  max_per_minute: 20000\n"
+        )
         campaignctl("create", "-f", str(work / "campaign.yaml"), db=db)
         already_set(db, text.split("key_1: ")[1].split("\n")[0], 2000)
         keys = [f"key_{k}" for k in range(args.keys)]
@@ -83,11 +86,14 @@ def main() -> None:
             rows.append((label, seconds, rss))
         # A running campaign setting key_0 on every device: every device conflicts.
         (work / "other.yaml").write_text(
-            "name: other\ndevices: {selector: {type: sensor-v2}}\nconfigurations: {key_0: 1}\n")
+            "name: other\ndevices: {selector: {type: sensor-v2}}\nconfigurations: {key_0: 1}\n"
+        )
         campaignctl("create", "-f", str(work / "other.yaml"), db=db)
         campaignctl("launch", "other", "--detach", db=db)
-        for label, command in [("plan, 100k conflicts (table)", ("plan", "bench")),
-                               ("plan, 100k conflicts -o json", ("plan", "bench", "-o", "json"))]:
+        for label, command in [
+            ("plan, 100k conflicts (table)", ("plan", "bench")),
+            ("plan, 100k conflicts -o json", ("plan", "bench", "-o", "json")),
+        ]:
             seconds, rss, _ = campaignctl(*command, db=db)
             rows.append((label, seconds, rss))
     finally:

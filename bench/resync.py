@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import campaignctl, iso_seconds, mqtt_fleet, new_database, start_mosquitto  # noqa: E402
+from common import campaignctl, iso_seconds, mqtt_fleet, new_database, start_mosquitto
 
 
 def restart(broker: subprocess.Popen, work: Path, port: int) -> subprocess.Popen:

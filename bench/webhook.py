@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import campaignctl, free_port, iso_seconds  # noqa: E402
+from common import campaignctl, free_port, iso_seconds
 
 
 def run(work: Path, port: int, devices: int, concurrency: int) -> float:
@@ -26,14 +26,16 @@ def run(work: Path, port: int, devices: int, concurrency: int) -> float:
     (work / "fleet.yaml").write_text(
         "interfaces:\n  api:\n    type: webhook\n"
         f"    url: 'http://127.0.0.1:{port}/things/{{device}}/desired'\n    method: PUT\n"
-        f"    concurrency: {concurrency}\ndevice_types:\n  thing: {{}}\ndevices: []\n")
+        f"    concurrency: {concurrency}\ndevice_types:\n  thing: {{}}\ndevices: []\n"
+    )
     with open(work / "devices.csv", "w") as f:
         f.write("name,type,interface,tags\n")
         f.writelines(f"thing-{i:06d},thing,api,\n" for i in range(devices))
     campaignctl("devices", "import", str(work / "fleet.yaml"), db=db)
     campaignctl("devices", "import", str(work / "devices.csv"), db=db)
-    (work / "c.yaml").write_text("name: push\ndevices: {selector: {type: thing}}\n"
-                                 "configurations: {mode: eco, interval: 30}\n")
+    (work / "c.yaml").write_text(
+        "name: push\ndevices: {selector: {type: thing}}\nconfigurations: {mode: eco, interval: 30}\n"
+    )
     campaignctl("create", "-f", str(work / "c.yaml"), db=db)
     _, _, out = campaignctl("launch", "push", "-o", "json", db=db)
     job = json.loads(out)
@@ -49,8 +51,11 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="campaignctl-bench-"))
     port = free_port()
-    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "latency_server.py"), str(port),
-                               str(args.latency_ms)], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "latency_server.py"), str(port), str(args.latency_ms)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert server.stdout.readline().strip() == "ready"
         sequential = run(work, port, max(20, int(3000 / args.latency_ms)), 1)
@@ -59,9 +64,11 @@ def main() -> None:
         print(f"  {'concurrency 1 (sequential)':<28} {sequential:>8.0f} /s   (ideal {ideal:.0f}/s)")
         for concurrency in args.concurrency:
             rate = run(work, port, args.devices, concurrency)
-            print(f"  {f'concurrency {concurrency}':<28} {rate:>8.0f} /s   "
-                  f"{rate / sequential:.0f}× sequential, {rate / (ideal * concurrency):.0%} of ideal "
-                  f"({args.devices} devices)")
+            print(
+                f"  {f'concurrency {concurrency}':<28} {rate:>8.0f} /s   "
+                f"{rate / sequential:.0f}× sequential, {rate / (ideal * concurrency):.0%} of ideal "
+                f"({args.devices} devices)"
+            )
     finally:
         server.terminate()
         server.wait()

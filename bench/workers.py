@@ -23,13 +23,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import campaignctl, iso_seconds, new_database, start_mosquitto, start_postgres  # noqa: E402
+from common import campaignctl, iso_seconds, new_database, start_mosquitto, start_postgres
 
 
 def run_once(db: str, name: str, workers: int, shard_size: int) -> dict[str, float]:
     env = dict(os.environ, CAMPAIGNCTL_DB=db)
-    proc = subprocess.Popen([sys.executable, "-m", "campaignctl", "run", "--interval", "0.2", "--processes",
-                             str(workers)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "campaignctl", "run", "--interval", "0.2", "--processes", str(workers)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(1.5)  # the workers import and connect before the clock starts
         started = time.perf_counter()
@@ -46,8 +50,11 @@ def run_once(db: str, name: str, workers: int, shard_size: int) -> dict[str, flo
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     assert job["counts"]["delivered"] == job["total"], job["counts"]
-    return {"deliver_s": iso_seconds(job["written_at"], job["finished_at"]), "wall_s": wall,
-            "workers_seen": len({s["worker"] for s in job["shards"]})}
+    return {
+        "deliver_s": iso_seconds(job["written_at"], job["finished_at"]),
+        "wall_s": wall,
+        "workers_seen": len({s["worker"] for s in job["shards"]}),
+    }
 
 
 def main() -> None:
@@ -66,7 +73,8 @@ def main() -> None:
     try:
         (work / "fleet.yaml").write_text(
             f"interfaces:\n  broker: {{type: mqtt, url: 'mqtt://127.0.0.1:{port}', topic_prefix: bench}}\n"
-            "device_types:\n  sensor-v2: {}\ndevices: []\n")
+            "device_types:\n  sensor-v2: {}\ndevices: []\n"
+        )
         with open(work / "devices.csv", "w") as f:
             f.write("name,type,interface\n")
             f.writelines(f"sensor-{i:07d},sensor-v2,broker\n" for i in range(args.devices))
@@ -79,7 +87,8 @@ def main() -> None:
                 name = f"bench-{workers}"
                 (work / f"{name}.yaml").write_text(
                     f"name: {name}\ndevices: {{selector: {{type: sensor-v2}}}}\n"
-                    f"configurations: {{url: 'https://assets.example.com/fw/{name}.bin', mode: eco}}\n")
+                    f"configurations: {{url: 'https://assets.example.com/fw/{name}.bin', mode: eco}}\n"
+                )
                 campaignctl("create", "-f", str(work / f"{name}.yaml"), db=db)
                 results[backend][workers] = run_once(db, name, workers, args.shard_size)
     finally:
@@ -91,14 +100,18 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"distributed delivery, {args.devices} devices, shards of {args.shard_size}, mosquitto on 127.0.0.1, "
-          f"{os.cpu_count()} cores")
+    print(
+        f"distributed delivery, {args.devices} devices, shards of {args.shard_size}, mosquitto on 127.0.0.1, "
+        f"{os.cpu_count()} cores"
+    )
     for backend, by_workers in results.items():
         base = by_workers[min(by_workers)]["deliver_s"]
         for workers, r in by_workers.items():
-            print(f"  {backend:<10} {workers} worker(s): delivery {r['deliver_s']:6.2f} s "
-                  f"(speed-up {base / r['deliver_s']:.2f}×, {r['workers_seen']:.0f} worker(s) delivered shards), "
-                  f"launch to completed {r['wall_s']:6.2f} s")
+            print(
+                f"  {backend:<10} {workers} worker(s): delivery {r['deliver_s']:6.2f} s "
+                f"(speed-up {base / r['deliver_s']:.2f}×, {r['workers_seen']:.0f} worker(s) delivered shards), "
+                f"launch to completed {r['wall_s']:6.2f} s"
+            )
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from campaignctl import db, dialect
-from campaignctl.errors import ConflictError, InputError, NotFoundError
+from campaignctl.errors import ConflictError, InputError
 from campaignctl.spec import CampaignSpec
+from campaignctl.suggest import not_found, suggestion
 from campaignctl.values import canonical, mask
 
 if TYPE_CHECKING:
@@ -53,32 +54,49 @@ def resolve_devices(conn: "Connection", spec: CampaignSpec, fail: Fail) -> list[
     if names:
         found: dict[str, tuple[int, int]] = {}
         for start in range(0, len(names), CHUNK):
-            for r in db.run(conn, "SELECT name, id, device_type_id FROM device WHERE name IN :names",
-                            {"names": names[start : start + CHUNK]}, "names"):
+            for r in db.run(
+                conn,
+                "SELECT name, id, device_type_id FROM device WHERE name IN :names",
+                {"names": names[start : start + CHUNK]},
+                "names",
+            ):
                 found[r[0]] = (r[1], r[2])
         missing = [n for n in names if n not in found]
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise fail(f"unknown device(s): {shown}", ("devices", "names", names.index(missing[0])))
+            hint = suggestion(conn, "device", missing[0]) if len(missing) == 1 else ""
+            raise fail(f"unknown device(s): {shown}{hint}", ("devices", "names", names.index(missing[0])))
         selected.update(found.values())
     if spec.selector is not None:
         from campaignctl.fleet import device_filter
 
         sel = spec.selector
-        if sel.get("type") is not None and db.run(
-            conn, "SELECT 1 FROM device_type WHERE name = :name", {"name": sel["type"]}
-        ).first() is None:
-            raise fail(f"unknown device type {sel['type']!r}", ("devices", "selector", "type"))
+        if (
+            sel.get("type") is not None
+            and db.run(conn, "SELECT 1 FROM device_type WHERE name = :name", {"name": sel["type"]}).first() is None
+        ):
+            raise fail(
+                f"unknown device type {sel['type']!r}" + suggestion(conn, "device_type", sel["type"]),
+                ("devices", "selector", "type"),
+            )
         where, params = device_filter(conn, type=sel.get("type"), tags=sel.get("tags"))
-        selected.update((r[0], r[1]) for r in db.run(conn, f"SELECT d.id, d.device_type_id FROM device d {where}",
-                                                     params))
+        selected.update(
+            (r[0], r[1]) for r in db.run(conn, f"SELECT d.id, d.device_type_id FROM device d {where}", params)
+        )
     if not selected:
         raise fail("the campaign selects no device", ("devices",))
     return sorted(selected.items())
 
 
-def build_plan(conn: "Connection", spec: CampaignSpec, type_ids: set[int], fail: Fail, *,
-               problems: dict[int, str] | None = None, dry_run: bool = False) -> dict[str, Any]:
+def build_plan(
+    conn: "Connection",
+    spec: CampaignSpec,
+    type_ids: set[int],
+    fail: Fail,
+    *,
+    problems: dict[int, str] | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
     """The values per device type: the campaign's, plus the firmware registry's, plus the
     keys a rollback puts back (value None: each device's own value from before).
 
@@ -104,23 +122,32 @@ def build_plan(conn: "Connection", spec: CampaignSpec, type_ids: set[int], fail:
             keys = db.run(
                 conn,
                 "SELECT version_key, url_key, token_key FROM firmware_type "
-                "WHERE device_type_id = :type_id AND name = :name", {"type_id": type_id, "name": fw_type}).first()
+                "WHERE device_type_id = :type_id AND name = :name",
+                {"type_id": type_id, "name": fw_type},
+            ).first()
             if keys is None:
-                missing[type_id] = fail(f"device type {types[type_id]!r} has no firmware type {fw_type!r}",
-                                        ("firmware", "type"))
+                missing[type_id] = fail(
+                    f"device type {types[type_id]!r} has no firmware type {fw_type!r}", ("firmware", "type")
+                )
                 continue
             fw = db.run(
                 conn,
                 "SELECT url, token, recalled_at, recall_reason FROM firmware "
                 "WHERE device_type_id = :type_id AND firmware_type = :firmware_type AND version = :version",
-                {"type_id": type_id, "firmware_type": fw_type, "version": version}).first()
+                {"type_id": type_id, "firmware_type": fw_type, "version": version},
+            ).first()
             if fw is None:
-                missing[type_id] = fail(f"no {fw_type} firmware {version!r} for device type {types[type_id]!r} in "
-                                        "the registry (campaignctl firmwares add)", ("firmware", "version"))
+                missing[type_id] = fail(
+                    f"no {fw_type} firmware {version!r} for device type {types[type_id]!r} in "
+                    "the registry (campaignctl firmwares add)",
+                    ("firmware", "version"),
+                )
                 continue
             if fw.recalled_at is not None:
-                recalled = (f"{types[type_id]} {fw_type} firmware {version} was recalled at {fw.recalled_at}: "
-                            f"{fw.recall_reason}")
+                recalled = (
+                    f"{types[type_id]} {fw_type} firmware {version} was recalled at {fw.recalled_at}: "
+                    f"{fw.recall_reason}"
+                )
                 if not dry_run or problems is None:
                     raise fail(recalled + " (campaignctl firmwares unrecall)", ("firmware", "version"))
                 problems[type_id] = recalled
@@ -131,12 +158,14 @@ def build_plan(conn: "Connection", spec: CampaignSpec, type_ids: set[int], fail:
                 secret.add(keys.token_key)
             for key, value in filled.items():
                 if key in configurations:
-                    raise fail(f"{key} is set both here and by the firmware {fw_type} {version}",
-                               ("configurations", key))
+                    raise fail(
+                        f"{key} is set both here and by the firmware {fw_type} {version}", ("configurations", key)
+                    )
                 configurations[key] = canonical(value)
             if keys.version_key in expected and expected[keys.version_key] != canonical(version):
-                raise fail(f"{keys.version_key} must be the firmware version {version!r}",
-                           ("expected_state", keys.version_key))
+                raise fail(
+                    f"{keys.version_key} must be the firmware version {version!r}", ("expected_state", keys.version_key)
+                )
             expected[keys.version_key] = canonical(version)
             firmware_keys = [keys.version_key, keys.url_key] + ([keys.token_key] if keys.token_key else [])
         restore_job = None
@@ -148,9 +177,14 @@ def build_plan(conn: "Connection", spec: CampaignSpec, type_ids: set[int], fail:
                     configurations[key] = None  # each device's own value from before
                     if key in source["secret"]:
                         secret.add(key)
-        plan[str(type_id)] = {"type": types[type_id], "configurations": configurations,
-                              "expected_state": expected, "secret": sorted(secret),
-                              "firmware_keys": firmware_keys, "restore_job": restore_job}
+        plan[str(type_id)] = {
+            "type": types[type_id],
+            "configurations": configurations,
+            "expected_state": expected,
+            "secret": sorted(secret),
+            "firmware_keys": firmware_keys,
+            "restore_job": restore_job,
+        }
     if missing and not plan and not (dry_run and problems):
         raise next(iter(missing.values()))
     for type_id, exc in missing.items():
@@ -163,11 +197,13 @@ def _restore_source(conn: "Connection", spec: CampaignSpec, fail: Fail) -> tuple
     """The job whose before-values a rollback puts back, and its plan."""
     row = db.run(conn, "SELECT id, status FROM campaign WHERE name = :name", {"name": spec.rollback_of}).first()
     if row is None:
-        raise fail(f"no campaign named {spec.rollback_of!r}", ("rollback_of",))
+        raise fail(
+            f"no campaign named {spec.rollback_of!r}" + suggestion(conn, "campaign", str(spec.rollback_of)),
+            ("rollback_of",),
+        )
     job = db.run(conn, "SELECT id, plan FROM job WHERE campaign_id = :id ORDER BY id DESC", {"id": row.id}).first()
     if job is None:
-        raise fail(f"campaign {spec.rollback_of!r} was never launched: there is nothing to roll back",
-                   ("rollback_of",))
+        raise fail(f"campaign {spec.rollback_of!r} was never launched: there is nothing to roll back", ("rollback_of",))
     return job.id, db.loads(job.plan, dict)
 
 
@@ -185,9 +221,15 @@ def canaries(conn: "Connection", spec: CampaignSpec, ids: set[int], fail: Fail) 
     if not canary:
         return set()
     selector = {"type": canary.get("type"), "tags": canary.get("tags") or {}}
-    probe = CampaignSpec(name=spec.name, description=None, names=canary.get("names") or [],
-                         selector=selector if (selector["type"] or selector["tags"]) else None,
-                         configurations={}, expected_state={}, firmware=None)
+    probe = CampaignSpec(
+        name=spec.name,
+        description=None,
+        names=canary.get("names") or [],
+        selector=selector if (selector["type"] or selector["tags"]) else None,
+        configurations={},
+        expected_state={},
+        firmware=None,
+    )
 
     nothing = "the canary selector picks none of the campaign's devices"
 
@@ -198,7 +240,9 @@ def canaries(conn: "Connection", spec: CampaignSpec, ids: set[int], fail: Fail) 
         rest = path[2:] if path[1:2] == ("selector",) else path[1:]
         return fail(message, ("rollout", "canary", *rest))
 
-    found = {d for d, _ in resolve_devices(conn, probe, canary_fail)} & ids if (probe.names or probe.selector) else set()
+    found = (
+        {d for d, _ in resolve_devices(conn, probe, canary_fail)} & ids if (probe.names or probe.selector) else set()
+    )
     if not found:
         raise fail(nothing, ("rollout", "canary"))
     return found
@@ -228,21 +272,32 @@ def create(engine: "Engine", spec: CampaignSpec) -> ApplyResult:
 
 def insert_validated(conn: "Connection", spec: CampaignSpec, fail: Fail) -> None:
     """Create a draft the library built (a rollback), in the caller's transaction."""
-    if _row(conn, spec.name, required=False) is not None or not (_validate(conn, spec, fail) and
-                                                                   _insert(conn, spec, db.utcnow())):
+    if _row(conn, spec.name, required=False) is not None or not (
+        _validate(conn, spec, fail) and _insert(conn, spec, db.utcnow())
+    ):
         raise _exists(spec.name)
 
 
 def _insert(conn: "Connection", spec: CampaignSpec, now: str) -> bool:
     """Insert a draft; False when a campaign of that name exists (another process may
     have created it since this transaction looked)."""
-    return bool(db.run(
-        conn,
-        "INSERT INTO campaign (name, description, status, spec, secret_keys, created_at, updated_at, rollback_of) "
-        "VALUES (:name, :description, 'draft', :spec, :secret_keys, :now, :now, :rollback_of) "
-        "ON CONFLICT (name) DO NOTHING",
-        {"name": spec.name, "description": spec.description, "spec": spec.to_json(),
-         "secret_keys": json.dumps(spec.secret_keys), "now": now, "rollback_of": spec.rollback_of}).rowcount == 1)
+    return bool(
+        db.run(
+            conn,
+            "INSERT INTO campaign (name, description, status, spec, secret_keys, created_at, updated_at, rollback_of) "
+            "VALUES (:name, :description, 'draft', :spec, :secret_keys, :now, :now, :rollback_of) "
+            "ON CONFLICT (name) DO NOTHING",
+            {
+                "name": spec.name,
+                "description": spec.description,
+                "spec": spec.to_json(),
+                "secret_keys": json.dumps(spec.secret_keys),
+                "now": now,
+                "rollback_of": spec.rollback_of,
+            },
+        ).rowcount
+        == 1
+    )
 
 
 def apply(engine: "Engine", spec: CampaignSpec) -> ApplyResult:
@@ -254,8 +309,9 @@ def apply(engine: "Engine", spec: CampaignSpec) -> ApplyResult:
         if row is None:
             _validate(conn, spec, _fail_for(spec))
             if not _insert(conn, spec, now):
-                raise ConflictError(f"campaign {spec.name!r} was created by another process meanwhile; "
-                                    "apply again to update it")
+                raise ConflictError(
+                    f"campaign {spec.name!r} was created by another process meanwhile; apply again to update it"
+                )
             return ApplyResult(spec.name, "created", [])
         current = CampaignSpec.from_json(row.spec, db.loads(row.secret_keys, list))
         changes = _diff(current, spec)
@@ -264,15 +320,24 @@ def apply(engine: "Engine", spec: CampaignSpec) -> ApplyResult:
                 return ApplyResult(spec.name, "unchanged", [])
             raise ConflictError(
                 f"campaign {spec.name!r} was launched ({row.status}) and can no longer be changed "
-                f"(would change: {', '.join(changes)}); create a campaign with a new name")
+                f"(would change: {', '.join(changes)}); create a campaign with a new name"
+            )
         if not changes:
             return ApplyResult(spec.name, "unchanged", [])
         _validate(conn, spec, _fail_for(spec))
-        db.run(conn,
-               "UPDATE campaign SET description = :description, spec = :spec, secret_keys = :secret_keys, "
-               "updated_at = :now, rollback_of = :rollback_of WHERE id = :id",
-               {"description": spec.description, "spec": spec.to_json(), "secret_keys": json.dumps(spec.secret_keys),
-                "now": now, "rollback_of": spec.rollback_of, "id": row.id})
+        db.run(
+            conn,
+            "UPDATE campaign SET description = :description, spec = :spec, secret_keys = :secret_keys, "
+            "updated_at = :now, rollback_of = :rollback_of WHERE id = :id",
+            {
+                "description": spec.description,
+                "spec": spec.to_json(),
+                "secret_keys": json.dumps(spec.secret_keys),
+                "now": now,
+                "rollback_of": spec.rollback_of,
+                "id": row.id,
+            },
+        )
     return ApplyResult(spec.name, "updated", changes)
 
 
@@ -310,9 +375,11 @@ def _row(conn: "Connection", name: str, *, required: bool = True, lock: bool = F
     row = db.run(
         conn,
         "SELECT id, name, description, status, spec, secret_keys, created_at, updated_at, launched_at, completed_at "
-        "FROM campaign WHERE name = :name" + (dialect.for_update(conn) if lock else ""), {"name": name}).one_or_none()
+        "FROM campaign WHERE name = :name" + (dialect.for_update(conn) if lock else ""),
+        {"name": name},
+    ).one_or_none()
     if row is None and required:
-        raise NotFoundError(f"no campaign named {name!r}")
+        raise not_found(conn, "campaign", name)
     return row
 
 
@@ -337,18 +404,32 @@ def list_campaigns(engine: "Engine") -> list[dict[str, Any]]:
             conn,
             "SELECT c.name, c.status, c.description, c.created_at, c.launched_at, c.completed_at, "
             "j.id, j.status, j.total FROM campaign c "
-            "LEFT JOIN job j ON j.id = (SELECT max(id) FROM job WHERE campaign_id = c.id) ORDER BY c.created_at, c.id"
+            "LEFT JOIN job j ON j.id = (SELECT max(id) FROM job WHERE campaign_id = c.id) ORDER BY c.created_at, c.id",
         ).all()
-    return [{"name": r[0], "status": r[1], "description": r[2], "created_at": r[3], "launched_at": r[4],
-             "completed_at": r[5], "job": None if r[6] is None else {"id": r[6], "status": r[7]},
-             "devices": r[8]} for r in rows]
+    return [
+        {
+            "name": r[0],
+            "status": r[1],
+            "description": r[2],
+            "created_at": r[3],
+            "launched_at": r[4],
+            "completed_at": r[5],
+            "job": None if r[6] is None else {"id": r[6], "status": r[7]},
+            "devices": r[8],
+        }
+        for r in rows
+    ]
 
 
 def show(engine: "Engine", name: str, *, show_secrets: bool = False) -> dict[str, Any]:
     with db.read(engine) as conn:
         row, spec = get_spec(conn, name)
-        jobs = [{"id": r[0], "status": r[1], "total": r[2]} for r in db.run(
-            conn, "SELECT id, status, total FROM job WHERE campaign_id = :id ORDER BY id", {"id": row.id})]
+        jobs = [
+            {"id": r[0], "status": r[1], "total": r[2]}
+            for r in db.run(
+                conn, "SELECT id, status, total FROM job WHERE campaign_id = :id ORDER BY id", {"id": row.id}
+            )
+        ]
         try:
             devices = len(resolve_devices(conn, spec, fail_stored(name))) if not jobs else jobs[-1]["total"]
         except InputError:
@@ -359,10 +440,14 @@ def show(engine: "Engine", name: str, *, show_secrets: bool = False) -> dict[str
         "description": row.description,
         "status": row.status,
         "devices": {"names": spec.names, "selector": spec.selector, "count": devices},
-        "configurations": {k: mask(v, f"configurations.{k}" in secret, show_secrets=show_secrets)
-                           for k, v in spec.configurations.items()},
-        "expected_state": {k: mask(v, f"expected_state.{k}" in secret, show_secrets=show_secrets)
-                           for k, v in spec.expected_state.items()},
+        "configurations": {
+            k: mask(v, f"configurations.{k}" in secret, show_secrets=show_secrets)
+            for k, v in spec.configurations.items()
+        },
+        "expected_state": {
+            k: mask(v, f"expected_state.{k}" in secret, show_secrets=show_secrets)
+            for k, v in spec.expected_state.items()
+        },
         "firmware": spec.firmware,
         "start_at": spec.start_at,
         "rollout": spec.rollout,

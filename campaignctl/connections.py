@@ -91,16 +91,19 @@ def connection_cap(requested: int | None, file_limit: int) -> int:
     if requested < 1:
         raise InputError("--max-connections must be at least 1")
     if requested > allowed:
-        raise InputError(f"--max-connections {requested} is above what the open-file limit allows: {allowed} "
-                         f"(limit {file_limit}, less {file_reserve(file_limit)} kept for bursts of new connections, "
-                         f"the database, MQTT and logs; raise it with ulimit -n)")
+        raise InputError(
+            f"--max-connections {requested} is above what the open-file limit allows: {allowed} "
+            f"(limit {file_limit}, less {file_reserve(file_limit)} kept for bursts of new connections, "
+            f"the database, MQTT and logs; raise it with ulimit -n)"
+        )
     return requested
 
 
 _BUSY = b"Service Unavailable: too many connections"
-_REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
-            b"connection: close\r\ncontent-length: %d\r\n\r\n{\"error\": \"%s\"}"
-            % (len(_BUSY) + 13, _BUSY))
+_REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+    b'connection: close\r\ncontent-length: %d\r\n\r\n{"error": "%s"}' % (len(_BUSY) + 13, _BUSY)
+)
 
 
 def guarded_protocol(limits: Limits) -> type[H11Protocol]:
@@ -130,11 +133,11 @@ class _Guarded(H11Protocol):
         # time out in the same instant: closing thousands at once stalls the event loop,
         # and every device's request waits behind it. Each gets up to a quarter more.
         spread = random.uniform(1.0, 1.0 + TIMEOUT_SPREAD)
-        self.timeout_keep_alive = self.limits.keep_alive * spread
+        self.timeout_keep_alive = self.limits.keep_alive * spread  # type: ignore[assignment]  # uvicorn takes floats
         self.header_timeout = self.limits.header_timeout * spread
         self.refused = False
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections and not self._evict_one():
             self._refuse()
@@ -192,16 +195,17 @@ class _Guarded(H11Protocol):
         """Close the connection waiting longest for a request to make room; False if none is."""
         if not self.waiting:
             return False
-        log.warning("at the connection limit (%d): closed the connection idle the longest",
-                    self.limits.max_connections)
+        log.warning("at the connection limit (%d): closed the connection idle the longest", self.limits.max_connections)
         next(iter(self.waiting))._close()
         return True
 
     def _refuse(self) -> None:
         """Answer 503 before the request is read, then close softly: closing at once with the
         request unread would reset the connection and lose the answer on the way."""
-        log.warning("at the connection limit (%d), every connection busy with a request: answered 503",
-                    self.limits.max_connections)
+        log.warning(
+            "at the connection limit (%d), every connection busy with a request: answered 503",
+            self.limits.max_connections,
+        )
         self.refused = True
         self.transport.write(_REFUSAL)
         if self.transport.can_write_eof():

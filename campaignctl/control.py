@@ -10,20 +10,23 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from campaignctl import db, dialect, jobs
-from campaignctl.errors import ConflictError, InputError, NotFoundError
+from campaignctl.errors import ConflictError, InputError
 from campaignctl.rollout import Rollout
+from campaignctl.suggest import not_found
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
+
 
 def campaign_row(conn: "Connection", name: str) -> Any:
     """The campaign's id, name, status and reason; locked in a write transaction, so
     that two users' commands on it happen one after the other."""
     lock = dialect.for_update(conn) if conn.get_execution_options().get("write") else ""
-    row = db.run(conn, "SELECT id, name, status, reason FROM campaign WHERE name = :name" + lock,
-                 {"name": name}).one_or_none()
+    row = db.run(
+        conn, "SELECT id, name, status, reason FROM campaign WHERE name = :name" + lock, {"name": name}
+    ).one_or_none()
     if row is None:
-        raise NotFoundError(f"no campaign named {name!r}")
+        raise not_found(conn, "campaign", name)
     return row
 
 
@@ -42,8 +45,11 @@ def mark_paused(conn: "Connection", name: str, reason: str) -> None:
     """Pause a scheduled, running or paused campaign with this reason, in the caller's
     write transaction (a scheduled one goes back to scheduled when resumed)."""
     row = campaign_row(conn, name)
-    db.run(conn, "UPDATE campaign SET status = 'paused', reason = :reason, updated_at = :now WHERE id = :id",
-           {"reason": reason, "now": db.utcnow(), "id": row.id})
+    db.run(
+        conn,
+        "UPDATE campaign SET status = 'paused', reason = :reason, updated_at = :now WHERE id = :id",
+        {"reason": reason, "now": db.utcnow(), "id": row.id},
+    )
     db.run(conn, "UPDATE job SET status = 'paused' WHERE campaign_id = :id AND step != 'done'", {"id": row.id})
 
 
@@ -58,23 +64,59 @@ def resume(engine: "Engine", name: str) -> int | None:
             raise ConflictError(f"campaign {name!r} is {row.status}: only a paused campaign can be resumed")
         job_id = jobs.latest_job(conn, row.id)
         if job_id is None:  # paused before it started (a firmware recall): scheduled again
-            db.run(conn, "UPDATE campaign SET status = 'scheduled', reason = NULL, updated_at = :now WHERE id = :id",
-                   {"now": stamp, "id": row.id})
+            _refuse_recalled(conn, name, None)
+            db.run(
+                conn,
+                "UPDATE campaign SET status = 'scheduled', reason = NULL, updated_at = :now WHERE id = :id",
+                {"now": stamp, "id": row.id},
+            )
             return None
-        db.run(conn, "UPDATE campaign SET status = 'running', reason = NULL, updated_at = :now WHERE id = :id",
-               {"now": stamp, "id": row.id})
-        tripped = db.run(conn, "SELECT number, delivered_at FROM job_batch WHERE job_id = :job AND status = 'tripped'",
-                         {"job": job_id}).first()
+        _refuse_recalled(conn, name, job_id)
+        db.run(
+            conn,
+            "UPDATE campaign SET status = 'running', reason = NULL, updated_at = :now WHERE id = :id",
+            {"now": stamp, "id": row.id},
+        )
+        tripped = db.run(
+            conn,
+            "SELECT number, delivered_at FROM job_batch WHERE job_id = :job AND status = 'tripped'",
+            {"job": job_id},
+        ).first()
         if tripped is not None:
-            pending = db.run(conn, "SELECT count(*) FROM job_item WHERE job_id = :job AND batch = :batch "
-                             "AND status = 'pending'", {"job": job_id, "batch": tripped[0]}).scalar()
+            pending = db.run(
+                conn,
+                "SELECT count(*) FROM job_item WHERE job_id = :job AND batch = :batch AND status = 'pending'",
+                {"job": job_id, "batch": tripped[0]},
+            ).scalar()
             # Back to the phase it tripped in: releasing, delivering, or baking.
             phase = "releasing" if pending else "baking" if tripped[1] else "delivering"
-            db.run(conn, "UPDATE job_batch SET status = :phase, accepted = true, finished_at = NULL, "
-                   "reason = 'resumed by a user after: ' || coalesce(reason, '') WHERE job_id = :job AND number = :number",
-                   {"phase": phase, "job": job_id, "number": tripped[0]})
+            db.run(
+                conn,
+                "UPDATE job_batch SET status = :phase, accepted = true, finished_at = NULL, "
+                "reason = 'resumed by a user after: ' || coalesce(reason, '') WHERE job_id = :job AND number = :number",
+                {"phase": phase, "job": job_id, "number": tripped[0]},
+            )
         db.run(conn, "UPDATE job SET status = 'in_progress' WHERE id = :id", {"id": job_id})
     return job_id
+
+
+def _refuse_recalled(conn: "Connection", name: str, job_id: int | None) -> None:
+    """A campaign paused because its firmware was recalled resumes once the recall is
+    lifted, not before."""
+    from campaignctl.campaigns import fail_stored, get_spec, resolve_devices
+    from campaignctl.firmwares import recalled_in
+
+    _row, spec = get_spec(conn, name)
+    if not spec.firmware:
+        return
+    if job_id is not None:
+        plan = db.loads(db.run(conn, "SELECT plan FROM job WHERE id = :id", {"id": job_id}).scalar_one(), dict)
+        types = {int(t) for t in plan}
+    else:  # not started: the device types it selects now
+        types = {t for _, t in resolve_devices(conn, spec, fail_stored(name))}
+    why = recalled_in(conn, spec, types)
+    if why:
+        raise ConflictError(f"campaign {name!r} cannot resume: {why} (campaignctl firmwares unrecall, or cancel it)")
 
 
 def cancel(engine: "Engine", name: str, *, wait: float = 10.0) -> dict[str, Any]:
@@ -84,16 +126,22 @@ def cancel(engine: "Engine", name: str, *, wait: float = 10.0) -> dict[str, Any]
     with db.write(engine) as conn:
         row = campaign_row(conn, name)
         if row.status not in ("scheduled", "running", "paused"):
-            raise ConflictError(f"campaign {name!r} is {row.status}: only a scheduled, running or paused campaign "
-                                "can be cancelled" + (" (delete a draft instead)" if row.status == "draft" else ""))
+            raise ConflictError(
+                f"campaign {name!r} is {row.status}: only a scheduled, running or paused campaign "
+                "can be cancelled" + (" (delete a draft instead)" if row.status == "draft" else "")
+            )
         mark_cancelled(conn, name, f"cancelled by a user at {stamp}")
     return finish_cancel(engine, name, wait=wait)
 
 
 def mark_cancelled(conn: "Connection", name: str, reason: str) -> None:
     stamp = db.utcnow()
-    db.run(conn, "UPDATE campaign SET status = 'cancelled', reason = :reason, updated_at = :now, "
-           "completed_at = :now WHERE id = :id", {"reason": reason, "now": stamp, "id": campaign_row(conn, name).id})
+    db.run(
+        conn,
+        "UPDATE campaign SET status = 'cancelled', reason = :reason, updated_at = :now, "
+        "completed_at = :now WHERE id = :id",
+        {"reason": reason, "now": stamp, "id": campaign_row(conn, name).id},
+    )
 
 
 def finish_cancel(engine: "Engine", name: str, *, wait: float = 10.0) -> dict[str, Any]:
@@ -112,8 +160,9 @@ def finish_cancel(engine: "Engine", name: str, *, wait: float = 10.0) -> dict[st
         return {"job": jobs.summary(conn, job_id)}
 
 
-def retry(engine: "Engine", name: str, *, devices: list[str] | None = None,
-          timed_out: bool = False) -> tuple[int, list[str]]:
+def retry(
+    engine: "Engine", name: str, *, devices: list[str] | None = None, timed_out: bool = False
+) -> tuple[int, list[str]]:
     """Re-deliver to failed (and, with ``timed_out``, timed-out) devices only, as a new
     step of the job; their previous outcome is kept in the job's history. Returns (job
     id, the devices retried)."""
@@ -124,14 +173,20 @@ def retry(engine: "Engine", name: str, *, devices: list[str] | None = None,
         row = campaign_row(conn, name)
         if row.status not in ("running", "completed"):
             hint = " (resume it first: a paused campaign delivers nothing)" if row.status == "paused" else ""
-            raise ConflictError(f"campaign {name!r} is {row.status}: only a running or completed campaign can be "
-                                f"retried{hint}")
+            raise ConflictError(
+                f"campaign {name!r} is {row.status}: only a running or completed campaign can be retried{hint}"
+            )
         job_id = jobs.latest_job(conn, row.id)
+        assert job_id is not None  # running and completed campaigns have their job
         job = jobs.job_row(conn, job_id)
         settings = db.loads(job.settings, dict)
         wanted = {"failed", "timed_out"} if timed_out else {"failed"}
-        eligible = {d["device"]: d for d in device_statuses(
-            conn, job_id, db.loads(job.plan, dict), Rollout.from_dict(settings.get("rollout")), only=wanted)}
+        eligible = {
+            d["device"]: d
+            for d in device_statuses(
+                conn, job_id, db.loads(job.plan, dict), Rollout.from_dict(settings.get("rollout")), only=wanted
+            )
+        }
         if devices:
             unknown = [d for d in devices if d not in eligible]
             if unknown:
@@ -141,29 +196,61 @@ def retry(engine: "Engine", name: str, *, devices: list[str] | None = None,
         else:
             targets = list(eligible.values())
         if not targets:
-            raise ConflictError(f"campaign {name!r} has no failed{' or timed-out' if timed_out else ''} device to retry")
+            raise ConflictError(
+                f"campaign {name!r} has no failed{' or timed-out' if timed_out else ''} device to retry"
+            )
         ids: dict[str, int] = {}
         names = [t["device"] for t in targets]
         for start in range(0, len(names), 5000):
-            ids.update(db.run(conn, "SELECT name, id FROM device WHERE name IN :names",
-                              {"names": names[start : start + 5000]}, "names").all())
-        step = db.run(conn, "SELECT coalesce(max(number), 0) + 1 FROM job_step WHERE job_id = :job",
-                      {"job": job_id}).scalar()
-        db.run(conn, "INSERT INTO job_step (job_id, number, kind, devices, started_at) "
-               "VALUES (:job, :step, 'retry', :devices, :now)",
-               {"job": job_id, "step": step, "devices": len(targets), "now": stamp})
-        db.run(conn,
+            ids.update(
+                db.run(
+                    conn,
+                    "SELECT name, id FROM device WHERE name IN :names",
+                    {"names": names[start : start + 5000]},
+                    "names",
+                ).all()
+            )
+        step = db.run(
+            conn, "SELECT coalesce(max(number), 0) + 1 FROM job_step WHERE job_id = :job", {"job": job_id}
+        ).scalar()
+        db.run(
+            conn,
+            "INSERT INTO job_step (job_id, number, kind, devices, started_at) "
+            "VALUES (:job, :step, 'retry', :devices, :now)",
+            {"job": job_id, "step": step, "devices": len(targets), "now": stamp},
+        )
+        db.run(
+            conn,
             "INSERT INTO job_item_history (job_id, device_id, step, status, attempts, error, at) "
             "SELECT job_id, device_id, :step, :status, attempts, coalesce(error, CAST(:reason AS TEXT)), :now "
             "FROM job_item WHERE job_id = :job AND device_id = :device",
-            [{"step": step, "status": t["status"], "reason": t["reason"], "now": stamp, "job": job_id,
-              "device": ids[t["device"]]} for t in targets])
-        db.run(conn, "UPDATE job_item SET status = 'syncing', error = NULL, delivered_at = NULL, updated_at = :now "
-               "WHERE job_id = :job AND device_id = :device",
-               [{"now": stamp, "job": job_id, "device": ids[t["device"]]} for t in targets])
-        db.run(conn, "UPDATE job SET status = 'in_progress', step = 'deliver', finished_at = NULL WHERE id = :id",
-               {"id": job_id})
+            [
+                {
+                    "step": step,
+                    "status": t["status"],
+                    "reason": t["reason"],
+                    "now": stamp,
+                    "job": job_id,
+                    "device": ids[t["device"]],
+                }
+                for t in targets
+            ],
+        )
+        db.run(
+            conn,
+            "UPDATE job_item SET status = 'syncing', error = NULL, delivered_at = NULL, updated_at = :now "
+            "WHERE job_id = :job AND device_id = :device",
+            [{"now": stamp, "job": job_id, "device": ids[t["device"]]} for t in targets],
+        )
+        db.run(
+            conn,
+            "UPDATE job SET status = 'in_progress', step = 'deliver', finished_at = NULL WHERE id = :id",
+            {"id": job_id},
+        )
         if row.status == "completed":
-            db.run(conn, "UPDATE campaign SET status = 'running', completed_at = NULL, updated_at = :now "
-                   "WHERE id = :id", {"now": stamp, "id": row.id})
+            db.run(
+                conn,
+                "UPDATE campaign SET status = 'running', completed_at = NULL, updated_at = :now WHERE id = :id",
+                {"now": stamp, "id": row.id},
+            )
     return job_id, [t["device"] for t in targets]

@@ -52,8 +52,10 @@ def load_key(engine: "Engine", *, create: bool = False) -> bytes:
         key = path.read_bytes()
     except FileNotFoundError:
         if not create:
-            raise CampaignctlError(f"the device key file {path} is missing: device secrets cannot be shown "
-                                   "(rotate them with campaignctl devices rotate-secret)") from None
+            raise CampaignctlError(
+                f"the device key file {path} is missing: device secrets cannot be shown "
+                "(rotate them with campaignctl devices rotate-secret)"
+            ) from None
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -83,10 +85,14 @@ def matches(stored_hash: str | None, presented: str) -> bool:
 def provision(conn: "Connection", key: bytes, *, rotate_ids: list[int] | None = None) -> int:
     """Give a secret to every HTTP device that has none (or to ``rotate_ids``)."""
     if rotate_ids is None:
-        ids = [r[0] for r in db.run(
-            conn,
-            "SELECT d.id FROM device d JOIN interface i ON i.id = d.interface_id "
-            "WHERE i.type = 'http' AND d.secret_hash IS NULL ORDER BY d.id")]
+        ids = [
+            r[0]
+            for r in db.run(
+                conn,
+                "SELECT d.id FROM device d JOIN interface i ON i.id = d.interface_id "
+                "WHERE i.type = 'http' AND d.secret_hash IS NULL ORDER BY d.id",
+            )
+        ]
     else:
         ids = rotate_ids
     rows = []
@@ -98,11 +104,13 @@ def provision(conn: "Connection", key: bytes, *, rotate_ids: list[int] | None = 
     return len(rows)
 
 
-def _http_device(conn: "Connection", name: str):  # noqa: ANN202
+def _http_device(conn: "Connection", name: str):
     device = store.device_row(conn, name)
     if device.interface_type != "http":
-        raise CampaignctlError(f"device {name!r} is on {device.interface_type} interface {device.interface!r}; "
-                               "only devices on http interfaces have secrets")
+        raise CampaignctlError(
+            f"device {name!r} is on {device.interface_type} interface {device.interface!r}; "
+            "only devices on http interfaces have secrets"
+        )
     return device
 
 
@@ -129,14 +137,18 @@ def secrets_of(engine: "Engine", names: list[str]) -> dict[str, str]:
     with db.read(engine) as conn:
         for start in range(0, len(names), CHUNK):
             for name, salt in db.run(
-                    conn, "SELECT name, secret_salt FROM device WHERE secret_salt IS NOT NULL AND name IN :names",
-                    {"names": names[start : start + CHUNK]}, "names"):
+                conn,
+                "SELECT name, secret_salt FROM device WHERE secret_salt IS NOT NULL AND name IN :names",
+                {"names": names[start : start + CHUNK]},
+                "names",
+            ):
                 out[name] = derive(key, salt)
     return out
 
 
-def with_hidden_values(values: dict[str, Any], *, stdin_key: str | None, env_pairs: list[str],
-                       stdin: BinaryIO) -> dict[str, Any]:
+def with_hidden_values(
+    values: dict[str, Any], *, stdin_key: str | None, env_pairs: list[str], stdin: BinaryIO
+) -> dict[str, Any]:
     """``values`` plus the secret values given out of sight of ``ps``: ``stdin_key``'s
     from ``stdin``, bytes that must be UTF-8 (one trailing newline removed, as ``echo``
     and here-strings add one), and each ``KEY=VAR`` of ``env_pairs`` from the environment

@@ -77,8 +77,9 @@ def locate(target: str | os.PathLike[str]) -> Location:
             raise CampaignctlError("the database URL is not valid (postgresql://USER@HOST[:PORT]/DATABASE)") from None
         return Location("postgresql", text, _describe(url))
     if scheme and scheme != "sqlite":
-        raise CampaignctlError(f"unsupported database URL scheme {scheme!r}: give a file path (SQLite) or a "
-                               "postgresql:// URL")
+        raise CampaignctlError(
+            f"unsupported database URL scheme {scheme!r}: give a file path (SQLite) or a postgresql:// URL"
+        )
     if scheme == "sqlite":  # sqlite:///relative/path, sqlite:////absolute/path
         from sqlalchemy.engine import make_url
 
@@ -112,14 +113,14 @@ def create_engine(target: str | os.PathLike[str], *, upgrade: bool | None = None
     except CampaignctlError:
         engine.dispose()
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to open: one line naming the database
         engine.dispose()
         raise friendly(exc, location) from None
     return engine
 
 
 def location_of(engine: "Engine") -> Location:
-    return engine.info_location  # type: ignore[attr-defined,no-any-return]
+    return engine.info_location  # type: ignore[attr-defined]
 
 
 def friendly(exc: BaseException, location: Location) -> CampaignctlError:
@@ -136,7 +137,7 @@ def friendly(exc: BaseException, location: Location) -> CampaignctlError:
         detail = cut(_scrub(detail, location.target), MAX_DETAIL)
         return CampaignctlError(f"cannot use the {location.shown}: {detail}")
     detail = cut(detail, MAX_DETAIL)
-    return CampaignctlError(_sqlite_problem(orig, location.target, detail))
+    return CampaignctlError(_sqlite_problem(orig or exc, location.target, detail))
 
 
 # SQLite's primary result codes (https://sqlite.org/rescode.html) that say what the
@@ -149,8 +150,10 @@ def _sqlite_problem(orig: BaseException, path: str, detail: str) -> str:
     if code == _SQLITE_FULL:
         return f"{path}: the disk is full ({detail}); the transaction was rolled back: free some space and try again"
     if code == _SQLITE_READONLY or (code == _SQLITE_CANTOPEN and not _writable(Path(path))):
-        return (f"{path} is read-only ({detail}): campaignctl writes to the database, and to its -wal and -shm "
-                "files in the same directory, even to read it")
+        return (
+            f"{path} is read-only ({detail}): campaignctl writes to the database, and to its -wal and -shm "
+            "files in the same directory, even to read it"
+        )
     if code == _SQLITE_CORRUPT:
         return f"{path} is damaged ({detail}): restore it from a backup"
     if code == _SQLITE_IOERR:
@@ -188,8 +191,10 @@ def loads(text: str | None, of: type | None = None) -> Any:
 
 def unreadable_data(exc: UnreadableData, location: Location) -> CampaignctlError:
     """``exc`` as one line naming the database."""
-    return CampaignctlError(f"{location.shown} holds data campaignctl cannot read ({exc}): it was changed "
-                            "outside campaignctl or is damaged; restore it from a backup")
+    return CampaignctlError(
+        f"{location.shown} holds data campaignctl cannot read ({exc}): it was changed "
+        "outside campaignctl or is damaged; restore it from a backup"
+    )
 
 
 def describe(exc: BaseException, engine: "Engine | None") -> str:
@@ -242,12 +247,16 @@ def keep_private(files: Iterable[Path]) -> None:
         except OSError as exc:
             import sys
 
-            print(f"Warning: {file} can be read by other users (mode {mode:04o}) and could not be made private "
-                  f"({exc.strerror}): it holds secrets; chmod 600 it", file=sys.stderr)
+            print(
+                f"Warning: {file} can be read by other users (mode {mode:04o}) and could not be made private "
+                f"({exc.strerror}): it holds secrets; chmod 600 it",
+                file=sys.stderr,
+            )
 
 
 def _sqlite_engine(location: Location) -> "Engine":
-    from sqlalchemy import create_engine as sa_create_engine, event
+    from sqlalchemy import create_engine as sa_create_engine
+    from sqlalchemy import event
 
     path = Path(location.target)
     if not path.exists():
@@ -271,7 +280,7 @@ def _sqlite_engine(location: Location) -> "Engine":
     )
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record):  # noqa: ANN001
+    def _on_connect(dbapi_connection, _record):
         # Take transaction control away from the sqlite3 module so that BEGIN is ours
         # (SQLAlchemy's documented recipe), then set the pragmas every connection needs.
         dbapi_connection.isolation_level = None
@@ -286,7 +295,7 @@ def _sqlite_engine(location: Location) -> "Engine":
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn):  # noqa: ANN001
+    def _on_begin(conn):
         # Writers take the write lock up front: a deferred transaction that reads, then
         # writes, fails with SQLITE_BUSY instead of waiting when another writer got there first.
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
@@ -311,8 +320,7 @@ def _postgres_engine(location: Location) -> "Engine":
         pool_pre_ping=True,
         # JIT compilation: queries over every device of a large job are estimated costly
         # enough to be compiled first, which takes longer (~0.5 s) than running them.
-        connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "campaignctl",
-                      "options": "-c jit=off"},
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "campaignctl", "options": "-c jit=off"},
     )
 
 
@@ -352,7 +360,7 @@ def _connect(engine: "Engine") -> Iterator["Connection"]:
         yield conn
 
 
-def session(engine: "Engine", *, write: bool = False):  # noqa: ANN201
+def session(engine: "Engine", *, write: bool = False):
     """A SQLModel session; ``write=True`` makes its transaction BEGIN IMMEDIATE on SQLite."""
     from sqlmodel import Session
 

@@ -29,7 +29,8 @@ def _document_query(conn: "Connection") -> "TextClause":
             "SELECT device_id, max(desired_revision), "
             f"{dialect.document_object(conn, 'key', 'desired', 'desired IS NOT NULL')} "
             "FROM device_config WHERE device_id BETWEEN :first AND :last AND desired_revision IS NOT NULL "
-            "GROUP BY device_id")
+            "GROUP BY device_id"
+        )
     return _DOCUMENT_QUERIES[name]
 
 
@@ -50,7 +51,7 @@ def load_documents(conn: "Connection", devices: Sequence[tuple[int, str]]) -> li
     loaded_at = conn.execute(_REVISION).scalar_one()
     result = conn.execute(_document_query(conn), {"first": devices[0][0], "last": devices[-1][0]})
     try:  # plain DB-API tuples: this is the hot path of delivering 100k devices
-        found = {device_id: (version, configuration) for device_id, version, configuration in result.cursor}
+        found = {device_id: (version, configuration) for device_id, version, configuration in result.cursor}  # type: ignore[attr-defined]
     finally:
         result.close()
     out = []
@@ -62,6 +63,7 @@ def load_documents(conn: "Connection", devices: Sequence[tuple[int, str]]) -> li
 
 def refresher(engine: "Engine") -> Callable[[list[Delivery]], list[Delivery]]:
     """Re-read documents before a retry, keeping each delivery's attempt count."""
+
     def refresh(deliveries: list[Delivery]) -> list[Delivery]:
         ordered = sorted(deliveries, key=lambda d: d.device_id)
         with db.read(engine) as conn:
@@ -86,9 +88,13 @@ def deliver_devices(engine: "Engine", device_ids: Iterable[int], *, policy: Deli
     outcome = Outcome()
     ids = sorted(set(device_ids))
     with db.read(engine) as conn:
-        rows = db.run(conn, "SELECT d.id, d.name, i.name, i.type, i.settings FROM device d "
-                            "JOIN interface i ON i.id = d.interface_id WHERE d.id IN :ids ORDER BY d.id",
-                      {"ids": ids}, "ids").all()
+        rows = db.run(
+            conn,
+            "SELECT d.id, d.name, i.name, i.type, i.settings FROM device d "
+            "JOIN interface i ON i.id = d.interface_id WHERE d.id IN :ids ORDER BY d.id",
+            {"ids": ids},
+            "ids",
+        ).all()
         groups = itertools.groupby(sorted(rows, key=lambda r: (r[2], r[0])), key=lambda r: r[2:])
         work = [(key, load_documents(conn, [(r[0], r[1]) for r in group])) for key, group in groups]
     for (name, kind, settings), deliveries in work:
@@ -96,8 +102,13 @@ def deliver_devices(engine: "Engine", device_ids: Iterable[int], *, policy: Deli
         if not driver.pushes:
             outcome.deferred.update(d.device_id for d in deliveries)
             continue
-        driver.deliver(deliveries, policy, lambda d: outcome.delivered.add(d.device_id),
-                       lambda f: outcome.failed.__setitem__(f.delivery.device_id, f.error), refresher(engine))
+        driver.deliver(
+            deliveries,
+            policy,
+            lambda d: outcome.delivered.add(d.device_id),
+            lambda f: outcome.failed.__setitem__(f.delivery.device_id, f.error),
+            refresher(engine),
+        )
     return outcome
 
 
@@ -111,8 +122,15 @@ class JobRecorder:
 
     QUEUED_BATCHES = 4
 
-    def __init__(self, engine: "Engine", job_id: int, *, batch: int = 2000, interval: float = 0.25,
-                 on_flush: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        engine: "Engine",
+        job_id: int,
+        *,
+        batch: int = 2000,
+        interval: float = 0.25,
+        on_flush: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.engine, self.job_id = engine, job_id
         self.batch, self.interval = batch, interval
         self.on_flush = on_flush or (lambda _ok, _ko: None)
@@ -182,17 +200,24 @@ class JobRecorder:
                 by_attempts.setdefault(a, []).append(d)
             for a, ids in by_attempts.items():
                 for start in range(0, len(ids), 5000):
-                    db.run(conn,
-                           "UPDATE job_item SET status = 'delivered', attempts = attempts + :attempts, error = NULL, "
-                           "updated_at = :now, delivered_at = :now "
-                           "WHERE job_id = :job_id AND device_id IN :ids AND status = 'syncing'",
-                           {"attempts": a, "now": now, "job_id": self.job_id, "ids": ids[start : start + 5000]}, "ids")
+                    db.run(
+                        conn,
+                        "UPDATE job_item SET status = 'delivered', attempts = attempts + :attempts, error = NULL, "
+                        "updated_at = :now, delivered_at = :now "
+                        "WHERE job_id = :job_id AND device_id IN :ids AND status = 'syncing'",
+                        {"attempts": a, "now": now, "job_id": self.job_id, "ids": ids[start : start + 5000]},
+                        "ids",
+                    )
             if failed:
-                db.run(conn,
-                       "UPDATE job_item SET status = 'failed', attempts = attempts + :attempts, error = :error, "
-                       "updated_at = :now WHERE job_id = :job_id AND device_id = :device_id AND status = 'syncing'",
-                       [{"attempts": a, "error": e, "now": now, "job_id": self.job_id, "device_id": d}
-                        for a, e, d in failed])
+                db.run(
+                    conn,
+                    "UPDATE job_item SET status = 'failed', attempts = attempts + :attempts, error = :error, "
+                    "updated_at = :now WHERE job_id = :job_id AND device_id = :device_id AND status = 'syncing'",
+                    [
+                        {"attempts": a, "error": e, "now": now, "job_id": self.job_id, "device_id": d}
+                        for a, e, d in failed
+                    ],
+                )
         self.on_flush(len(delivered), len(failed))
 
 
@@ -206,16 +231,26 @@ def _stale(conn: "Connection", delivered: list[tuple]) -> set[int]:
     ids = sorted(suspects)
     for start in range(0, len(ids), 500):
         for device_id, version in db.run(
-                conn, "SELECT device_id, max(desired_revision) FROM device_config WHERE device_id IN :ids "
-                "GROUP BY device_id", {"ids": ids[start : start + 500]}, "ids"):
+            conn,
+            "SELECT device_id, max(desired_revision) FROM device_config WHERE device_id IN :ids GROUP BY device_id",
+            {"ids": ids[start : start + 500]},
+            "ids",
+        ):
             if version is not None and version > suspects[device_id]:
                 stale.add(device_id)
     return stale
 
 
-def job_deliveries(engine: "Engine", job_id: int, interface_id: int, chunk: int = CHUNK,
-                   stop: Callable[[], bool] = lambda: False, *, first: int | None = None,
-                   last: int | None = None) -> Iterator[Delivery]:
+def job_deliveries(
+    engine: "Engine",
+    job_id: int,
+    interface_id: int,
+    chunk: int = CHUNK,
+    stop: Callable[[], bool] = lambda: False,
+    *,
+    first: int | None = None,
+    last: int | None = None,
+) -> Iterator[Delivery]:
     """The job's devices on one interface that still await delivery (with ids from
     ``first`` to ``last``, a shard's range, when given), read chunk by chunk so that
     memory stays flat whatever the fleet size; ends early once ``stop()``."""
@@ -223,11 +258,13 @@ def job_deliveries(engine: "Engine", job_id: int, interface_id: int, chunk: int 
     upto = 2**62 if last is None else last
     while True:
         with db.read(engine) as conn:
-            devices = db.run(conn,
+            devices = db.run(
+                conn,
                 "SELECT ji.device_id, d.name FROM job_item ji JOIN device d ON d.id = ji.device_id "
                 "WHERE ji.job_id = :job AND ji.device_id > :after AND ji.device_id <= :upto "
                 "AND ji.status = 'syncing' AND d.interface_id = :interface ORDER BY ji.device_id LIMIT :chunk",
-                {"job": job_id, "after": after, "upto": upto, "interface": interface_id, "chunk": chunk}).all()
+                {"job": job_id, "after": after, "upto": upto, "interface": interface_id, "chunk": chunk},
+            ).all()
             if not devices:
                 return
             deliveries = load_documents(conn, [(r[0], r[1]) for r in devices])
@@ -238,14 +275,26 @@ def job_deliveries(engine: "Engine", job_id: int, interface_id: int, chunk: int 
             yield delivery
 
 
-def run_interface(engine: "Engine", job_id: int, interface: Any, policy: DeliveryPolicy,
-                  recorder: JobRecorder, stop: Callable[[], bool] = lambda: False, *, first: int | None = None,
-                  last: int | None = None) -> None:
+def run_interface(
+    engine: "Engine",
+    job_id: int,
+    interface: Any,
+    policy: DeliveryPolicy,
+    recorder: JobRecorder,
+    stop: Callable[[], bool] = lambda: False,
+    *,
+    first: int | None = None,
+    last: int | None = None,
+    meter: Any = None,
+) -> None:
     """Deliver a job's pending documents on one interface that pushes. Once ``stop()``,
     nothing new is sent: what is in flight is acknowledged and recorded, the rest stays
-    ``syncing``."""
+    ``syncing``. ``meter`` (a ``metrics.DeliveryMeter``) counts and times them."""
     driver = interfaces.driver(interface.name, interface.type, db.loads(interface.settings, dict))
     refresh = refresher(engine)
-    driver.deliver(job_deliveries(engine, job_id, interface.id, stop=stop, first=first, last=last), policy,
-                   recorder.delivered, recorder.failed, lambda pending: [] if stop() else refresh(pending))
+    deliveries: Iterable[Delivery] = job_deliveries(engine, job_id, interface.id, stop=stop, first=first, last=last)
+    delivered, failed = recorder.delivered, recorder.failed
+    if meter is not None:
+        deliveries, delivered, failed = meter.watch(deliveries, delivered, failed)
+    driver.deliver(deliveries, policy, delivered, failed, lambda pending: [] if stop() else refresh(pending))
     recorder.flush()

@@ -37,22 +37,34 @@ def examples_dir() -> Path:
 
 
 def _fleet_manifest(devices: int, interface: str) -> str:
-    lines = [interface,
-             "device_types:",
-             "  sensor-v2:",
-             "    firmware_types:",
-             "      app: {version_key: app_version, url_key: app_url, token_key: app_token}",
-             "devices:"]
+    lines = [
+        interface,
+        "device_types:",
+        "  sensor-v2:",
+        "    firmware_types:",
+        "      app: {version_key: app_version, url_key: app_url, token_key: app_token}",
+        "devices:",
+    ]
     canaries = max(1, devices // 20)
     for i in range(1, devices + 1):
-        lines.append(f"  - {{name: sensor-{i:04d}, type: sensor-v2, interface: fleet, "
-                     f"tags: {{site: {SITES[i % len(SITES)]}, ring: {'canary' if i <= canaries else 'main'}}}}}")
+        lines.append(
+            f"  - {{name: sensor-{i:04d}, type: sensor-v2, interface: fleet, "
+            f"tags: {{site: {SITES[i % len(SITES)]}, ring: {'canary' if i <= canaries else 'main'}}}}}"
+        )
     return "\n".join(lines) + "\n"
 
 
 class Demo:
-    def __init__(self, devices: int = 300, mqtt: str | None = None, *, seed: int = 7, timeout: float = 45.0,
-                 live: bool | None = None, out: Callable[[Any], None] | None = None) -> None:
+    def __init__(
+        self,
+        devices: int = 300,
+        mqtt: str | None = None,
+        *,
+        seed: int = 7,
+        timeout: float = 45.0,
+        live: bool | None = None,
+        out: Callable[[Any], None] | None = None,
+    ) -> None:
         self.devices, self.mqtt, self.seed, self.timeout = devices, mqtt, seed, timeout
         self.live = live
         self.out = out or print
@@ -93,7 +105,7 @@ class Demo:
         from campaignctl.simulator import Options, Simulator
 
         if self.mqtt:
-            interface = (f"interfaces:\n  fleet: {{type: mqtt, url: '{self.mqtt}', topic_prefix: {self.prefix}}}")
+            interface = f"interfaces:\n  fleet: {{type: mqtt, url: '{self.mqtt}', topic_prefix: {self.prefix}}}"
         else:
             interface = f"interfaces:\n  fleet: {{type: http, url: 'http://127.0.0.1:{server.port}'}}"
         (workdir / "fleet.yaml").write_text(_fleet_manifest(self.devices, interface))
@@ -109,9 +121,17 @@ class Demo:
 
         os.environ["CAMPAIGNCTL_DEMO_TOKEN"] = secrets.token_urlsafe(24)
         for version in (OLD, NEW):
-            firmwares.add(engine, device_type="sensor-v2", firmware_type="app", version=version,
-                          url=f"https://assets.example.com/app/{version}.bin", token_env="CAMPAIGNCTL_DEMO_TOKEN",
-                          sha256=secrets.token_hex(32), size=1_843_200, description=f"app {version}")
+            firmwares.add(
+                engine,
+                device_type="sensor-v2",
+                firmware_type="app",
+                version=version,
+                url=f"https://assets.example.com/app/{version}.bin",
+                token_env="CAMPAIGNCTL_DEMO_TOKEN",
+                sha256=secrets.token_hex(32),
+                size=1_843_200,
+                description=f"app {version}",
+            )
         self._say(f"2. firmware registry: app {OLD} and {NEW} for sensor-v2 (download token kept secret: ***)")
 
         manifest = examples_dir() / "demo-ota.yaml"
@@ -119,8 +139,9 @@ class Demo:
         campaigns.create(engine, spec)
         self._say(f"3. campaign {spec.name!r} created from examples/{manifest.name}")
 
-        options = Options(apply_delay=1.5, fail_rate=0.03, offline_rate=0.05, offline_delay=15.0, seed=self.seed,
-                          poll_interval=1.0)
+        options = Options(
+            apply_delay=1.5, fail_rate=0.03, offline_rate=0.05, offline_delay=15.0, seed=self.seed, poll_interval=1.0
+        )
         simulator = Simulator(engine, options)
         late = sum(1 for d in simulator.devices if d.online_after)
         failing = sum(1 for d in simulator.devices if d.fails)
@@ -131,10 +152,10 @@ class Demo:
         self._say(f"4. {self.devices} devices online ({late} will come online late, {failing} will fail to install)")
 
         from campaignctl.cli.common import progress_bar
-
         from campaignctl.engine import advance
 
         job_id, owner = jobs.launch(engine, spec.name)
+        assert job_id is not None and owner is not None  # the demo's campaign has no start_at
         self._say(f"5. launch: job {job_id} writes the configuration of every device, then delivers it")
         with progress_bar(self.live) as progress:
             advance(engine, job_id, owner, progress=progress)
@@ -199,13 +220,17 @@ class Demo:
         if len(stuck) > 8:
             self._say(f"   … and {len(stuck) - 8} more")
         if s["waiting"]:
-            self._say(f"   waiting: these devices got the document but still report app {OLD}. {failing} devices of "
-                      "this fleet were set to fail their install: they keep the old version and report last_error "
-                      "(on a real fleet, campaignctl devices show NAME tells what they report). A campaign never "
-                      "marks them valid by itself.")
+            self._say(
+                f"   waiting: these devices got the document but still report app {OLD}. {failing} devices of "
+                "this fleet were set to fail their install: they keep the old version and report last_error "
+                "(on a real fleet, campaignctl devices show NAME tells what they report). A campaign never "
+                "marks them valid by itself."
+            )
         if s["syncing"]:
-            self._say("   syncing: these devices were offline and have not fetched their document yet; they get "
-                      "it when they come back (next poll, or the retained MQTT message).")
+            self._say(
+                "   syncing: these devices were offline and have not fetched their document yet; they get "
+                "it when they come back (next poll, or the retained MQTT message)."
+            )
         self._say("The demo's database, devices and servers are gone; run it again with --devices or --mqtt.")
 
     def _clear_retained(self, engine: Any) -> None:
@@ -221,7 +246,7 @@ class Demo:
                     client.publish(f"{self.prefix}/sensor-{i:04d}/{suffix}", b"", qos=0, retain=True)
             client.loop(0.5)
             client.disconnect()
-        except Exception:  # best effort: the demo's topics are under their own prefix
+        except Exception:  # noqa: BLE001 - best effort: the demo's topics are under their own prefix
             pass
 
 

@@ -24,8 +24,10 @@ def document_object(conn: "Connection", key: str, value: str, where: str) -> str
     same bytes (PostgreSQL's ``json_object_agg`` adds spaces). NULL or ``{}`` when
     ``where`` keeps no row."""
     if is_postgres(conn):
-        return (f"'{{' || string_agg(to_json({key})::text || ':' || {value}, ',' ORDER BY {key} COLLATE \"C\") "
-                f"FILTER (WHERE {where}) || '}}'")
+        return (
+            f"'{{' || string_agg(to_json({key})::text || ':' || {value}, ',' ORDER BY {key} COLLATE \"C\") "
+            f"FILTER (WHERE {where}) || '}}'"
+        )
     # SQLite aggregates in scan order: the (device_id, key) primary key's byte order.
     return f"json_group_object({key}, json({value})) FILTER (WHERE {where})"
 
@@ -34,10 +36,14 @@ def tag_equals(conn: "Connection", alias: str, key: str, value: str, n: int) -> 
     """A clause: the device's tag ``key`` equals ``value`` (tags are a JSON object of strings)."""
     names = {"key": f"tag_key_{n}", "value": f"tag_value_{n}"}
     if is_postgres(conn):
-        return (f"(CAST({alias}.tags AS jsonb) ->> :{names['key']}) = :{names['value']}",
-                {names["key"]: key, names["value"]: value})
-    return (f"json_extract({alias}.tags, :{names['key']}) = :{names['value']}",
-            {names["key"]: '$."' + key.replace('"', '\\"') + '"', names["value"]: value})
+        return (
+            f"(CAST({alias}.tags AS jsonb) ->> :{names['key']}) = :{names['value']}",
+            {names["key"]: key, names["value"]: value},
+        )
+    return (
+        f"json_extract({alias}.tags, :{names['key']}) = :{names['value']}",
+        {names["key"]: '$."' + key.replace('"', '\\"') + '"', names["value"]: value},
+    )
 
 
 def separator(conn: "Connection") -> str:
@@ -58,7 +64,7 @@ def bulk_insert(conn: "Connection", table: Any, columns: tuple[str, ...], rows: 
     """Insert many rows at once: PostgreSQL's COPY (ten times an executemany), SQLite's
     executemany (its own fastest way)."""
     if is_postgres(conn):
-        cursor = conn.connection.driver_connection.cursor()
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)

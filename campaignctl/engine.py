@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from campaignctl import db, jobs, shards, store
@@ -52,10 +52,20 @@ class Context:
     progress: Callable[[str, int, int], None]
     sleep: Callable[[float], None]
     deadline: float | None = None  # time.monotonic() after which a rate-limited release yields
+    # Lower campaigns' jobs whose devices this job's writes take, and this one's priority.
+    supersedes: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
 
 
-def advance(engine: "Engine", job_id: int, owner: str, *, progress: jobs.Progress | None = None,
-            sleep: Callable[[float], None] = time.sleep, slice_seconds: float | None = None) -> str:
+def advance(
+    engine: "Engine",
+    job_id: int,
+    owner: str,
+    *,
+    progress: jobs.Progress | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    slice_seconds: float | None = None,
+) -> str:
     """Move a job (whose lease ``owner`` holds) as far as it can go now; releases the
     lease. Returns where it stopped: completed, waiting (bake time, devices to fetch or
     to report), paused, aborted or cancelled."""
@@ -64,15 +74,30 @@ def advance(engine: "Engine", job_id: int, owner: str, *, progress: jobs.Progres
     try:
         with db.write(engine) as conn:
             job = jobs.job_row(conn, job_id)
-            db.run(conn, "UPDATE job SET started_at = coalesce(started_at, :now) WHERE id = :id",
-                   {"now": db.utcnow(), "id": job_id})
+            db.run(
+                conn,
+                "UPDATE job SET started_at = coalesce(started_at, :now) WHERE id = :id",
+                {"now": db.utcnow(), "id": job_id},
+            )
         settings = db.loads(job.settings, dict)
-        ctx = Context(engine, job_id, job.campaign_id, job.campaign, owner, heartbeat,
-                      DeliveryPolicy.from_dict(settings), Rollout.from_dict(settings.get("rollout")),
-                      settings.get("chunk_size", jobs.WRITE_CHUNK), settings.get("shard_size", shards.DEFAULT_SIZE),
-                      db.loads(job.plan, dict),
-                      progress or (lambda _p, _d, _t: None), sleep,
-                      None if slice_seconds is None else time.monotonic() + slice_seconds)
+        ctx = Context(
+            engine,
+            job_id,
+            job.campaign_id,
+            job.campaign,
+            owner,
+            heartbeat,
+            DeliveryPolicy.from_dict(settings),
+            Rollout.from_dict(settings.get("rollout")),
+            settings.get("chunk_size", jobs.WRITE_CHUNK),
+            settings.get("shard_size", shards.DEFAULT_SIZE),
+            db.loads(job.plan, dict),
+            progress or (lambda _p, _d, _t: None),
+            sleep,
+            None if slice_seconds is None else time.monotonic() + slice_seconds,
+            supersedes=settings.get("supersedes") or {},
+            priority=settings.get("priority", 0),
+        )
         while True:
             try:
                 return _advance(ctx)
@@ -87,8 +112,9 @@ def advance(engine: "Engine", job_id: int, owner: str, *, progress: jobs.Progres
 
 def _still_ours(ctx: Context) -> bool:
     with db.read(ctx.engine) as conn:
-        return bool(db.run(conn, "SELECT lease_owner FROM job WHERE id = :id", {"id": ctx.job_id}).scalar()
-                    == ctx.owner)
+        return bool(
+            db.run(conn, "SELECT lease_owner FROM job WHERE id = :id", {"id": ctx.job_id}).scalar() == ctx.owner
+        )
 
 
 def _campaign_status(conn: "Connection", ctx: Context) -> str:
@@ -99,8 +125,11 @@ def stop_if_not_ours(conn: "Connection", ctx: Context) -> None:
     """Stop unless the campaign still runs and this process still holds the job's lease.
     In a write transaction the job row stays locked until it commits: the lease cannot
     change hands between this check and the writes that follow (a fence)."""
-    owner = jobs.lock_job(conn, ctx.job_id).lease_owner if conn.get_execution_options().get("write") else \
-        db.run(conn, "SELECT lease_owner FROM job WHERE id = :id", {"id": ctx.job_id}).scalar()
+    owner = (
+        jobs.lock_job(conn, ctx.job_id).lease_owner
+        if conn.get_execution_options().get("write")
+        else db.run(conn, "SELECT lease_owner FROM job WHERE id = :id", {"id": ctx.job_id}).scalar()
+    )
     if _campaign_status(conn, ctx) != "running" or owner != ctx.owner or ctx.heartbeat.lost:
         raise Stop
 
@@ -116,8 +145,7 @@ def _set_job(conn: "Connection", ctx: Context, **fields: Any) -> None:
     db.run(conn, f"UPDATE job SET {sets} WHERE id = :job_id", {**fields, "job_id": ctx.job_id})
 
 
-_BATCHES = ("SELECT number, size, status, accepted, started_at, delivered_at, reason FROM job_batch "
-            "WHERE job_id = :job")
+_BATCHES = "SELECT number, size, status, accepted, started_at, delivered_at, reason FROM job_batch WHERE job_id = :job"
 
 
 def _batches(conn: "Connection", ctx: Context) -> list[Any]:
@@ -153,8 +181,11 @@ def _advance(ctx: Context) -> str:
             if released == "yield":
                 return "waiting"  # the worker's other campaigns get their turn
             with db.write(ctx.engine) as conn:
-                db.run(conn, "UPDATE job_batch SET status = 'delivering' WHERE job_id = :job AND number = :number",
-                       {"job": ctx.job_id, "number": number})
+                db.run(
+                    conn,
+                    "UPDATE job_batch SET status = 'delivering' WHERE job_id = :job AND number = :number",
+                    {"job": ctx.job_id, "number": number},
+                )
         elif current.status == "delivering":
             _deliver(ctx)
             if _check_breaker(ctx, number):
@@ -164,9 +195,12 @@ def _advance(ctx: Context) -> str:
                     _set_job(conn, ctx, status="waiting", step="deliver")
                 return "waiting"  # devices that poll fetch their documents themselves
             with db.write(ctx.engine) as conn:
-                db.run(conn, "UPDATE job_batch SET status = 'baking', delivered_at = :now "
-                       "WHERE job_id = :job AND number = :number",
-                       {"now": db.utcnow(), "job": ctx.job_id, "number": number})
+                db.run(
+                    conn,
+                    "UPDATE job_batch SET status = 'baking', delivered_at = :now "
+                    "WHERE job_id = :job AND number = :number",
+                    {"now": db.utcnow(), "job": ctx.job_id, "number": number},
+                )
         elif current.status == "baking":
             outcome = _judge(ctx, current)
             if outcome is not None:
@@ -178,14 +212,21 @@ def _advance(ctx: Context) -> str:
 def _start_batch(ctx: Context, number: int, size: int) -> None:
     with db.write(ctx.engine) as conn:
         stop_if_not_ours(conn, ctx)
-        step = db.run(conn, "SELECT coalesce(max(number), 0) + 1 FROM job_step WHERE job_id = :job",
-                      {"job": ctx.job_id}).scalar()
+        step = db.run(
+            conn, "SELECT coalesce(max(number), 0) + 1 FROM job_step WHERE job_id = :job", {"job": ctx.job_id}
+        ).scalar()
         stamp = db.utcnow()
-        db.run(conn, "INSERT INTO job_step (job_id, number, kind, batch, devices, started_at) "
-               "VALUES (:job, :step, 'batch', :batch, :size, :now)",
-               {"job": ctx.job_id, "step": step, "batch": number, "size": size, "now": stamp})
-        db.run(conn, "UPDATE job_batch SET status = 'releasing', started_at = :now WHERE job_id = :job "
-               "AND number = :number", {"now": stamp, "job": ctx.job_id, "number": number})
+        db.run(
+            conn,
+            "INSERT INTO job_step (job_id, number, kind, batch, devices, started_at) "
+            "VALUES (:job, :step, 'batch', :batch, :size, :now)",
+            {"job": ctx.job_id, "step": step, "batch": number, "size": size, "now": stamp},
+        )
+        db.run(
+            conn,
+            "UPDATE job_batch SET status = 'releasing', started_at = :now WHERE job_id = :job AND number = :number",
+            {"now": stamp, "job": ctx.job_id, "number": number},
+        )
         _set_job(conn, ctx, status="in_progress", step="write")
 
 
@@ -197,7 +238,7 @@ def _release(ctx: Context, number: int, size: int) -> str:
         written = size - jobs.counts(conn, ctx.job_id, number)["pending"]
     ctx.progress("write", written, size)
     if rate is None:
-        while (count := _write(ctx, number, ctx.chunk_size)):
+        while count := _write(ctx, number, ctx.chunk_size):
             written += count
             ctx.progress("write", written, size)
         _deliver(ctx)
@@ -258,56 +299,120 @@ def _write(ctx: Context, number: int, limit: int) -> int:
     # A rollback's keys (value NULL in the plan) take each device's value from before
     # the job it rolls back (NULL again, the key withdrawn, when it had none).
     restore_job = next((p.get("restore_job") for p in ctx.plan.values() if p.get("restore_job")), None)
-    value = "v.value" if restore_job is None else (
-        "coalesce(v.value, (SELECT b.desired FROM job_item_before b WHERE b.job_id = :restore_job "
-        "AND b.device_id = ji.device_id AND b.key = v.key))")
-    items = ("FROM job_item ji JOIN device d ON d.id = ji.device_id JOIN v ON v.type_id = d.device_type_id "
-             "{join} WHERE ji.job_id = :job AND ji.batch = :batch AND ji.status = 'pending' "
-             "AND ji.device_id BETWEEN :lo AND :hi")
+    value = (
+        "v.value"
+        if restore_job is None
+        else (
+            "coalesce(v.value, (SELECT b.desired FROM job_item_before b WHERE b.job_id = :restore_job "
+            "AND b.device_id = ji.device_id AND b.key = v.key))"
+        )
+    )
+    items = (
+        "FROM job_item ji JOIN device d ON d.id = ji.device_id JOIN v ON v.type_id = d.device_type_id "
+        "{join} WHERE ji.job_id = :job AND ji.batch = :batch AND ji.status = 'pending' "
+        "AND ji.device_id BETWEEN :lo AND :hi"
+    )
     cte = f"WITH {values} "
     with db.write(ctx.engine) as conn:
         stop_if_not_ours(conn, ctx)
-        lo, hi, count = db.run(conn,
+        lo, hi, count = db.run(
+            conn,
             "SELECT min(device_id), max(device_id), count(*) FROM (SELECT device_id FROM job_item "
             "WHERE job_id = :job AND batch = :batch AND status = 'pending' ORDER BY device_id LIMIT :limit) AS chunk",
-            {"job": ctx.job_id, "batch": number, "limit": limit}).one()
+            {"job": ctx.job_id, "batch": number, "limit": limit},
+        ).one()
         if not count:
             _set_job(conn, ctx, written_at=db.utcnow(), step="deliver")
             return 0
         revision = store.next_revision(conn)
-        db.run(conn, "UPDATE job SET revisions = coalesce(revisions, '') || :revision WHERE id = :job",
-               {"revision": f"{revision},", "job": ctx.job_id})
+        db.run(
+            conn,
+            "UPDATE job SET revisions = coalesce(revisions, '') || :revision WHERE id = :job",
+            {"revision": f"{revision},", "job": ctx.job_id},
+        )
         stamp = db.utcnow()
         where = {**params, "job": ctx.job_id, "batch": number, "lo": lo, "hi": hi}
-        db.run(conn,
+        db.run(
+            conn,
             cte + "INSERT INTO job_item_before (job_id, device_id, key, desired, desired_at, desired_by, secret) "
             "SELECT ji.job_id, c.device_id, c.key, c.desired, c.desired_at, c.desired_by, c.secret "
             + items.format(join="JOIN device_config c ON c.device_id = ji.device_id AND c.key = v.key")
-            + " AND c.desired IS NOT NULL", where)
-        db.run(conn,
+            + " AND c.desired IS NOT NULL",
+            where,
+        )
+        db.run(
+            conn,
             cte + "INSERT INTO device_config (device_id, key, desired, desired_at, desired_revision, desired_by, "
-            f"secret) SELECT ji.device_id, v.key, {value}, :now, :revision, :by, v.secret " + items.format(join="")
+            f"secret) SELECT ji.device_id, v.key, {value}, :now, :revision, :by, v.secret "
+            + items.format(join="")
             + " ON CONFLICT (device_id, key) DO UPDATE SET desired = excluded.desired, "
             "desired_at = excluded.desired_at, desired_revision = excluded.desired_revision, "
             # Once secret, always secret: the device may still report the old secret value.
             "desired_by = excluded.desired_by, secret = (device_config.secret OR excluded.secret)",
-            {**where, "now": stamp, "revision": revision, "by": f"job:{ctx.job_id}",
-             **({} if restore_job is None else {"restore_job": restore_job})})
+            {
+                **where,
+                "now": stamp,
+                "revision": revision,
+                "by": f"job:{ctx.job_id}",
+                **({} if restore_job is None else {"restore_job": restore_job}),
+            },
+        )
+        _supersede(conn, ctx, number, lo, hi, stamp)
         # A device type the campaign writes nothing to (expected state only) gets revision
         # 0: any document it fetches holds "the job's write".
         valued = sorted({int(t) for t, p in ctx.plan.items() if p["configurations"]})
+        expanding: tuple[str, ...] = ()
         if len(valued) == len(ctx.plan):  # the common case: every device gets entries
-            item_revision, expanding = ":revision", ()
+            item_revision = ":revision"
         else:
-            item_revision = ("CASE WHEN (SELECT device_type_id FROM device WHERE id = job_item.device_id) "
-                             "IN :valued THEN :revision ELSE 0 END")
+            item_revision = (
+                "CASE WHEN (SELECT device_type_id FROM device WHERE id = job_item.device_id) "
+                "IN :valued THEN :revision ELSE 0 END"
+            )
             expanding = ("valued",)
-        db.run(conn,
+        db.run(
+            conn,
             f"UPDATE job_item SET status = 'syncing', updated_at = :now, revision = {item_revision} "
             "WHERE job_id = :job AND batch = :batch AND status = 'pending' AND device_id BETWEEN :lo AND :hi",
-            {"now": stamp, "revision": revision, "valued": valued or [0], "job": ctx.job_id, "batch": number,
-             "lo": lo, "hi": hi}, *expanding)
+            {
+                "now": stamp,
+                "revision": revision,
+                "valued": valued or [0],
+                "job": ctx.job_id,
+                "batch": number,
+                "lo": lo,
+                "hi": hi,
+            },
+            *expanding,
+        )
     return int(count)
+
+
+def _supersede(conn: "Connection", ctx: Context, number: int, lo: int, hi: int, stamp: str) -> None:
+    """The devices of this chunk that campaigns of lower priority also set are theirs no
+    more: in the transaction that writes them here."""
+    if not ctx.supersedes:
+        return
+    for job_id, other in ctx.supersedes.items():
+        db.run(
+            conn,
+            "UPDATE job_item SET status = 'superseded', error = :reason, updated_at = :now WHERE job_id = :other "
+            "AND status IN ('pending', 'syncing', 'delivered', 'failed') AND device_id IN (SELECT ji.device_id "
+            "FROM job_item ji JOIN device d ON d.id = ji.device_id WHERE ji.job_id = :job AND ji.batch = :batch "
+            "AND ji.status = 'pending' AND ji.device_id BETWEEN :lo AND :hi AND d.device_type_id IN :types)",
+            {
+                "reason": f"superseded by campaign {ctx.campaign} (priority {ctx.priority}), which also sets "
+                f"{', '.join(other['keys'])}",
+                "now": stamp,
+                "other": int(job_id),
+                "job": ctx.job_id,
+                "batch": number,
+                "lo": lo,
+                "hi": hi,
+                "types": other["types"],
+            },
+            "types",
+        )
 
 
 def _deliver(ctx: Context) -> None:
@@ -319,8 +424,9 @@ def _deliver(ctx: Context) -> None:
         shards.plan(conn, ctx.job_id, ctx.shard_size)
         if not shards.open_count(conn, ctx.job_id):
             return  # devices that poll fetch their documents themselves
-        total = db.run(conn, "SELECT count(*) FROM job_item WHERE job_id = :job AND status != 'pending'",
-                       {"job": ctx.job_id}).scalar()
+        total = db.run(
+            conn, "SELECT count(*) FROM job_item WHERE job_id = :job AND status != 'pending'", {"job": ctx.job_id}
+        ).scalar()
         _set_job(conn, ctx, status="in_progress", step="deliver")
     state = {"done": total - _count(ctx, "syncing")}
     ctx.progress("deliver", state["done"], total)
@@ -350,8 +456,13 @@ def _deliver(ctx: Context) -> None:
 
 def _count(ctx: Context, status: str) -> int:
     with db.read(ctx.engine) as conn:
-        return int(db.run(conn, "SELECT count(*) FROM job_item WHERE job_id = :job AND status = :status",
-                          {"job": ctx.job_id, "status": status}).scalar_one())
+        return int(
+            db.run(
+                conn,
+                "SELECT count(*) FROM job_item WHERE job_id = :job AND status = :status",
+                {"job": ctx.job_id, "status": status},
+            ).scalar_one()
+        )
 
 
 def _device_states(ctx: Context, batch: int | None = None) -> dict[str, int]:
@@ -369,11 +480,13 @@ def _breaker(ctx: Context, batch: Any, states: dict[str, int]) -> bool:
         return False
     errors = states.get("failed", 0) + states.get("invalid", 0) + states.get("timed_out", 0)
     size = _counted(batch, states)
-    if not errors or errors / size < threshold:
+    if not errors or size <= 0 or errors / size < threshold:
         return False
     detail = ", ".join(f"{states[k]} {k}" for k in ("failed", "invalid", "timed_out") if states.get(k))
-    reason = (f"batch {batch.number}: {detail} of {size} devices ({errors / size:.0%}) reached the "
-              f"error threshold ({threshold:.0%})")
+    reason = (
+        f"batch {batch.number}: {detail} of {size} devices ({errors / size:.0%}) reached the "
+        f"error threshold ({threshold:.0%})"
+    )
     _trip(ctx, batch.number, reason)
     return True
 
@@ -408,19 +521,28 @@ def _judge(ctx: Context, batch: Any) -> str | None:
     valid = states.get("valid", 0)
     size = _counted(batch, states)
     stamp = db.utcnow()
-    if valid / size >= threshold - 1e-9:
+    if size <= 0 or valid / size >= threshold - 1e-9:  # (every device superseded: nothing to judge)
         with db.write(ctx.engine) as conn:
             stop_if_not_ours(conn, ctx)
-            db.run(conn, "UPDATE job_batch SET status = 'promoted', finished_at = :now, reason = :reason "
-                   "WHERE job_id = :job AND number = :number",
-                   {"now": stamp, "reason": (f"{valid} of {size} valid" if judged else "delivered")
-                    + (" (accepted by a user)" if batch.accepted else ""), "job": ctx.job_id,
-                    "number": batch.number})
+            db.run(
+                conn,
+                "UPDATE job_batch SET status = 'promoted', finished_at = :now, reason = :reason "
+                "WHERE job_id = :job AND number = :number",
+                {
+                    "now": stamp,
+                    "reason": (f"{valid} of {size} valid" if judged else "delivered")
+                    + (" (accepted by a user)" if batch.accepted else ""),
+                    "job": ctx.job_id,
+                    "number": batch.number,
+                },
+            )
         return None
     errors = sum(states.get(k, 0) for k in ("failed", "invalid", "timed_out", "cancelled"))
     if (size - errors) / size < threshold - 1e-9:
-        reason = (f"batch {batch.number} can no longer reach the success threshold ({threshold:.0%}): "
-                  f"{valid} valid, {errors} failed, invalid or timed out of {size}")
+        reason = (
+            f"batch {batch.number} can no longer reach the success threshold ({threshold:.0%}): "
+            f"{valid} valid, {errors} failed, invalid or timed out of {size}"
+        )
         with db.write(ctx.engine) as conn:
             _set_trip(conn, ctx, batch.number, reason, stamp, "paused")
             _set_job(conn, ctx, status="paused")
@@ -432,16 +554,23 @@ def _judge(ctx: Context, batch: Any) -> str | None:
 
 def _counted(batch: Any, states: dict[str, int]) -> int:
     """The batch's devices its thresholds count: not those a campaign of higher priority
-    took over since (at least 1: an empty batch divides nothing)."""
-    return max(1, batch.size - states.get("superseded", 0))
+    took over since."""
+    return batch.size - states.get("superseded", 0)
 
 
 def _set_trip(conn: "Connection", ctx: Context, number: int, reason: str, stamp: str, status: str) -> None:
-    db.run(conn, "UPDATE job_batch SET status = 'tripped', reason = :reason, finished_at = :now "
-           "WHERE job_id = :job AND number = :number",
-           {"reason": reason, "now": stamp, "job": ctx.job_id, "number": number})
-    db.run(conn, "UPDATE campaign SET status = :status, reason = :reason, updated_at = :now WHERE id = :id "
-           "AND status = 'running'", {"status": status, "reason": reason, "now": stamp, "id": ctx.campaign_id})
+    db.run(
+        conn,
+        "UPDATE job_batch SET status = 'tripped', reason = :reason, finished_at = :now "
+        "WHERE job_id = :job AND number = :number",
+        {"reason": reason, "now": stamp, "job": ctx.job_id, "number": number},
+    )
+    db.run(
+        conn,
+        "UPDATE campaign SET status = :status, reason = :reason, updated_at = :now WHERE id = :id "
+        "AND status = 'running'",
+        {"status": status, "reason": reason, "now": stamp, "id": ctx.campaign_id},
+    )
 
 
 def _finish(ctx: Context) -> str:
@@ -456,8 +585,12 @@ def _finish(ctx: Context) -> str:
             _set_job(conn, ctx, status="waiting", step="deliver")
             return "waiting"
         _set_job(conn, ctx, status="failed" if counts["failed"] else "success", step="done", finished_at=stamp)
-        db.run(conn, "UPDATE campaign SET status = 'completed', completed_at = :now, updated_at = :now "
-               "WHERE id = :id AND status = 'running'", {"now": stamp, "id": ctx.campaign_id})
+        db.run(
+            conn,
+            "UPDATE campaign SET status = 'completed', completed_at = :now, updated_at = :now "
+            "WHERE id = :id AND status = 'running'",
+            {"now": stamp, "id": ctx.campaign_id},
+        )
     return "completed"
 
 
@@ -486,33 +619,60 @@ def _cancel_items(ctx: Context, job_status: str, reason: str, *, revert: bool = 
     stamp = db.utcnow()
     with db.write(ctx.engine) as conn:
         # Timed-out devices sent again by a retry had received the document already.
-        db.run(conn,
+        db.run(
+            conn,
             "UPDATE job_item SET status = 'delivered' WHERE job_id = :job AND status = 'syncing' AND EXISTS "
             "(SELECT 1 FROM job_item_history h WHERE h.job_id = job_item.job_id AND h.device_id = job_item.device_id "
-            "AND h.status = 'timed_out')", {"job": ctx.job_id})
-        rows = db.run(conn,
+            "AND h.status = 'timed_out')",
+            {"job": ctx.job_id},
+        )
+        rows = db.run(
+            conn,
             "SELECT c.device_id, c.key, b.desired, b.desired_at, b.desired_by, coalesce(b.secret, false) "
             "FROM job_item ji JOIN device_config c ON c.device_id = ji.device_id AND c.desired_by = :by "
             "AND c.desired_revision = ji.revision "
             "LEFT JOIN job_item_before b ON b.job_id = ji.job_id AND b.device_id = c.device_id AND b.key = c.key "
-            "WHERE ji.job_id = :job AND ji.status = 'syncing'", {"by": by, "job": ctx.job_id}).all()
+            "WHERE ji.job_id = :job AND ji.status = 'syncing'",
+            {"by": by, "job": ctx.job_id},
+        ).all()
         if rows:
             revision = store.next_revision(conn)
-            db.run(conn,
+            db.run(
+                conn,
                 "UPDATE device_config SET desired = :desired, desired_at = :at, desired_by = :by, "
                 "secret = (secret OR :secret), desired_revision = :revision WHERE device_id = :device AND key = :key",
-                [{"desired": r[2], "at": r[3] if r[2] is not None else stamp,
-                  "by": r[4] if r[2] is not None else f"{by} (withdrawn)", "secret": bool(r[5]),
-                  "revision": revision, "device": r[0], "key": r[1]} for r in rows])
-        db.run(conn, "UPDATE job_item SET status = 'cancelled', error = :reason, updated_at = :now "
-               "WHERE job_id = :job AND status IN ('pending', 'syncing')",
-               {"reason": reason, "now": stamp, "job": ctx.job_id})
-        db.run(conn, "UPDATE job_batch SET status = 'cancelled', finished_at = :now "
-               "WHERE job_id = :job AND status NOT IN ('promoted', 'tripped')", {"now": stamp, "job": ctx.job_id})
+                [
+                    {
+                        "desired": r[2],
+                        "at": r[3] if r[2] is not None else stamp,
+                        "by": r[4] if r[2] is not None else f"{by} (withdrawn)",
+                        "secret": bool(r[5]),
+                        "revision": revision,
+                        "device": r[0],
+                        "key": r[1],
+                    }
+                    for r in rows
+                ],
+            )
+        db.run(
+            conn,
+            "UPDATE job_item SET status = 'cancelled', error = :reason, updated_at = :now "
+            "WHERE job_id = :job AND status IN ('pending', 'syncing')",
+            {"reason": reason, "now": stamp, "job": ctx.job_id},
+        )
+        db.run(
+            conn,
+            "UPDATE job_batch SET status = 'cancelled', finished_at = :now "
+            "WHERE job_id = :job AND status NOT IN ('promoted', 'tripped')",
+            {"now": stamp, "job": ctx.job_id},
+        )
         shards.cancel_open(conn, ctx.job_id)
         _set_job(conn, ctx, status=job_status, step="done", finished_at=stamp)
-        db.run(conn, "UPDATE campaign SET completed_at = coalesce(completed_at, :now) WHERE id = :id",
-               {"now": stamp, "id": ctx.campaign_id})
+        db.run(
+            conn,
+            "UPDATE campaign SET completed_at = coalesce(completed_at, :now) WHERE id = :id",
+            {"now": stamp, "id": ctx.campaign_id},
+        )
         if revert:
             _revert(conn, ctx)
 
@@ -520,13 +680,16 @@ def _cancel_items(ctx: Context, job_status: str, reason: str, *, revert: bool = 
 def _revert(conn: "Connection", ctx: Context) -> None:
     from campaignctl import rollback
 
-    tripped = db.run(conn, "SELECT max(number) FROM job_batch WHERE job_id = :job AND status = 'tripped'",
-                     {"job": ctx.job_id}).scalar()
+    tripped = db.run(
+        conn, "SELECT max(number) FROM job_batch WHERE job_id = :job AND status = 'tripped'", {"job": ctx.job_id}
+    ).scalar()
     if tripped is None:
         return
     settings = db.loads(db.run(conn, "SELECT settings FROM job WHERE id = :id", {"id": ctx.job_id}).scalar_one(), dict)
     result = rollback.revert(conn, ctx.campaign_id, tripped, settings)
     if result is not None:
-        db.run(conn, "UPDATE campaign SET reason = coalesce(reason, '') || :more WHERE id = :id",
-               {"more": f"; {rollback.describe(result)}", "id": ctx.campaign_id})
-
+        db.run(
+            conn,
+            "UPDATE campaign SET reason = coalesce(reason, '') || :more WHERE id = :id",
+            {"more": f"; {rollback.describe(result)}", "id": ctx.campaign_id},
+        )

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from campaignctl import db, dialect, store
 from campaignctl.errors import InputError
-from campaignctl.values import (MAX_STATE_BYTES, MAX_STATE_DEPTH, TooDeep, canonical, check_key, depth, loads,
-                                mask)
+from campaignctl.suggest import did_you_mean
+from campaignctl.values import MAX_STATE_BYTES, MAX_STATE_DEPTH, TooDeep, canonical, check_key, depth, loads, mask
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -34,8 +34,12 @@ class ImportResult:
     secrets: int = 0  # HTTP devices given a secret
 
     def to_dict(self) -> dict[str, Any]:
-        return {"devices": self.devices.to_dict(), "interfaces": self.interfaces.to_dict(),
-                "device_types": self.device_types.to_dict(), "secrets_provisioned": self.secrets}
+        return {
+            "devices": self.devices.to_dict(),
+            "interfaces": self.interfaces.to_dict(),
+            "device_types": self.device_types.to_dict(),
+            "secrets_provisioned": self.secrets,
+        }
 
 
 def import_fleet(engine: "Engine", path: str) -> ImportResult:
@@ -62,12 +66,16 @@ def _import(engine: "Engine", fleet: "Fleet", path: str) -> ImportResult:
         _upsert_devices(conn, fleet, now, result.devices, path)
         # A device (or interface) that left HTTP polling loses its secret: the device API
         # must not keep accepting it.
-        db.run(conn,
-               "UPDATE device SET secret_salt = NULL, secret_hash = NULL WHERE secret_hash IS NOT NULL "
-               "AND interface_id IN (SELECT id FROM interface WHERE type <> 'http')")
-        if db.run(conn,
-                  "SELECT 1 FROM device d JOIN interface i ON i.id = d.interface_id "
-                  "WHERE i.type = 'http' AND d.secret_hash IS NULL LIMIT 1").first():
+        db.run(
+            conn,
+            "UPDATE device SET secret_salt = NULL, secret_hash = NULL WHERE secret_hash IS NOT NULL "
+            "AND interface_id IN (SELECT id FROM interface WHERE type <> 'http')",
+        )
+        if db.run(
+            conn,
+            "SELECT 1 FROM device d JOIN interface i ON i.id = d.interface_id "
+            "WHERE i.type = 'http' AND d.secret_hash IS NULL LIMIT 1",
+        ).first():
             from campaignctl import credentials
 
             result.secrets = credentials.provision(conn, credentials.load_key(engine, create=True))
@@ -83,14 +91,19 @@ def _upsert_interfaces(conn: "Connection", fleet: "Fleet", now: str, counts: Cou
         settings = canonical(spec["settings"])
         row = existing.get(name)
         if row is None:
-            db.run(conn,
-                   "INSERT INTO interface (name, type, settings, created_at, updated_at) "
-                   "VALUES (:name, :type, :settings, :now, :now)",
-                   {"name": name, "type": spec["type"], "settings": settings, "now": now})
+            db.run(
+                conn,
+                "INSERT INTO interface (name, type, settings, created_at, updated_at) "
+                "VALUES (:name, :type, :settings, :now, :now)",
+                {"name": name, "type": spec["type"], "settings": settings, "now": now},
+            )
             counts.created += 1
         elif row.type != spec["type"] or row.settings != settings:
-            db.run(conn, "UPDATE interface SET type = :type, settings = :settings, updated_at = :now WHERE id = :id",
-                   {"type": spec["type"], "settings": settings, "now": now, "id": row.id})
+            db.run(
+                conn,
+                "UPDATE interface SET type = :type, settings = :settings, updated_at = :now WHERE id = :id",
+                {"type": spec["type"], "settings": settings, "now": now, "id": row.id},
+            )
             counts.updated += 1
         else:
             counts.unchanged += 1
@@ -102,26 +115,39 @@ def _upsert_device_types(conn: "Connection", fleet: "Fleet", now: str, counts: C
         type_id = types.get(name)
         is_new, changed = type_id is None, False
         if is_new:
-            type_id = db.run(conn, "INSERT INTO device_type (name, created_at) VALUES (:name, :now) RETURNING id",
-                             {"name": name, "now": now}).scalar_one()
+            type_id = db.run(
+                conn,
+                "INSERT INTO device_type (name, created_at) VALUES (:name, :now) RETURNING id",
+                {"name": name, "now": now},
+            ).scalar_one()
             counts.created += 1
-        current = {r.name: r for r in db.run(
-            conn, "SELECT id, name, version_key, url_key, token_key FROM firmware_type WHERE device_type_id = :type_id",
-            {"type_id": type_id})}
+        current = {
+            r.name: r
+            for r in db.run(
+                conn,
+                "SELECT id, name, version_key, url_key, token_key FROM firmware_type WHERE device_type_id = :type_id",
+                {"type_id": type_id},
+            )
+        }
         for fw_name, fw in spec.firmware_types.items():
             row = current.get(fw_name)
             wanted = (fw.version_key, fw.url_key, fw.token_key)
             keys = {"version_key": fw.version_key, "url_key": fw.url_key, "token_key": fw.token_key}
             if row is None:
-                db.run(conn,
-                       "INSERT INTO firmware_type (device_type_id, name, version_key, url_key, token_key) "
-                       "VALUES (:type_id, :name, :version_key, :url_key, :token_key)",
-                       {"type_id": type_id, "name": fw_name, **keys})
+                db.run(
+                    conn,
+                    "INSERT INTO firmware_type (device_type_id, name, version_key, url_key, token_key) "
+                    "VALUES (:type_id, :name, :version_key, :url_key, :token_key)",
+                    {"type_id": type_id, "name": fw_name, **keys},
+                )
                 changed = True
             elif (row.version_key, row.url_key, row.token_key) != wanted:
-                db.run(conn,
-                       "UPDATE firmware_type SET version_key = :version_key, url_key = :url_key, "
-                       "token_key = :token_key WHERE id = :id", {**keys, "id": row.id})
+                db.run(
+                    conn,
+                    "UPDATE firmware_type SET version_key = :version_key, url_key = :url_key, "
+                    "token_key = :token_key WHERE id = :id",
+                    {**keys, "id": row.id},
+                )
                 changed = True
         # Firmware types kept from earlier imports must not share keys with the new ones.
         owners: dict[str, str] = {}
@@ -135,8 +161,12 @@ def _upsert_device_types(conn: "Connection", fleet: "Fleet", now: str, counts: C
                 if key is None:
                     continue
                 if key in owners:
-                    raise _fleet_error(fleet, f"key {key!r} is used by firmware types {owners[key]!r} and {r.name!r}",
-                                       ("device_types", name, "firmware_types"), source)
+                    raise _fleet_error(
+                        fleet,
+                        f"key {key!r} is used by firmware types {owners[key]!r} and {r.name!r}",
+                        ("device_types", name, "firmware_types"),
+                        source,
+                    )
                 owners[key] = r.name
         if not is_new:
             if changed:
@@ -165,11 +195,21 @@ def _upsert_devices(conn: "Connection", fleet: "Fleet", now: str, counts: Counts
     for index, device in enumerate(fleet.devices):
         type_id = types.get(device.type)
         if type_id is None:
-            raise fleet.error(f"unknown device type {device.type!r}" + hint("device_types"), index, "type", source)
+            raise fleet.error(
+                f"unknown device type {device.type!r}" + (did_you_mean(device.type, types) or hint("device_types")),
+                index,
+                "type",
+                source,
+            )
         iface_id = ifaces.get(device.interface)
         if iface_id is None:
-            raise fleet.error(f"unknown interface {device.interface!r}" + hint("interfaces"), index, "interface",
-                              source)
+            raise fleet.error(
+                f"unknown interface {device.interface!r}"
+                + (did_you_mean(device.interface, ifaces) or hint("interfaces")),
+                index,
+                "interface",
+                source,
+            )
         tag_items = tuple(device.tags.items())
         tags = texts.get(tag_items)
         if tags is None:
@@ -184,31 +224,43 @@ def _upsert_devices(conn: "Connection", fleet: "Fleet", now: str, counts: Counts
     if inserts:
         from campaignctl.models import Device
 
-        dialect.bulk_insert(conn, Device.__table__,
-                            ("name", "device_type_id", "interface_id", "tags", "created_at", "updated_at"), inserts)
+        dialect.bulk_insert(
+            conn,
+            Device.__table__,  # type: ignore[attr-defined]
+            ("name", "device_type_id", "interface_id", "tags", "created_at", "updated_at"),
+            inserts,
+        )
     if updates:
-        db.run(conn,
-               "UPDATE device SET device_type_id = :type_id, interface_id = :interface_id, tags = :tags, "
-               "updated_at = :now WHERE id = :id", updates)
+        db.run(
+            conn,
+            "UPDATE device SET device_type_id = :type_id, interface_id = :interface_id, tags = :tags, "
+            "updated_at = :now WHERE id = :id",
+            updates,
+        )
     counts.created += len(inserts)
     counts.updated += len(updates)
 
 
-def list_devices(engine: "Engine", *, type: str | None = None, tags: dict[str, str] | None = None,
-                 interface: str | None = None) -> list[dict[str, Any]]:
+def list_devices(
+    engine: "Engine", *, type: str | None = None, tags: dict[str, str] | None = None, interface: str | None = None
+) -> list[dict[str, Any]]:
     with db.read(engine) as conn:
         where, params = device_filter(conn, type=type, tags=tags, interface=interface)
         rows = db.run(
             conn,
             "SELECT d.name, t.name, i.name, d.tags, d.updated_at FROM device d "
             "JOIN device_type t ON t.id = d.device_type_id JOIN interface i ON i.id = d.interface_id "
-            f"{where} ORDER BY d.name", params).all()
-    return [{"name": r[0], "type": r[1], "interface": r[2], "tags": db.loads(r[3], dict), "updated_at": r[4]}
-            for r in rows]
+            f"{where} ORDER BY d.name",
+            params,
+        ).all()
+    return [
+        {"name": r[0], "type": r[1], "interface": r[2], "tags": db.loads(r[3], dict), "updated_at": r[4]} for r in rows
+    ]
 
 
-def device_filter(conn: "Connection", *, type: str | None, tags: dict[str, str] | None,
-                  interface: str | None = None, alias: str = "d") -> tuple[str, dict[str, Any]]:
+def device_filter(
+    conn: "Connection", *, type: str | None, tags: dict[str, str] | None, interface: str | None = None, alias: str = "d"
+) -> tuple[str, dict[str, Any]]:
     """A WHERE clause (or "") selecting devices by type, tags and interface, and its
     named parameters (``filter_type``, ``filter_interface``, ``tag_key_N``, ``tag_value_N``)."""
     clauses: list[str] = []
@@ -232,7 +284,9 @@ def show_device(engine: "Engine", name: str, *, show_secrets: bool = False) -> d
         entries = db.run(
             conn,
             "SELECT key, desired, desired_at, desired_revision, desired_by, secret, reported, reported_at "
-            "FROM device_config WHERE device_id = :device_id ORDER BY key", {"device_id": device.id}).all()
+            "FROM device_config WHERE device_id = :device_id ORDER BY key",
+            {"device_id": device.id},
+        ).all()
     version = max((e.desired_revision or 0 for e in entries), default=0)
     return {
         "name": device.name,
@@ -245,12 +299,14 @@ def show_device(engine: "Engine", name: str, *, show_secrets: bool = False) -> d
         "configuration": [
             {
                 "key": e.key,
-                "desired": mask(db.loads(e.desired), bool(e.secret) and e.desired is not None,
-                                show_secrets=show_secrets),
+                "desired": mask(
+                    db.loads(e.desired), bool(e.secret) and e.desired is not None, show_secrets=show_secrets
+                ),
                 "desired_at": e.desired_at,
                 "desired_by": e.desired_by,
-                "reported": mask(db.loads(e.reported), bool(e.secret) and e.reported is not None,
-                                 show_secrets=show_secrets),
+                "reported": mask(
+                    db.loads(e.reported), bool(e.secret) and e.reported is not None, show_secrets=show_secrets
+                ),
                 "reported_at": e.reported_at,
                 "secret": bool(e.secret),
             }
@@ -267,8 +323,15 @@ class SetConfigResult:
     error: str | None = None
 
 
-def set_config(engine: "Engine", name: str, values: dict[str, Any], *, secret: bool = False,
-               deliver: bool = True, policy: Any = None) -> SetConfigResult:
+def set_config(
+    engine: "Engine",
+    name: str,
+    values: dict[str, Any],
+    *,
+    secret: bool = False,
+    deliver: bool = True,
+    policy: Any = None,
+) -> SetConfigResult:
     """A user's change of desired configuration: written, then delivered like a campaign's."""
     from campaignctl import delivery
 

@@ -38,6 +38,10 @@ HEARTBEAT_SECONDS = 5.0
 WRITE_CHUNK = 5000
 ITEM_STATES = ("pending", "syncing", "delivered", "failed", "cancelled", "installed", "skipped", "superseded")
 
+#: The lock (``dialect.exclusive``) under which campaigns claim devices: launches,
+#: scheduled starts, firmware recalls.
+CLAIMS = "campaign claims"
+
 #: progress(phase, done, total): phase is "write" or "deliver".
 Progress = Callable[[str, int, int], None]
 
@@ -65,12 +69,21 @@ def db_clock(conn: "Connection") -> float:
 
 
 def _lease_held(job: Any, now: float) -> bool:
-    return bool(job.lease_owner and job.lease_expires_at and job.lease_expires_at > now
-                and owner_alive(job.lease_owner))
+    return bool(
+        job.lease_owner and job.lease_expires_at and job.lease_expires_at > now and owner_alive(job.lease_owner)
+    )
 
 
-def launch(engine: "Engine", name: str, *, policy: DeliveryPolicy | None = None, chunk_size: int = WRITE_CHUNK,
-           shard_size: int | None = None, now: bool = False, force: bool = False) -> tuple[int | None, str | None]:
+def launch(
+    engine: "Engine",
+    name: str,
+    *,
+    policy: DeliveryPolicy | None = None,
+    chunk_size: int = WRITE_CHUNK,
+    shard_size: int | None = None,
+    now: bool = False,
+    force: bool = False,
+) -> tuple[int | None, str | None]:
     """Launch a draft campaign: ``scheduled`` when its ``start_at`` is in the future
     (unless ``now``), else ``running`` with its job created. Returns (job id, lease
     owner), or (None, None) when scheduled.
@@ -83,12 +96,14 @@ def launch(engine: "Engine", name: str, *, policy: DeliveryPolicy | None = None,
 
     policy = policy or DeliveryPolicy()
     with db.write(engine) as conn:
+        dialect.exclusive(conn, CLAIMS)
         # Locked: of two launches at once, the second waits, then finds it launched.
         row, spec = get_spec(conn, name, lock=True)
         if row.status != "draft":
             job = latest_job(conn, row.id)
-            raise ConflictError(f"campaign {name!r} was already launched ({row.status}"
-                                + (f", job {job})" if job else ")"))
+            raise ConflictError(
+                f"campaign {name!r} was already launched ({row.status}" + (f", job {job})" if job else ")")
+            )
         stamp = db.utcnow()
         from campaignctl.shards import DEFAULT_SIZE
 
@@ -99,21 +114,27 @@ def launch(engine: "Engine", name: str, *, policy: DeliveryPolicy | None = None,
                 from campaignctl.campaigns import fail_stored
 
                 refuse_conflicts(name, spec, membership.resolve(conn, name, spec, fail_stored(name)).conflicts)
-            db.run(conn, "UPDATE campaign SET status = 'scheduled', start_at = :start_at, launched_at = :now, "
-                   "updated_at = :now, launch_settings = :settings WHERE id = :id",
-                   {"start_at": spec.start_at, "now": stamp, "settings": json.dumps(settings), "id": row.id})
+            db.run(
+                conn,
+                "UPDATE campaign SET status = 'scheduled', start_at = :start_at, launched_at = :now, "
+                "updated_at = :now, launch_settings = :settings WHERE id = :id",
+                {"start_at": spec.start_at, "now": stamp, "settings": json.dumps(settings), "id": row.id},
+            )
             return None, None
         return start(conn, row, spec, settings, force=force)
 
 
-def start(conn: "Connection", row: Any, spec: Any, settings: dict[str, Any], *,
-          force: bool = True) -> tuple[int, str]:
+def start(conn: "Connection", row: Any, spec: Any, settings: dict[str, Any], *, force: bool = True) -> tuple[int, str]:
     """Create the job of a campaign that starts now, in the caller's write transaction.
     Unless ``force``, refused when another campaign of the same or a higher priority sets
     one of its keys on one of its devices."""
     from campaignctl import membership
     from campaignctl.campaigns import fail_stored
 
+    # Of two launches at once, the second decides on the first's campaign as launched
+    # (and a firmware recall waits for both): the claims on devices are read and made
+    # one transaction at a time.
+    dialect.exclusive(conn, CLAIMS)
     found = membership.resolve(conn, row.name, spec, fail_stored(row.name))
     if not force:
         refuse_conflicts(row.name, spec, found.conflicts)
@@ -121,21 +142,38 @@ def start(conn: "Connection", row: Any, spec: Any, settings: dict[str, Any], *,
     stamp = db.utcnow()
     # Conditional on the status: of two processes launching (or starting) the same
     # campaign at once, the second finds it no longer a draft once the first commits.
-    updated = db.run(conn, "UPDATE campaign SET status = 'running', launched_at = coalesce(launched_at, :now), "
-                     "updated_at = :now, reason = NULL WHERE id = :id AND status IN ('draft', 'scheduled')",
-                     {"now": stamp, "id": row.id}).rowcount
+    updated = db.run(
+        conn,
+        "UPDATE campaign SET status = 'running', launched_at = coalesce(launched_at, :now), "
+        "updated_at = :now, reason = NULL WHERE id = :id AND status IN ('draft', 'scheduled')",
+        {"now": stamp, "id": row.id},
+    ).rowcount
     if updated != 1:
         raise ConflictError(f"campaign {row.name!r} was launched by another process")
     owner = new_owner()
-    job_id = db.run(conn,
+    job_id = db.run(
+        conn,
         "INSERT INTO job (campaign_id, status, step, plan, settings, total, lease_owner, lease_expires_at, "
         f"created_at) VALUES (:campaign, 'created', 'write', :plan, :settings, :total, :owner, "
         f"{dialect.clock(conn)} + :lease, :now) RETURNING id",
-        {"campaign": row.id, "plan": json.dumps(found.plan),
-         "settings": json.dumps({**settings, "rollout": rollout.to_dict()}),
-         "total": len(found.devices), "owner": owner, "lease": LEASE_SECONDS, "now": stamp}).scalar_one()
+        {
+            "campaign": row.id,
+            "plan": json.dumps(found.plan),
+            "settings": json.dumps(
+                {
+                    **settings,
+                    "rollout": rollout.to_dict(),
+                    "priority": spec.priority,
+                    "supersedes": membership.supersedes(found, spec.priority),
+                }
+            ),
+            "total": len(found.devices),
+            "owner": owner,
+            "lease": LEASE_SECONDS,
+            "now": stamp,
+        },
+    ).scalar_one()
     _insert_items(conn, job_id, found)
-    membership.supersede(conn, row.name, spec.priority, found)
     return job_id, owner
 
 
@@ -152,11 +190,17 @@ def refuse_conflicts(name: str, spec: Any, conflicts: list[Any]) -> None:
             entry["keys"].add(c.key)
     if not blocking:
         return
-    parts = [f"{other} ({e['claim'].status}, priority {e['claim'].priority}), which sets {', '.join(sorted(e['keys']))} "
-             f"on {len(e['devices'])} of its devices" for other, e in blocking.items()]
-    raise ConflictError(f"campaign {name!r} (priority {spec.priority}) competes with " + "; ".join(parts)
-                        + f": give it a higher priority, cancel the other, or launch with --force "
-                          f"(campaignctl plan {name} lists the devices)")
+    parts = [
+        f"{other} ({e['claim'].status}, priority {e['claim'].priority}), which sets {', '.join(sorted(e['keys']))} "
+        f"on {len(e['devices'])} of its devices"
+        for other, e in blocking.items()
+    ]
+    raise ConflictError(
+        f"campaign {name!r} (priority {spec.priority}) competes with "
+        + "; ".join(parts)
+        + f": give it a higher priority, cancel the other, or launch with --force "
+        f"(campaignctl plan {name} lists the devices)"
+    )
 
 
 def _insert_items(conn: "Connection", job_id: int, found: Any) -> None:
@@ -167,12 +211,23 @@ def _insert_items(conn: "Connection", job_id: int, found: Any) -> None:
         for device_id in members:
             batch_of[device_id] = number
     if found.sizes:  # none when every device is left out (all already installed)
-        db.run(conn, "INSERT INTO job_batch (job_id, number, size) VALUES (:job, :number, :size)",
-               [{"job": job_id, "number": n, "size": size} for n, size in enumerate(found.sizes, start=1)])
+        db.run(
+            conn,
+            "INSERT INTO job_batch (job_id, number, size) VALUES (:job, :number, :size)",
+            [{"job": job_id, "number": n, "size": size} for n, size in enumerate(found.sizes, start=1)],
+        )
     left_out = found.left_out
-    dialect.bulk_insert(conn, JobItem.__table__, ("job_id", "device_id", "status", "attempts", "batch", "error"),
-                        ((job_id, d, "pending", 0, batch_of[d], None) if d not in left_out else
-                         (job_id, d, left_out[d][0], 0, 0, left_out[d][1]) for d, _ in found.devices))
+    dialect.bulk_insert(
+        conn,
+        JobItem.__table__,  # type: ignore[attr-defined]
+        ("job_id", "device_id", "status", "attempts", "batch", "error"),
+        (
+            (job_id, d, "pending", 0, batch_of[d], None)
+            if d not in left_out
+            else (job_id, d, left_out[d][0], 0, 0, left_out[d][1])
+            for d, _ in found.devices
+        ),
+    )
     # The write step's statements join these rows: plan them on their real numbers.
     dialect.analyze(conn, "job_item")
 
@@ -203,22 +258,33 @@ def try_acquire(engine: "Engine", job_id: int, *, explain: bool = False) -> str 
                 host, _, rest = job.lease_owner.partition(":")
                 raise ConflictError(
                     f"job {job_id} is being run by process {rest.split(':')[0]} on {host} (lease renewed until "
-                    f"{time.strftime('%H:%M:%S', time.localtime(job.lease_expires_at))}); not running it twice")
+                    f"{time.strftime('%H:%M:%S', time.localtime(job.lease_expires_at))}); not running it twice"
+                )
             return None
         # Compare-and-set on what was read: on the locked row nobody can have changed it,
         # and the check keeps that true should the lock ever be missing.
-        taken = db.run(conn, "UPDATE job SET lease_owner = :owner, lease_expires_at = :now + :lease WHERE id = :id "
-                       "AND lease_owner IS NOT DISTINCT FROM :seen", {
-                           "owner": owner, "now": now, "lease": LEASE_SECONDS, "id": job_id,
-                           "seen": job.lease_owner}).rowcount
+        taken = db.run(
+            conn,
+            "UPDATE job SET lease_owner = :owner, lease_expires_at = :now + :lease WHERE id = :id "
+            "AND lease_owner IS NOT DISTINCT FROM :seen",
+            {"owner": owner, "now": now, "lease": LEASE_SECONDS, "id": job_id, "seen": job.lease_owner},
+        ).rowcount
+    if taken == 1 and job.lease_owner is not None:
+        # The lease of a process that died or stopped renewing it: an operator wants to know.
+        from campaignctl.metrics import PROCESS
+
+        PROCESS.lease_takeovers.inc()
     return owner if taken == 1 else None
 
 
 def lock_job(conn: "Connection", job_id: int) -> Any:
     """The job row, locked until the end of the write transaction (PostgreSQL; SQLite's
     writer already holds the database)."""
-    row = db.run(conn, "SELECT id, status, step, lease_owner, lease_expires_at FROM job WHERE id = :id"
-                 + dialect.for_update(conn), {"id": job_id}).one_or_none()
+    row = db.run(
+        conn,
+        "SELECT id, status, step, lease_owner, lease_expires_at FROM job WHERE id = :id" + dialect.for_update(conn),
+        {"id": job_id},
+    ).one_or_none()
     if row is None:
         raise NotFoundError(f"no job {job_id}")
     return row
@@ -226,16 +292,25 @@ def lock_job(conn: "Connection", job_id: int) -> Any:
 
 def renew(engine: "Engine", job_id: int, owner: str) -> bool:
     with db.write(engine) as conn:
-        return db.run(conn, f"UPDATE job SET lease_expires_at = {dialect.clock(conn)} + :lease "
-                      "WHERE id = :id AND lease_owner = :owner",
-                      {"lease": LEASE_SECONDS, "id": job_id, "owner": owner}).rowcount == 1
+        return (
+            db.run(
+                conn,
+                f"UPDATE job SET lease_expires_at = {dialect.clock(conn)} + :lease "
+                "WHERE id = :id AND lease_owner = :owner",
+                {"lease": LEASE_SECONDS, "id": job_id, "owner": owner},
+            ).rowcount
+            == 1
+        )
 
 
 def release(engine: "Engine", job_id: int, owner: str) -> None:
     try:
         with db.write(engine) as conn:
-            db.run(conn, "UPDATE job SET lease_owner = NULL, lease_expires_at = NULL WHERE id = :id "
-                   "AND lease_owner = :owner", {"id": job_id, "owner": owner})
+            db.run(
+                conn,
+                "UPDATE job SET lease_owner = NULL, lease_expires_at = NULL WHERE id = :id AND lease_owner = :owner",
+                {"id": job_id, "owner": owner},
+            )
     except Exception:  # noqa: BLE001 - the lease then simply expires
         pass
 
@@ -280,8 +355,11 @@ def latest_job(conn: "Connection", campaign_id: int) -> int | None:
 
 
 def job_row(conn: "Connection", job_id: int) -> Any:
-    row = db.run(conn, "SELECT j.*, c.name AS campaign FROM job j JOIN campaign c ON c.id = j.campaign_id "
-                 "WHERE j.id = :id", {"id": job_id}).one_or_none()
+    row = db.run(
+        conn,
+        "SELECT j.*, c.name AS campaign FROM job j JOIN campaign c ON c.id = j.campaign_id WHERE j.id = :id",
+        {"id": job_id},
+    ).one_or_none()
     if row is None:
         raise NotFoundError(f"no job {job_id}")
     return row
@@ -306,7 +384,7 @@ def summary(conn: "Connection", job_id: int) -> dict[str, Any]:
         "step": job.step,
         "total": job.total,
         "counts": counts(conn, job_id),
-        "settings": {k: v for k, v in settings.items() if k != "rollout"},
+        "settings": {k: v for k, v in settings.items() if k not in ("rollout", "supersedes")},
         "running": _lease_held(job, db_clock(conn)),
         "created_at": job.created_at,
         "started_at": job.started_at,
@@ -316,23 +394,38 @@ def summary(conn: "Connection", job_id: int) -> dict[str, Any]:
 
 
 def steps(conn: "Connection", job_id: int) -> list[dict[str, Any]]:
-    return [{"number": r[0], "kind": r[1], "batch": r[2], "devices": r[3], "started_at": r[4]}
-            for r in db.run(conn, "SELECT number, kind, batch, devices, started_at FROM job_step "
-                            "WHERE job_id = :job ORDER BY number", {"job": job_id})]
+    return [
+        {"number": r[0], "kind": r[1], "batch": r[2], "devices": r[3], "started_at": r[4]}
+        for r in db.run(
+            conn,
+            "SELECT number, kind, batch, devices, started_at FROM job_step WHERE job_id = :job ORDER BY number",
+            {"job": job_id},
+        )
+    ]
 
 
 def show(engine: "Engine", job_id: int) -> dict[str, Any]:
     with db.read(engine) as conn:
         data = summary(conn, job_id)
         data["steps"] = steps(conn, job_id)
-        data["errors"] = [{"device": r[0], "attempts": r[1], "error": r[2], "at": r[3]}
-                          for r in db.run(conn,
-            "SELECT d.name, ji.attempts, ji.error, ji.updated_at FROM job_item ji JOIN device d ON d.id = ji.device_id "
-            "WHERE ji.job_id = :job AND ji.status = 'failed' ORDER BY d.name", {"job": job_id})]
-        data["history"] = [{"device": r[0], "step": r[1], "status": r[2], "attempts": r[3], "error": r[4], "at": r[5]}
-                           for r in db.run(conn,
-            "SELECT d.name, h.step, h.status, h.attempts, h.error, h.at FROM job_item_history h "
-            "JOIN device d ON d.id = h.device_id WHERE h.job_id = :job ORDER BY h.step, d.name", {"job": job_id})]
+        data["errors"] = [
+            {"device": r[0], "attempts": r[1], "error": r[2], "at": r[3]}
+            for r in db.run(
+                conn,
+                "SELECT d.name, ji.attempts, ji.error, ji.updated_at FROM job_item ji JOIN device d ON d.id = ji.device_id "
+                "WHERE ji.job_id = :job AND ji.status = 'failed' ORDER BY d.name",
+                {"job": job_id},
+            )
+        ]
+        data["history"] = [
+            {"device": r[0], "step": r[1], "status": r[2], "attempts": r[3], "error": r[4], "at": r[5]}
+            for r in db.run(
+                conn,
+                "SELECT d.name, h.step, h.status, h.attempts, h.error, h.at FROM job_item_history h "
+                "JOIN device d ON d.id = h.device_id WHERE h.job_id = :job ORDER BY h.step, d.name",
+                {"job": job_id},
+            )
+        ]
         from campaignctl import shards
 
         data["shards"] = shards.list_shards(conn, job_id)

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from campaignctl import db, store
+from campaignctl import db, metrics, store
 from campaignctl.errors import CampaignctlError, InputError
 from campaignctl.names import name_problem
 from campaignctl.values import shown
@@ -45,6 +45,7 @@ class StateIngest:
         self.stats = ListenStats()
         self._ids: dict[tuple[str, str], int] = {}
         self._pending: list[_Message] = []
+        self._counted = (0, 0)  # recorded, rejected: what the metrics have of the stats
 
     def _device_id(self, interface: str, device: str) -> int | None:
         if name_problem(device):  # e.g. a NUL byte, which PostgreSQL text cannot even compare
@@ -56,7 +57,8 @@ class StateIngest:
                     conn,
                     "SELECT d.id FROM device d JOIN interface i ON i.id = d.interface_id "
                     "WHERE d.name = :device AND i.name = :interface",
-                    {"device": device, "interface": interface}).scalar()
+                    {"device": device, "interface": interface},
+                ).scalar()
             if found is None:
                 return None
             self._ids[key] = found
@@ -81,6 +83,14 @@ class StateIngest:
         self._pending.append(_Message(interface, device, [(device_id, k, v, now) for k, v in values.items()]))
 
     def flush(self) -> None:
+        try:
+            self._flush()
+        finally:
+            recorded, rejected = self.stats.recorded, self.stats.rejected
+            metrics.state_reports("mqtt", recorded - self._counted[0], rejected - self._counted[1])
+            self._counted = (recorded, rejected)
+
+    def _flush(self) -> None:
         pending, self._pending = self._pending, []
         if not pending:
             return
@@ -144,8 +154,7 @@ _SHARE_GROUP = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 def check_share(group: str) -> None:
     if not _SHARE_GROUP.fullmatch(group):
-        raise InputError(f"share group {group!r} is not valid: 1 to 64 letters, digits, '-' and '_'",
-                         field="--share")
+        raise InputError(f"share group {group!r} is not valid: 1 to 64 letters, digits, '-' and '_'", field="--share")
 
 
 def mqtt_interfaces(engine: "Engine", names: list[str] | None = None) -> list[tuple[str, dict]]:
@@ -165,10 +174,18 @@ def mqtt_interfaces(engine: "Engine", names: list[str] | None = None) -> list[tu
 DOWN_AFTER = 90.0
 
 
-def listen(engine: "Engine", *, timeout: float | None = None, interfaces: list[str] | None = None,
-           info: Callable[[str], None] = lambda _m: None, warn: Callable[[str], None] = lambda _m: None,
-           stop: threading.Event | None = None, flush_interval: float = 0.2, share: str | None = None,
-           health: Callable[[str | None], None] = lambda _problem: None) -> ListenStats:
+def listen(
+    engine: "Engine",
+    *,
+    timeout: float | None = None,
+    interfaces: list[str] | None = None,
+    info: Callable[[str], None] = lambda _m: None,
+    warn: Callable[[str], None] = lambda _m: None,
+    stop: threading.Event | None = None,
+    flush_interval: float = 0.2,
+    share: str | None = None,
+    health: Callable[[str | None], None] = lambda _problem: None,
+) -> ListenStats:
     """Subscribe to the state topic of every MQTT interface and record reported state
     until ``timeout`` seconds have passed, ``stop`` is set or the user presses Ctrl-C
     (the normal way to end it: what was received is recorded, and the counts returned).
@@ -184,9 +201,10 @@ def listen(engine: "Engine", *, timeout: float | None = None, interfaces: list[s
     ingest = StateIngest(engine, warn)
     if share is not None:
         check_share(share)
-    listeners = [StateListener(name, Settings.model_validate(s), lambda i, d, p: inbox.put((i, d, p)), info,
-                               share=share)
-                 for name, s in targets]
+    listeners = [
+        StateListener(name, Settings.model_validate(s), lambda i, d, p: inbox.put((i, d, p)), info, share=share)
+        for name, s in targets
+    ]
     stop = stop or threading.Event()
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
@@ -221,6 +239,9 @@ def listen(engine: "Engine", *, timeout: float | None = None, interfaces: list[s
 
 def _down(listeners: "list[StateListener]") -> str | None:
     """Which listeners have been without their broker for longer than ``DOWN_AFTER``."""
-    down = [f"{listener.name}: no broker connection for {seconds:.0f}s" for listener in listeners
-            if (seconds := listener.down_for()) > DOWN_AFTER]
+    down = [
+        f"{listener.name}: no broker connection for {seconds:.0f}s"
+        for listener in listeners
+        if (seconds := listener.down_for()) > DOWN_AFTER
+    ]
     return ", ".join(down) or None

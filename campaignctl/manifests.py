@@ -10,16 +10,25 @@ import csv
 import datetime
 import io
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, NamedTuple, Optional
+from typing import Annotated, Any, Literal, NamedTuple, Optional, get_args
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from campaignctl import interfaces
 from campaignctl.errors import InputError
 from campaignctl.names import check_name, name_problem
 from campaignctl.rollout import MAX_COUNT, Rollout, check_count, parse_duration, parse_percent, parse_time
 from campaignctl.spec import CampaignSpec
+from campaignctl.suggest import did_you_mean
 from campaignctl.values import MissingVariable, canonical, expand_env, key_problem
 from campaignctl.versions import check_pattern
 from campaignctl.yamlfile import YamlDocument, format_path, read_text
@@ -127,7 +136,7 @@ def _plain_device(data: Any, known: set) -> Device | None:
             except ValueError:
                 return None
         values[key] = value
-    return Device(name, kind, interface, values)
+    return Device(name, kind, interface, values)  # type: ignore[arg-type]  # both checked as str above
 
 
 def _device(data: Any, known: set, invalid: Any) -> Device:
@@ -244,12 +253,17 @@ class RolloutManifest(BaseModel):
 
     def to_rollout(self) -> Rollout:
         return Rollout(
-            batches=self.batches, batch_size=self.batch_size,
+            batches=self.batches,
+            batch_size=self.batch_size,
             canary=self.canary.model_dump() if self.canary else None,
             bake_time=self.bake_time or 0.0,
             success_threshold=1.0 if self.success_threshold is None else self.success_threshold,
-            error_threshold=self.error_threshold, on_error=self.on_error,
-            max_per_minute=self.max_per_minute, device_timeout=self.device_timeout, explicit=True)
+            error_threshold=self.error_threshold,
+            on_error=self.on_error,
+            max_per_minute=self.max_per_minute,
+            device_timeout=self.device_timeout,
+            explicit=True,
+        )
 
 
 class CampaignManifest(_Strict):
@@ -273,12 +287,16 @@ def _validate(model: type[BaseModel], data: Any, doc: YamlDocument, prefix: tupl
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise _input_error(exc, doc, prefix) from None
+        raise _input_error(exc, doc, prefix, model) from None
     except RecursionError:
         raise InputError("a value is nested too deeply", source=doc.source) from None
 
 
-def _input_error(exc: ValidationError, doc: YamlDocument, prefix: tuple = ()) -> InputError:
+def _input_error(
+    exc: ValidationError, doc: YamlDocument, prefix: tuple = (), model: type[BaseModel] | None = None
+) -> InputError:
+    """The first of pydantic's errors, in campaignctl's words, at its place in the file;
+    an unknown field of ``model`` (or a model inside it) names the closest known one."""
     err = exc.errors(include_url=False)[0]
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))  # drop union tags
     path = prefix + loc
@@ -295,13 +313,42 @@ def _input_error(exc: ValidationError, doc: YamlDocument, prefix: tuple = ()) ->
         msg = f"{msg[0].lower()}{msg[1:]} (got {type(err.get('input')).__name__})"
     if kind == "extra_forbidden" and loc and isinstance(loc[-1], str) and len(loc) >= 1:
         msg = f"unknown field {loc[-1]!r}"
+        if model is not None:
+            msg += did_you_mean(loc[-1], _field_names_at(model, loc[:-1]))
     if msg[:1].isupper() and msg[1:2].islower():  # pydantic's "Input should be..." in our style
         msg = msg[0].lower() + msg[1:]
     return doc.error(msg, path)
 
 
-def load_fleet(path: str) -> "Fleet":
-    """Read a fleet manifest: YAML (interfaces, device types, devices) or CSV (devices only)."""
+def _field_names_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names (as written in a manifest: aliases) of the model(s) found at
+    ``loc`` inside ``model``, through optional, list and mapping fields (whose indexes
+    and keys in ``loc`` are stepped over)."""
+    models = [model]
+    for step in loc:
+        inner = [
+            found
+            for m in models
+            for name, f in m.model_fields.items()
+            if step in (name, f.alias)
+            for found in _models_in(f.annotation)
+        ]
+        if inner:
+            models = inner
+    return [f.alias or name for m in models for name, f in m.model_fields.items()]
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation holds: ``Optional[M]``, ``list[M]``, ``dict[str, M]``…"""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def load_fleet(path: str, environ: dict[str, str] | None = None) -> "Fleet":
+    """Read a fleet manifest: YAML (interfaces, device types, devices) or CSV (devices only).
+    Interface settings may refer to the environment (``environ``, default ``os.environ``):
+    ``${VAR}``, ``${VAR:-default}``."""
     text = read_text(path)
     if path.lower().endswith(".csv"):
         devices, lines = _parse_csv(text, path)
@@ -313,31 +360,44 @@ def load_fleet(path: str) -> "Fleet":
         # The devices are most of a large manifest: validated on their own, quicker (_device).
         manifest: FleetManifest = _validate(FleetManifest, {k: v for k, v in data.items() if k != "devices"}, doc)
         known: set = set()
-        devices = [_device(item, known, lambda exc, i=index: _input_error(exc, doc, ("devices", i)))
-                   for index, item in enumerate(raw_devices)]
+        devices = [
+            _device(item, known, lambda exc, i=index: _input_error(exc, doc, ("devices", i), DeviceSpec))
+            for index, item in enumerate(raw_devices)
+        ]
     else:
         manifest = _validate(FleetManifest, data, doc)
         devices = [Device(d.name, d.type, d.interface, d.tags) for d in manifest.devices]
     validated_interfaces: dict[str, dict[str, Any]] = {}
     for name, raw in manifest.interfaces.items():
-        validated_interfaces[name] = _validate_interface(raw, doc, ("interfaces", name))
+        validated_interfaces[name] = _validate_interface(raw, doc, ("interfaces", name), environ)
     seen: dict[str, int] = {}
     for index, device in enumerate(devices):
         if device.name in seen:
-            raise doc.error(f"device {device.name!r} is listed twice (also at devices[{seen[device.name]}])",
-                            ("devices", index, "name"))
+            raise doc.error(
+                f"device {device.name!r} is listed twice (also at devices[{seen[device.name]}])",
+                ("devices", index, "name"),
+            )
         seen[device.name] = index
     return Fleet(interfaces=validated_interfaces, device_types=manifest.device_types, devices=devices, doc=doc)
 
 
-def _validate_interface(raw: dict[str, Any], doc: YamlDocument, path: tuple) -> dict[str, Any]:
+def _validate_interface(
+    raw: dict[str, Any], doc: YamlDocument, path: tuple, environ: dict[str, str] | None = None
+) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise doc.error("an interface is a mapping with a 'type' and its settings", path)
     kind = raw.get("type")
     if kind not in interfaces.TYPES:
         raise doc.error(f"type must be one of {', '.join(interfaces.TYPES)}, not {kind!r}", path + ("type",))
     settings_model = interfaces.settings_model(kind)
-    settings = {k: v for k, v in raw.items() if k != "type"}
+    settings = {}
+    for key, value in raw.items():
+        if key == "type":
+            continue
+        try:
+            settings[key] = _expand(value, environ)[0]
+        except MissingVariable as exc:
+            raise doc.error(_unset(exc), path + (key,)) from None
     validated = _validate(settings_model, settings, doc, path)
     return {"type": kind, "settings": validated.model_dump(exclude_none=True)}
 
@@ -389,11 +449,16 @@ def _parse_csv(text: str, source: str) -> tuple[list[Device], dict[int, int]]:
             tags = cells.get(cell)
             if tags is None:
                 tags = cells[cell] = _csv_tags(cell, source, line)
-            data = {"name": row[at_name], "type": row[at_type], "interface": row[at_interface], "tags": tags}
-            device = _device(data, known, lambda exc: _csv_error(exc, source, line))
+            # The header check made sure these three columns exist.
+            data = {"name": row[at_name], "type": row[at_type], "interface": row[at_interface], "tags": tags}  # type: ignore[index]
+            device = _device(data, known, lambda exc, line=line: _csv_error(exc, source, line))
             if device.name in seen:
-                raise InputError(f"device {device.name!r} is listed twice (also on line {seen[device.name]})",
-                                 source=source, field="name", line=line)
+                raise InputError(
+                    f"device {device.name!r} is listed twice (also on line {seen[device.name]})",
+                    source=source,
+                    field="name",
+                    line=line,
+                )
             seen[device.name] = line
             lines[len(devices)] = line
             devices.append(device)
@@ -408,11 +473,13 @@ def _check_header(header: list[str], source: str) -> None:
     twice = sorted({c for c in header if header.count(c) > 1})
     if missing or unknown or twice:
         problem = "; ".join(
-            p for p in (
+            p
+            for p in (
                 f"missing column(s) {', '.join(missing)}" if missing else "",
                 f"unknown column(s) {', '.join(unknown)}" if unknown else "",
                 f"column(s) given twice: {', '.join(twice)}" if twice else "",
-            ) if p
+            )
+            if p
         )
         raise InputError(f"{problem} (expected header: {','.join(CSV_COLUMNS)})", source=source, line=1)
 
@@ -454,7 +521,7 @@ def load_campaign(path: str, environ: dict[str, str] | None = None) -> CampaignS
                 expanded, secret = _expand(value, environ)
                 canonical(expanded)
             except MissingVariable as exc:
-                raise doc.error(f"environment variable {exc.args[0]} is not set", (section, key)) from None
+                raise doc.error(_unset(exc), (section, key)) from None
             except (ValueError, TypeError) as exc:
                 raise doc.error(f"not a JSON value ({exc})", (section, key)) from None
             except RecursionError:
@@ -478,6 +545,10 @@ def load_campaign(path: str, environ: dict[str, str] | None = None) -> CampaignS
         source=path,
         text=text,
     )
+
+
+def _unset(exc: MissingVariable) -> str:
+    return f"environment variable {exc.args[0]} is not set"
 
 
 def _expand(value: Any, environ: dict[str, str] | None) -> tuple[Any, bool]:

@@ -4,10 +4,12 @@ One computation behind ``launch`` (and a scheduled start) and ``plan``, so that 
 shows exactly the devices and batches the launch that follows makes. A device is left
 out of the deliveries when:
 
-- ``installed``: it already reports the firmware version the campaign ships (it is
-  valid without receiving anything);
+- ``installed``: it already reports the firmware version the campaign ships, and its
+  desired entries name no other (it is valid without receiving anything);
 - ``skipped``: the firmware would be a downgrade, its reported version is not among the
-  manifest's ``firmware.from`` patterns, or its device type has no such firmware;
+  manifest's ``firmware.from`` patterns, or its device type has no such firmware; or,
+  for a rollback, the campaign it rolls back wrote nothing to it, or someone changed
+  the value since;
 - ``superseded``: a campaign of higher priority, scheduled, running or paused, sets one
   of the same keys on it.
 
@@ -70,8 +72,15 @@ class Membership:
             position += size
 
 
-def resolve(conn: "Connection", name: str, spec: "CampaignSpec", fail: "Fail", *, dry_run: bool = False,
-            conflict_statuses: tuple[str, ...] = ACTIVE) -> Membership:
+def resolve(
+    conn: "Connection",
+    name: str,
+    spec: "CampaignSpec",
+    fail: "Fail",
+    *,
+    dry_run: bool = False,
+    conflict_statuses: tuple[str, ...] = ACTIVE,
+) -> Membership:
     """The membership of campaign ``name``'s job if it started now. ``dry_run`` (plan):
     a recalled firmware leaves the devices out instead of being an error."""
     from campaignctl.campaigns import build_plan, canaries, resolve_devices
@@ -80,9 +89,13 @@ def resolve(conn: "Connection", name: str, spec: "CampaignSpec", fail: "Fail", *
     problems: dict[int, str] = {}
     plan = build_plan(conn, spec, {t for _, t in devices}, fail, problems=problems, dry_run=dry_run)
     left_out: dict[int, tuple[str, str]] = {d: ("skipped", problems[t]) for d, t in devices if t in problems}
-    if spec.firmware and not spec.rollback_of:
-        # A rollback rewrites the firmware entries even of devices that report the
-        # version it goes back to: their desired entries hold the one rolled back.
+    if spec.rollback_of:
+        from campaignctl import rollback
+
+        left_out.update(rollback.left_out(conn, spec.rollback_of, [d for d, _ in devices if d not in left_out]))
+    elif spec.firmware:
+        # Not for a rollback: it rewrites the firmware entries even of devices that
+        # report the version it goes back to (their desired entries hold the other one).
         left_out.update(_version_rules(conn, spec, plan, devices))
     claims = active_claims(conn, spec, name, conflict_statuses)
     # Devices the campaign leaves out anyway (version rules) compete with nobody.
@@ -91,8 +104,9 @@ def resolve(conn: "Connection", name: str, spec: "CampaignSpec", fail: "Fail", *
         other = conflict.claim
         if other.status in ACTIVE and other.priority > spec.priority and conflict.device_id not in left_out:
             left_out[conflict.device_id] = (
-                "superseded", f"superseded by campaign {other.campaign} (priority {other.priority}), which also "
-                              f"sets {conflict.key}")
+                "superseded",
+                f"superseded by campaign {other.campaign} (priority {other.priority}), which also sets {conflict.key}",
+            )
     ids = [d for d, _ in devices]
     picked = canaries(conn, spec, set(ids), fail)
     delivered = [d for d in ids if d not in left_out]
@@ -105,31 +119,41 @@ def resolve(conn: "Connection", name: str, spec: "CampaignSpec", fail: "Fail", *
     return Membership(devices, plan, left_out, order, sizes, conflicts)
 
 
-def _version_rules(conn: "Connection", spec: "CampaignSpec", plan: dict[str, Any],
-                   devices: list[tuple[int, int]]) -> dict[int, tuple[str, str]]:
+def _version_rules(
+    conn: "Connection", spec: "CampaignSpec", plan: dict[str, Any], devices: list[tuple[int, int]]
+) -> dict[int, tuple[str, str]]:
     """Devices already at the target version, or that the version rules skip."""
     assert spec.firmware is not None
     target = spec.firmware["version"]
     allow_downgrade = bool(spec.firmware.get("allow_downgrade"))
-    patterns = spec.firmware.get("from")
+    patterns: list[str] | None = spec.firmware.get("from")
     out: dict[int, tuple[str, str]] = {}
     for type_id, entry in plan.items():
         if not entry.get("firmware_keys"):
             continue
         version_key = entry["firmware_keys"][0]
-        reported = dict(db.run(conn,
-            "SELECT c.device_id, c.reported FROM device_config c JOIN device d ON d.id = c.device_id "
-            "WHERE c.key = :key AND d.device_type_id = :type_id AND c.reported IS NOT NULL",
-            {"key": version_key, "type_id": int(type_id)}).all())
+        wanted = entry["configurations"][version_key]
+        entries = {
+            r[0]: (r[1], r[2])
+            for r in db.run(
+                conn,
+                "SELECT c.device_id, c.reported, c.desired FROM device_config c JOIN device d ON d.id = c.device_id "
+                "WHERE c.key = :key AND d.device_type_id = :type_id",
+                {"key": version_key, "type_id": int(type_id)},
+            )
+        }
         cache: dict[str | None, tuple[str, str | None]] = {}
         for device_id, device_type in devices:
             if device_type != int(type_id):
                 continue
-            text = reported.get(device_id)
+            text, desired = entries.get(device_id, (None, None))
             decided = cache.get(text)
             if decided is None:
-                decided = cache[text] = versions.rule(versions.reported_text(text), target,
-                                                      allow_downgrade=allow_downgrade, from_=patterns)
+                decided = cache[text] = versions.rule(
+                    versions.reported_text(text), target, allow_downgrade=allow_downgrade, from_=patterns
+                )
+            if decided[0] == "installed" and desired is not None and desired != wanted:
+                continue  # its desired entries still name another version: they are rewritten
             if decided[0] != "deliver":
                 out[device_id] = (decided[0], str(decided[1]))
     return out
@@ -145,33 +169,46 @@ def _related(conn: "Connection", spec: "CampaignSpec", name: str) -> set[str]:
     return related
 
 
-def active_claims(conn: "Connection", spec: "CampaignSpec", name: str,
-                  statuses: tuple[str, ...] = ACTIVE) -> list[Claim]:
+def active_claims(
+    conn: "Connection", spec: "CampaignSpec", name: str, statuses: tuple[str, ...] = ACTIVE
+) -> list[Claim]:
     """What the other campaigns of these statuses set, on which devices."""
     from campaignctl.campaigns import build_plan, fail_stored, resolve_devices
     from campaignctl.errors import CampaignctlError
     from campaignctl.spec import CampaignSpec
 
     related = _related(conn, spec, name)
-    rows = db.run(conn, "SELECT id, name, status, spec, secret_keys FROM campaign WHERE status IN :statuses "
-                  "ORDER BY id", {"statuses": list(statuses)}, "statuses").all()
+    rows = db.run(
+        conn,
+        "SELECT id, name, status, spec, secret_keys FROM campaign WHERE status IN :statuses ORDER BY id",
+        {"statuses": list(statuses)},
+        "statuses",
+    ).all()
     claims = []
     for campaign_id, other, status, text, secret_keys in rows:
         if other in related:
             continue
         other_spec = CampaignSpec.from_json(text, db.loads(secret_keys, list))
-        job = db.run(conn, "SELECT id, plan FROM job WHERE campaign_id = :id ORDER BY id DESC",
-                     {"id": campaign_id}).first()
+        job = db.run(
+            conn, "SELECT id, plan FROM job WHERE campaign_id = :id ORDER BY id DESC", {"id": campaign_id}
+        ).first()
         if job is not None:
             plan = db.loads(job.plan, dict)
-            devices = {r[0] for r in db.run(conn,
-                "SELECT device_id FROM job_item WHERE job_id = :job AND status NOT IN "
-                "('cancelled', 'installed', 'skipped', 'superseded')", {"job": job.id})}
+            devices = {
+                r[0]
+                for r in db.run(
+                    conn,
+                    "SELECT device_id FROM job_item WHERE job_id = :job AND status NOT IN "
+                    "('cancelled', 'installed', 'skipped', 'superseded')",
+                    {"job": job.id},
+                )
+            }
         else:
             try:
                 selected = resolve_devices(conn, other_spec, fail_stored(other))
-                plan = build_plan(conn, other_spec, {t for _, t in selected}, fail_stored(other), problems={},
-                                  dry_run=True)
+                plan = build_plan(
+                    conn, other_spec, {t for _, t in selected}, fail_stored(other), problems={}, dry_run=True
+                )
             except CampaignctlError:
                 continue  # a draft that no longer resolves sets nothing
             devices = {d for d, _ in selected}
@@ -195,19 +232,21 @@ def find_conflicts(devices: list[tuple[int, int]], plan: dict[str, Any], claims:
     return out
 
 
-def supersede(conn: "Connection", name: str, priority: int, found: Membership) -> None:
-    """Launching ``name``: the devices it writes that campaigns of lower priority also
-    set are theirs no more (status ``superseded``)."""
-    by_job: dict[int, tuple[Claim, dict[int, str]]] = {}
+def supersedes(found: Membership, priority: int) -> dict[str, dict[str, Any]]:
+    """The campaigns of lower priority this one takes devices from, by job: their device
+    types and keys in common. The devices become theirs no more (``superseded``) when
+    this campaign's write step writes them — not before, so that a device whose write
+    never comes (this campaign cancelled first) stays the other campaign's."""
+    out: dict[str, dict[str, Any]] = {}
+    type_of = dict(found.devices)
     for conflict in found.conflicts:
         claim = conflict.claim
         if claim.job_id is None or claim.priority >= priority or conflict.device_id in found.left_out:
             continue
-        by_job.setdefault(claim.job_id, (claim, {}))[1].setdefault(conflict.device_id, conflict.key)
-    stamp = db.utcnow()
-    for job_id, (claim, keys) in by_job.items():
-        db.run(conn,
-            "UPDATE job_item SET status = 'superseded', error = :reason, updated_at = :now WHERE job_id = :job "
-            "AND device_id = :device AND status IN ('pending', 'syncing', 'delivered', 'failed')",
-            [{"reason": f"superseded by campaign {name} (priority {priority}), which also sets {key}",
-              "now": stamp, "job": job_id, "device": device} for device, key in keys.items()])
+        entry = out.setdefault(str(claim.job_id), {"campaign": claim.campaign, "types": set(), "keys": set()})
+        entry["types"].add(type_of[conflict.device_id])
+        entry["keys"].add(conflict.key)
+    return {
+        job: {"campaign": e["campaign"], "types": sorted(e["types"]), "keys": sorted(e["keys"])}
+        for job, e in out.items()
+    }

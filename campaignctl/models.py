@@ -21,32 +21,68 @@ CText = Text().with_variant(Text(collation="C"), "postgresql")
 NO_ROWID = {"sqlite_with_rowid": False}
 
 
-def _col(type_: Any, *args: Any, nullable: bool = True, primary_key: bool = False, default: Any = None,
-         server_default: Any = None, unique: bool = False, index: bool = False) -> Any:
-    return Field(default=default, sa_column=Column(type_, *args, nullable=nullable and not primary_key,
-                                                   primary_key=primary_key, server_default=server_default,
-                                                   unique=unique, index=index))
+def _col(
+    type_: Any,
+    *args: Any,
+    nullable: bool = True,
+    primary_key: bool = False,
+    default: Any = None,
+    server_default: Any = None,
+    unique: bool = False,
+    index: bool = False,
+) -> Any:
+    return Field(
+        default=default,
+        sa_column=Column(
+            type_,
+            *args,
+            nullable=nullable and not primary_key,
+            primary_key=primary_key,
+            server_default=server_default,
+            unique=unique,
+            index=index,
+        ),
+    )
 
 
-def text(*, nullable: bool = True, default: Any = None, server_default: Any = None, primary_key: bool = False,
-         unique: bool = False) -> Any:
-    return _col(CText, nullable=nullable, default=default, server_default=server_default, primary_key=primary_key,
-                unique=unique)
+def text(
+    *,
+    nullable: bool = True,
+    default: Any = None,
+    server_default: Any = None,
+    primary_key: bool = False,
+    unique: bool = False,
+) -> Any:
+    return _col(
+        CText, nullable=nullable, default=default, server_default=server_default, primary_key=primary_key, unique=unique
+    )
 
 
 def ref(target: str, *, cascade: bool = False, nullable: bool = False, primary_key: bool = False) -> Any:
-    return _col(Integer, ForeignKey(target, ondelete="CASCADE" if cascade else None), nullable=nullable,
-                primary_key=primary_key)
+    return _col(
+        Integer, ForeignKey(target, ondelete="CASCADE" if cascade else None), nullable=nullable, primary_key=primary_key
+    )
 
 
 def serial() -> Any:
     return Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
 
 
-def integer(*, nullable: bool = True, default: Any = None, server_default: Any = None,
-            primary_key: bool = False, big: bool = False) -> Any:
-    return _col(BigInteger if big else Integer, nullable=nullable, default=default,
-                server_default=server_default, primary_key=primary_key)
+def integer(
+    *,
+    nullable: bool = True,
+    default: Any = None,
+    server_default: Any = None,
+    primary_key: bool = False,
+    big: bool = False,
+) -> Any:
+    return _col(
+        BigInteger if big else Integer,
+        nullable=nullable,
+        default=default,
+        server_default=server_default,
+        primary_key=primary_key,
+    )
 
 
 def boolean() -> Any:
@@ -175,8 +211,11 @@ class JobItem(SQLModel, table=True):
     """One device of a job: pending → syncing (written) → delivered | failed; or cancelled."""
 
     __tablename__ = "job_item"
-    __table_args__ = (Index("ix_job_item_batch", "job_id", "batch", "status", "device_id"),
-                      Index("ix_job_item_device", "device_id"), NO_ROWID)
+    __table_args__ = (
+        Index("ix_job_item_batch", "job_id", "batch", "status", "device_id"),
+        Index("ix_job_item_device", "device_id"),
+        NO_ROWID,
+    )
     job_id: int = ref("job.id", cascade=True, primary_key=True)
     device_id: int = ref("device.id", primary_key=True)
     status: str = text(nullable=False, default="pending", server_default="pending")

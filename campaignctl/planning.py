@@ -33,19 +33,25 @@ def plan(engine: "Engine", *, name: str | None = None, spec: CampaignSpec | None
             assert name is not None
             row, spec = get_spec(conn, name)
             if row.status not in ("draft", "scheduled"):
-                raise ConflictError(f"campaign {name!r} is {row.status}: plan shows what a launch would do, for a "
-                                    "draft or scheduled campaign (campaignctl status shows what it did)")
+                raise ConflictError(
+                    f"campaign {name!r} is {row.status}: plan shows what a launch would do, for a "
+                    "draft or scheduled campaign (campaignctl status shows what it did)"
+                )
             fail = fail_stored(name)
         else:
             fail = _fail_for(spec)
-        found = membership.resolve(conn, spec.name, spec, fail, dry_run=True,
-                                   conflict_statuses=("draft", *membership.ACTIVE))
+        found = membership.resolve(
+            conn, spec.name, spec, fail, dry_run=True, conflict_statuses=("draft", *membership.ACTIVE)
+        )
         names = dict(db.run(conn, "SELECT id, name FROM device").all())
         changes = _changes(conn, found)
-        recalled = _recalled(conn, spec, {t for _, t in found.devices})
+        from campaignctl.firmwares import recalls
+
+        recalled = recalls(conn, spec, {t for _, t in found.devices}) or None
     rollout = Rollout.from_dict(spec.rollout)
-    batches = [{"number": n, "size": len(members), "devices": [names[d] for d in members]}
-               for n, members in found.batches()]
+    batches = [
+        {"number": n, "size": len(members), "devices": [names[d] for d in members]} for n, members in found.batches()
+    ]
     start, seconds = _estimate(spec, rollout, found.sizes)
     return {
         "campaign": spec.name,
@@ -54,30 +60,30 @@ def plan(engine: "Engine", *, name: str | None = None, spec: CampaignSpec | None
         "devices": {
             "count": len(found.devices),
             "delivered": len(found.order),
-            "excluded": sorted(({"device": names[d], "status": status, "reason": reason}
-                                for d, (status, reason) in found.left_out.items()), key=lambda e: e["device"]),
+            "excluded": sorted(
+                (
+                    {"device": names[d], "status": status, "reason": reason}
+                    for d, (status, reason) in found.left_out.items()
+                ),
+                key=lambda e: e["device"],
+            ),
         },
         "changes": changes,
         "batches": batches,
-        "conflicts": [{"campaign": c.claim.campaign, "status": c.claim.status, "priority": c.claim.priority,
-                       "device": names[c.device_id], "key": c.key} for c in found.conflicts],
+        "conflicts": [
+            {
+                "campaign": c.claim.campaign,
+                "status": c.claim.status,
+                "priority": c.claim.priority,
+                "device": names[c.device_id],
+                "key": c.key,
+            }
+            for c in found.conflicts
+        ],
         "start_at": start,
         "estimate_seconds": seconds,
         "rollout": rollout.describe(),
     }
-
-
-def _recalled(conn: "Connection", spec: CampaignSpec, type_ids: set[int]) -> list[dict[str, Any]] | None:
-    """The recalls of the firmware the campaign ships, for its devices' types."""
-    if not spec.firmware:
-        return None
-    rows = db.run(conn,
-        "SELECT t.name, f.recalled_at, f.recall_reason FROM firmware f JOIN device_type t ON t.id = f.device_type_id "
-        "WHERE f.firmware_type = :type AND f.version = :version AND f.recalled_at IS NOT NULL "
-        "AND f.device_type_id IN :types ORDER BY t.name",
-        {"type": spec.firmware["type"], "version": spec.firmware["version"], "types": sorted(type_ids) or [0]},
-        "types").all()
-    return [{"device_type": r[0], "at": r[1], "reason": r[2]} for r in rows] or None
 
 
 def _changes(conn: "Connection", found: membership.Membership) -> dict[str, dict[str, Any]]:
@@ -89,20 +95,34 @@ def _changes(conn: "Connection", found: membership.Membership) -> dict[str, dict
     if not keys or not delivered:
         return {k: {"changed": 0, "unchanged": 0, "new": 0, "examples": []} for k in keys}
     current: dict[tuple[int, str], str | None] = {}
-    for device_id, key, desired in db.run(conn, "SELECT device_id, key, desired FROM device_config WHERE key IN :keys "
-                                          "AND desired IS NOT NULL", {"keys": keys}, "keys"):
+    # Once secret, always secret: a value stored secret is masked whatever the manifest says.
+    secret_keys = {k for p in found.plan.values() for k in p["secret"]}
+    for device_id, key, desired, secret in db.run(
+        conn,
+        "SELECT device_id, key, desired, secret FROM device_config WHERE key IN :keys AND desired IS NOT NULL",
+        {"keys": keys},
+        "keys",
+    ):
         if device_id in delivered:
             current[(device_id, key)] = desired
+            if secret:
+                secret_keys.add(key)
     restore_job = next((p.get("restore_job") for p in found.plan.values() if p.get("restore_job")), None)
     before: dict[tuple[int, str], str | None] = {}
     if restore_job is not None:
-        before = {(r[0], r[1]): r[2] for r in db.run(
-            conn, "SELECT device_id, key, desired FROM job_item_before WHERE job_id = :job", {"job": restore_job})}
+        for device_id, key, desired, secret in db.run(
+            conn,
+            "SELECT device_id, key, desired, secret FROM job_item_before WHERE job_id = :job",
+            {"job": restore_job},
+        ):
+            before[(device_id, key)] = desired
+            if secret:
+                secret_keys.add(key)
     out: dict[str, dict[str, Any]] = {}
     for key in keys:
         counts = {"changed": 0, "unchanged": 0, "new": 0}
         moves: Counter = Counter()
-        secret = any(key in p["secret"] for p in found.plan.values())
+        secret = key in secret_keys
         for device_id in found.order:
             entry = found.plan[str(type_of[device_id])]
             if key not in entry["configurations"]:
@@ -119,9 +139,13 @@ def _changes(conn: "Connection", found: membership.Membership) -> dict[str, dict
                 counts["changed"] += 1
             if now != target:
                 moves[(now, target)] += 1
-        out[key] = {**counts, "examples": [
-            {"from": _shown(old, secret), "to": _shown(new, secret), "devices": n}
-            for (old, new), n in moves.most_common(EXAMPLES)]}
+        out[key] = {
+            **counts,
+            "examples": [
+                {"from": _shown(old, secret), "to": _shown(new, secret), "devices": n}
+                for (old, new), n in moves.most_common(EXAMPLES)
+            ],
+        }
     return out
 
 

@@ -26,6 +26,7 @@ from campaignctl import db, interfaces
 from campaignctl.delivery import CHUNK, load_documents, refresher
 from campaignctl.errors import NotFoundError
 from campaignctl.interfaces.base import Delivery, DeliveryPolicy, Failure
+from campaignctl.suggest import not_found
 from campaignctl.values import cut
 
 if TYPE_CHECKING:
@@ -37,8 +38,10 @@ EXAMPLES = 5
 PROGRESS_EVERY = 1000
 
 _HAS_DOCUMENT = "EXISTS (SELECT 1 FROM device_config c WHERE c.device_id = d.id AND c.desired_revision IS NOT NULL)"
-_IN_CAMPAIGN = ("EXISTS (SELECT 1 FROM job_item ji JOIN job j ON j.id = ji.job_id "
-                "WHERE ji.device_id = d.id AND j.campaign_id = :campaign)")
+_IN_CAMPAIGN = (
+    "EXISTS (SELECT 1 FROM job_item ji JOIN job j ON j.id = ji.job_id "
+    "WHERE ji.device_id = d.id AND j.campaign_id = :campaign)"
+)
 
 
 @dataclass
@@ -63,8 +66,14 @@ class InterfaceResult:
     failed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "type": self.type, "devices": self.devices, "resent": self.resent,
-                "failed": self.failed, "fetch_themselves": 0 if self.pushes else self.devices}
+        return {
+            "name": self.name,
+            "type": self.type,
+            "devices": self.devices,
+            "resent": self.resent,
+            "failed": self.failed,
+            "fetch_themselves": 0 if self.pushes else self.devices,
+        }
 
 
 @dataclass
@@ -115,16 +124,23 @@ class Result:
             mine.examples = (mine.examples + reason.examples)[:EXAMPLES]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"devices": self.devices, "resent": self.resent, "failed": self.failed,
-                "fetch_themselves": self.fetch_themselves,
-                "interfaces": [i.to_dict() for i in self.interfaces],
-                "errors": [{"error": r.error, "devices": r.devices, "examples": r.examples}
-                           for r in sorted(self.reasons.values(), key=lambda r: (-r.devices, r.error))],
-                "without_document": self.without_document}
+        return {
+            "devices": self.devices,
+            "resent": self.resent,
+            "failed": self.failed,
+            "fetch_themselves": self.fetch_themselves,
+            "interfaces": [i.to_dict() for i in self.interfaces],
+            "errors": [
+                {"error": r.error, "devices": r.devices, "examples": r.examples}
+                for r in sorted(self.reasons.values(), key=lambda r: (-r.devices, r.error))
+            ],
+            "without_document": self.without_document,
+        }
 
 
-def select(conn: "Connection", *, interface: str | None = None, campaign: str | None = None,
-           devices: Sequence[str] = ()) -> tuple[Selection, list[str]]:
+def select(
+    conn: "Connection", *, interface: str | None = None, campaign: str | None = None, devices: Sequence[str] = ()
+) -> tuple[Selection, list[str]]:
     """The selection for these filters, and the named devices that have no document.
     Every name must exist (else NotFoundError, before anything is sent)."""
     selection = Selection()
@@ -140,9 +156,15 @@ def select(conn: "Connection", *, interface: str | None = None, campaign: str | 
         selection.params["devices"] = sorted(set(ids.values()))
         selection.where.append("d.id IN :devices")
         selection.expanding = ("devices",)
-        with_document = {name for (name,) in db.run(
-            conn, f"SELECT d.name FROM device d WHERE d.id IN :devices AND {_HAS_DOCUMENT}",
-            {"devices": selection.params["devices"]}, "devices")}
+        with_document = {
+            name
+            for (name,) in db.run(
+                conn,
+                f"SELECT d.name FROM device d WHERE d.id IN :devices AND {_HAS_DOCUMENT}",
+                {"devices": selection.params["devices"]},
+                "devices",
+            )
+        }
         without = sorted(set(devices) - with_document)
     return selection, without
 
@@ -150,7 +172,7 @@ def select(conn: "Connection", *, interface: str | None = None, campaign: str | 
 def _id_of(conn: "Connection", table: str, name: str) -> int:
     found = db.run(conn, f"SELECT id FROM {table} WHERE name = :name", {"name": name}).scalar()
     if found is None:
-        raise NotFoundError(f"no {table} named {name!r}")
+        raise not_found(conn, table, name)
     return int(found)
 
 
@@ -158,39 +180,60 @@ def _device_ids(conn: "Connection", names: Sequence[str]) -> dict[str, int]:
     wanted = sorted(set(names))
     found: dict[str, int] = {}
     for start in range(0, len(wanted), 500):
-        found.update(db.run(conn, "SELECT name, id FROM device WHERE name IN :names",
-                            {"names": wanted[start : start + 500]}, "names").all())
+        found.update(
+            db.run(
+                conn,
+                "SELECT name, id FROM device WHERE name IN :names",
+                {"names": wanted[start : start + 500]},
+                "names",
+            ).all()
+        )
     missing = [n for n in wanted if n not in found]
     if missing:
         shown = ", ".join(repr(n) for n in missing[:10])
         if len(missing) > 10:
             shown += f" and {len(missing) - 10} more"
-        raise NotFoundError(f"no device named {shown}" if len(missing) == 1 else
-                            f"{len(missing)} devices do not exist: {shown}")
+        raise NotFoundError(
+            f"no device named {shown}" if len(missing) == 1 else f"{len(missing)} devices do not exist: {shown}"
+        )
     return found
 
 
 def _targets(conn: "Connection", selection: Selection) -> list[tuple[int, str, str, str, int]]:
     """(id, name, type, settings, selected devices) of each interface with selected devices."""
-    return [tuple(r) for r in db.run(
-        conn, "SELECT i.id, i.name, i.type, i.settings, count(*) FROM device d "
-        f"JOIN interface i ON i.id = d.interface_id WHERE {selection.sql()} "
-        "GROUP BY i.id, i.name, i.type, i.settings ORDER BY i.name", selection.params, *selection.expanding)]
+    return [
+        tuple(r)
+        for r in db.run(
+            conn,
+            "SELECT i.id, i.name, i.type, i.settings, count(*) FROM device d "
+            f"JOIN interface i ON i.id = d.interface_id WHERE {selection.sql()} "
+            "GROUP BY i.id, i.name, i.type, i.settings ORDER BY i.name",
+            selection.params,
+            *selection.expanding,
+        )
+    ]
 
 
-def plan(engine: "Engine", *, interface: str | None = None, campaign: str | None = None,
-         devices: Sequence[str] = ()) -> Result:
+def plan(
+    engine: "Engine", *, interface: str | None = None, campaign: str | None = None, devices: Sequence[str] = ()
+) -> Result:
     """What a resync would send, per interface, without sending anything."""
     return _plan(engine, interface, campaign, devices)[2]
 
 
-def _plan(engine: "Engine", interface: str | None, campaign: str | None,
-          devices: Sequence[str]) -> tuple[Selection, list[tuple[int, str, str, str, int]], Result]:
+def _plan(
+    engine: "Engine", interface: str | None, campaign: str | None, devices: Sequence[str]
+) -> tuple[Selection, list[tuple[int, str, str, str, int]], Result]:
     with db.read(engine) as conn:
         selection, without = select(conn, interface=interface, campaign=campaign, devices=devices)
         targets = _targets(conn, selection)
-    result = Result([InterfaceResult(name, kind, count, interfaces.module(kind).Driver.pushes)
-                     for _id, name, kind, _settings, count in targets], without_document=without)
+    result = Result(
+        [
+            InterfaceResult(name, kind, count, interfaces.module(kind).Driver.pushes)
+            for _id, name, kind, _settings, count in targets
+        ],
+        without_document=without,
+    )
     return selection, targets, result
 
 
@@ -209,10 +252,17 @@ class Part:
 def _documents(engine: "Engine", part: Part, selection: Selection) -> Iterator[Delivery]:
     """The current documents of a part's devices, by id, chunk by chunk (each chunk read
     in one snapshot, as a launch reads them)."""
-    statement = (f"SELECT d.id, d.name FROM device d WHERE d.interface_id = :interface_id AND d.id > :after "
-                 f"AND d.id <= :last AND {selection.sql()} ORDER BY d.id LIMIT :chunk")
-    params = {**selection.params, "interface_id": part.interface_id, "after": part.first - 1, "last": part.last,
-              "chunk": CHUNK}
+    statement = (
+        f"SELECT d.id, d.name FROM device d WHERE d.interface_id = :interface_id AND d.id > :after "
+        f"AND d.id <= :last AND {selection.sql()} ORDER BY d.id LIMIT :chunk"
+    )
+    params = {
+        **selection.params,
+        "interface_id": part.interface_id,
+        "after": part.first - 1,
+        "last": part.last,
+        "chunk": CHUNK,
+    }
     while True:
         with db.read(engine) as conn:
             chunk = [tuple(r) for r in db.run(conn, statement, params, *selection.expanding)]
@@ -223,24 +273,38 @@ def _documents(engine: "Engine", part: Part, selection: Selection) -> Iterator[D
         yield from documents
 
 
-def _split(conn: "Connection", selection: Selection, target: tuple[int, str, str, str, int],
-           pieces: int) -> list[Part]:
+def _split(conn: "Connection", selection: Selection, target: tuple[int, str, str, str, int], pieces: int) -> list[Part]:
     """An interface's selected devices cut into at most ``pieces`` parts of about the
     same size, by id. ``count`` was taken in an earlier snapshot: devices deleted (or
     without a document) since leave fewer rows, and a part whose first row is gone is
     merged into the one before it rather than an error."""
     interface_id, name, kind, settings, count = target
-    statement = (f"SELECT d.id FROM device d WHERE d.interface_id = :interface_id AND {selection.sql()} "
-                 "ORDER BY d.id LIMIT 1 OFFSET :skip")
-    found = [db.run(conn, statement, {**selection.params, "interface_id": interface_id, "skip": count * k // pieces},
-                    *selection.expanding).scalar() for k in range(1, pieces)]
+    statement = (
+        f"SELECT d.id FROM device d WHERE d.interface_id = :interface_id AND {selection.sql()} "
+        "ORDER BY d.id LIMIT 1 OFFSET :skip"
+    )
+    found = [
+        db.run(
+            conn,
+            statement,
+            {**selection.params, "interface_id": interface_id, "skip": count * k // pieces},
+            *selection.expanding,
+        ).scalar()
+        for k in range(1, pieces)
+    ]
     firsts = sorted({0, *(int(first) for first in found if first is not None)})
     lasts = [first - 1 for first in firsts[1:]] + [2**62]
     return [Part(interface_id, name, kind, settings, first, last) for first, last in zip(firsts, lasts)]
 
 
-def _send(engine: "Engine", parts: Sequence[Part], selection: Selection, policy: DeliveryPolicy, result: Result,
-          counted: Callable[[], None]) -> None:
+def _send(
+    engine: "Engine",
+    parts: Sequence[Part],
+    selection: Selection,
+    policy: DeliveryPolicy,
+    result: Result,
+    counted: Callable[[], None],
+) -> None:
     """Send the parts' documents through their interfaces' drivers; each outcome is
     counted in ``result``."""
     by_name = {i.name: i for i in result.interfaces}
@@ -260,15 +324,27 @@ def _send(engine: "Engine", parts: Sequence[Part], selection: Selection, policy:
     for part in parts:
         outcome = by_name[part.name]
         driver = interfaces.driver(part.name, part.type, db.loads(part.settings, dict))
-        driver.deliver(_documents(engine, part, selection), policy, lambda _d, o=outcome: delivered(o),
-                       lambda f, o=outcome: failed(o, f), refresher(engine))
+        driver.deliver(
+            _documents(engine, part, selection),
+            policy,
+            lambda _d, o=outcome: delivered(o),
+            lambda f, o=outcome: failed(o, f),
+            refresher(engine),
+        )
 
 
-def resync(engine: "Engine", *, interface: str | None = None, campaign: str | None = None,
-           devices: Sequence[str] = (), policy: DeliveryPolicy | None = None, processes: int | None = None,
-           on_selected: Callable[[Result], None] = lambda _r: None,
-           progress: Callable[[int, int], None] = lambda _done, _total: None,
-           warn: Callable[[str], None] = lambda _m: None) -> Result:
+def resync(
+    engine: "Engine",
+    *,
+    interface: str | None = None,
+    campaign: str | None = None,
+    devices: Sequence[str] = (),
+    policy: DeliveryPolicy | None = None,
+    processes: int | None = None,
+    on_selected: Callable[[Result], None] = lambda _r: None,
+    progress: Callable[[int, int], None] = lambda _done, _total: None,
+    warn: Callable[[str], None] = lambda _m: None,
+) -> Result:
     """Send the selected devices' current documents again (see the module's docstring).
     ``processes``: how many processes send (default: ``worker.processes_for``);
     ``on_selected`` gets the plan once the names are checked, before anything is sent;
@@ -282,8 +358,11 @@ def resync(engine: "Engine", *, interface: str | None = None, campaign: str | No
     total = sum(i.devices for i in result.interfaces if i.pushes)
     pieces = processes_for(total, processes)
     with db.read(engine) as conn:
-        parts = [_split(conn, selection, target, pieces)
-                 for target, outcome in zip(targets, result.interfaces) if outcome.pushes]
+        parts = [
+            _split(conn, selection, target, pieces)
+            for target, outcome in zip(targets, result.interfaces)
+            if outcome.pushes
+        ]
     # An interface may have fewer parts than there are processes (few devices, or
     # devices deleted since they were counted): a share holds what there is.
     shares = [[own[k] for own in parts if k < len(own)] for k in range(pieces)]
@@ -330,8 +409,9 @@ class _Helpers:
 
         context = multiprocessing.get_context("spawn")
         self.queue, self.counter = context.Queue(), context.Value("q", 0)
-        arguments = [(target, n, share, selection, policy, self.queue, self.counter)
-                     for n, share in enumerate(self.shares)]
+        arguments = [
+            (target, n, share, selection, policy, self.queue, self.counter) for n, share in enumerate(self.shares)
+        ]
         # Interrupted: what the helpers sent is sent, the rest is not.
         with helper_processes("campaignctl-resync", _helper, arguments, terminate_on_error=True) as children:
             self.children = children
@@ -361,8 +441,9 @@ class _Helpers:
             yield self.shares[index], outcome
 
 
-def _helper(target: str, index: int, share: list[Part], selection: Selection, policy: DeliveryPolicy,
-            results: Any, counter: Any) -> None:
+def _helper(
+    target: str, index: int, share: list[Part], selection: Selection, policy: DeliveryPolicy, results: Any, counter: Any
+) -> None:
     done = 0
 
     def counted() -> None:

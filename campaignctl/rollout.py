@@ -141,6 +141,7 @@ def order_devices(campaign: str, devices: Sequence[tuple[int, str, bool]]) -> li
     """Deterministic rollout order: canaries first, each group shuffled by a hash of the
     campaign and device names, so that batches sample the fleet instead of following
     name order (one site, one production run)."""
+
     def key(item: tuple[int, str, bool]) -> tuple[bool, str]:
         device_id, name, canary = item
         return (not canary, hashlib.sha256(f"{campaign}\0{name}".encode()).hexdigest())

@@ -8,6 +8,8 @@ document counts as delivering it: the jobs that wrote it see the device move fro
 
 from __future__ import annotations
 
+import hmac
+import logging
 import os
 import threading
 from typing import TYPE_CHECKING, Any, Callable
@@ -17,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from campaignctl import __version__, credentials, db, dialect
+from campaignctl import __version__, credentials, db, dialect, metrics
 from campaignctl.errors import CampaignctlError, InputError
 from campaignctl.interfaces.base import document
 from campaignctl.names import name_problem
@@ -29,24 +31,57 @@ if TYPE_CHECKING:
 
 MAX_BODY = MAX_STATE_BYTES  # the same limit as MQTT state messages
 
+log = logging.getLogger("campaignctl.serve")
+
 _ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
-_HEALTHY = {"content": {"application/json": {"schema": {
-    "type": "object", "required": ["status"], "properties": {"status": {"type": "string", "enum": ["ok"]}}}}}}
+_HEALTHY = {
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["status"],
+                "properties": {"status": {"type": "string", "enum": ["ok"]}},
+            }
+        }
+    }
+}
 _UNHEALTHY = {
     "description": "Part of serve stopped: the MQTT listeners, the rollout engine, or the database cannot be used",
-    "content": {"application/json": {"schema": {
-        "type": "object", "required": ["status", "error", "stopped"],
-        "properties": {"status": {"type": "string", "enum": ["unhealthy"]},
-                       "error": {"type": "string", "description": "stopped: followed by the names below"},
-                       "stopped": {"type": "object", "additionalProperties": {"type": "string"},
-                                   "description": "mqtt_listeners, rollout_engine, database → why"}}}}},
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["status", "error", "stopped"],
+                "properties": {
+                    "status": {"type": "string", "enum": ["unhealthy"]},
+                    "error": {"type": "string", "description": "stopped: followed by the names below"},
+                    "stopped": {
+                        "type": "object",
+                        "additionalProperties": {"type": "string"},
+                        "description": "mqtt_listeners, rollout_engine, database → why",
+                    },
+                },
+            }
+        }
+    },
 }
 _DOCUMENT = {
-    "content": {"application/json": {"schema": {
-        "type": "object", "required": ["configuration", "version"],
-        "properties": {"configuration": {"type": "object", "additionalProperties": True,
-                                         "description": "Every desired entry of the device: key → any JSON value."},
-                       "version": {"type": "integer", "description": "Only grows; also the ETag."}}}}},
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["configuration", "version"],
+                "properties": {
+                    "configuration": {
+                        "type": "object",
+                        "additionalProperties": True,
+                        "description": "Every desired entry of the device: key → any JSON value.",
+                    },
+                    "version": {"type": "integer", "description": "Only grows; also the ETag."},
+                },
+            }
+        }
+    },
     "headers": {"ETag": {"schema": {"type": "string"}, "description": 'The version, quoted: "42".'}},
 }
 
@@ -79,13 +114,63 @@ def _etag_matches(if_none_match: str | None, version: int) -> bool:
     return "*" in tags or f'"{version}"' in tags
 
 
-def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
+class RequestCounter:
+    """Counts the device API's requests by route template (``/v1/devices/{name}/state``:
+    device names would make a series per device), method and status code. Plain ASGI,
+    not a BaseHTTPMiddleware: a device poll must not pay for a second task."""
+
+    def __init__(self, app: Any, counter: Any) -> None:
+        self.app, self.counter = app, counter
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start" and not started:
+                started = True  # counted before the client has its answer: a scrape then sees it
+                self._count(scope, message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except BaseException:
+            if not started:  # an exception escaping the app becomes a 500
+                self._count(scope, 500)
+            raise
+
+    def _count(self, scope: Any, status: int) -> None:
+        template = getattr(scope.get("route"), "path", None) or "unmatched"
+        self.counter.labels(template, scope["method"], str(status)).inc()
+
+
+def _metrics_allowed(token: str | None, authorization: str | None) -> bool:
+    if token is None:
+        return True
+    scheme, _, given = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def read_metrics_token(variable: str) -> str:
+    """The operator token in the environment variable ``variable`` (never on the command
+    line, where ``ps`` shows it)."""
+    token = os.environ.get(variable, "").strip()
+    if not token:
+        raise InputError(f"the environment variable {variable} holds no metrics token", field="--metrics-token-env")
+    return token
+
+
+def create_app(engine: "Engine", *, max_body: int = MAX_BODY, metrics_token: str | None = None) -> FastAPI:
+    """The device API; ``metrics_token``: GET /metrics then wants it as a bearer token."""
     app = FastAPI(
         title="campaignctl device API",
         version=__version__,
         description="Devices on http interfaces fetch their desired configuration and report their state. "
-                    "Every /v1 call takes `Authorization: Bearer <device secret>` "
-                    "(`campaignctl devices credentials NAME`).",
+        "Every /v1 call takes `Authorization: Bearer <device secret>` "
+        "(`campaignctl devices credentials NAME`).",
     )
 
     @app.exception_handler(ApiError)
@@ -96,7 +181,7 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Unknown paths and methods: the same error shape, and the headers Starlette
         # gives (a 405's Allow, listing the path's methods).
-        return _error(exc.status_code, str(exc.detail), exc.headers)
+        return _error(exc.status_code, str(exc.detail), dict(exc.headers) if exc.headers else None)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, _exc: Exception) -> JSONResponse:
@@ -105,6 +190,8 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
 
     # Components of ``serve`` that stopped, name → why: Server fills it, /healthz reports it.
     app.state.stopped = {}
+    app.state.metrics = measured = metrics.AppMetrics(engine)
+    app.add_middleware(RequestCounter, counter=measured.requests)
 
     reader = app.state.reader = Reader(engine)
 
@@ -121,8 +208,7 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
             raise ApiError(401, "invalid device secret")
         return row
 
-    @app.get("/healthz", summary="Liveness", response_class=JSONResponse,
-             responses={200: _HEALTHY, 503: _UNHEALTHY})
+    @app.get("/healthz", summary="Liveness", response_class=JSONResponse, responses={200: _HEALTHY, 503: _UNHEALTHY})
     def healthz() -> JSONResponse:
         stopped = dict(app.state.stopped)
         try:
@@ -131,38 +217,70 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
         except Exception as exc:  # noqa: BLE001 - whatever keeps the database away, serve is unhealthy
             stopped["database"] = db.describe(exc, engine)
         if stopped:
-            return JSONResponse({"status": "unhealthy", "error": "stopped: " + ", ".join(sorted(stopped)),
-                                 "stopped": stopped}, status_code=503)
+            return JSONResponse(
+                {"status": "unhealthy", "error": "stopped: " + ", ".join(sorted(stopped)), "stopped": stopped},
+                status_code=503,
+            )
         return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics_text(request: Request) -> Response:
+        if not _metrics_allowed(metrics_token, request.headers.get("authorization")):
+            raise ApiError(401, "expected Authorization: Bearer <metrics token>")
+        try:
+            body = measured.exposition()
+        except Exception as exc:  # noqa: BLE001 - the database's figures cannot be read: say so, go on serving
+            why = db.describe(exc, engine)
+            log.warning("metrics: %s", why)
+            return _error(503, f"metrics unavailable: {why}")
+        return Response(body, media_type=metrics.CONTENT_TYPE)
 
     @app.get(
         "/v1/devices/{name}/configuration",
         summary="The device's desired configuration",
         response_class=Response,
-        responses={200: _DOCUMENT, 304: {"description": "If-None-Match holds the current version"},
-                   401: _ERROR},
-        openapi_extra={"parameters": [{"name": "If-None-Match", "in": "header", "required": False,
-                                       "schema": {"type": "string"},
-                                       "description": "The ETag of the document the device has"}]},
+        responses={200: _DOCUMENT, 304: {"description": "If-None-Match holds the current version"}, 401: _ERROR},
+        openapi_extra={
+            "parameters": [
+                {
+                    "name": "If-None-Match",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "The ETag of the document the device has",
+                }
+            ]
+        },
     )
     async def get_configuration(name: str, request: Request) -> Response:
-        device_id, _, version, configuration, waiting = authenticated(_configuration_query, name, request)
+        device_id, _, version, configuration, waiting, interface = authenticated(_configuration_query, name, request)
         if waiting is not None and waiting <= version:  # a job waits for the device to fetch this
             await run_in_threadpool(_record_fetch, engine, device_id, version)
+            metrics.fetched(interface)
         etag = f'"{version}"'
         if _etag_matches(request.headers.get("if-none-match"), version):
             return Response(status_code=304, headers={"ETag": etag})
-        return Response(document(version, configuration or "{}"), media_type="application/json",
-                        headers={"ETag": etag})
+        return Response(document(version, configuration or "{}"), media_type="application/json", headers={"ETag": etag})
 
     @app.put(
         "/v1/devices/{name}/state",
         summary="Report the device's state",
         status_code=204,
         response_class=Response,
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "type": "object", "additionalProperties": True,
-            "description": "key → any JSON value; keys: 1-255 characters, no whitespace, '#', '$' or '.'"}}}}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "additionalProperties": True,
+                            "description": "key → any JSON value; keys: 1-255 characters, no whitespace, '#', '$' or '.'",
+                        }
+                    }
+                },
+            }
+        },
         responses={204: {"description": "Recorded"}, 400: _ERROR, 401: _ERROR, 413: _ERROR},
     )
     async def put_state(name: str, request: Request) -> Response:
@@ -183,7 +301,9 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
             now = db.utcnow()
             await run_in_threadpool(write_state, engine, [(device_id, k, v, now) for k, v in values.items()])
         except InputError as exc:
+            metrics.state_reports("http", 0, 1)
             raise ApiError(400, exc.message) from None
+        metrics.state_reports("http", 1, 0)
         return Response(status_code=204)
 
     def openapi() -> dict[str, Any]:
@@ -194,8 +314,12 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY) -> FastAPI:
 
             spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             spec.setdefault("components", {})["securitySchemes"] = {
-                "deviceSecret": {"type": "http", "scheme": "bearer",
-                                 "description": "The device's secret: campaignctl devices credentials NAME"}}
+                "deviceSecret": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The device's secret: campaignctl devices credentials NAME",
+                }
+            }
             for schema in ("HTTPValidationError", "ValidationError"):
                 spec["components"].get("schemas", {}).pop(schema, None)
             if not spec["components"].get("schemas"):
@@ -233,9 +357,7 @@ class Reader:
         this connection's dialect), a plain tuple, or None."""
         while True:
             fresh = self.conn is None
-            if fresh:
-                self.conn = dialect.autocommit(self.engine.connect())
-            conn = self.conn
+            conn = self.conn = dialect.autocommit(self.engine.connect()) if self.conn is None else self.conn
             clause = statement if not callable(statement) else statement(conn)
             compiled = self._compiled.get(id(clause))
             if compiled is None:
@@ -244,7 +366,7 @@ class Reader:
                 compiled = self._compiled[id(clause)] = (done.string, order)
             sql, order = compiled
             try:
-                cursor = conn.connection.driver_connection.cursor()
+                cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]  # open: never None
                 try:
                     cursor.execute(sql, params if order is None else tuple(params[name] for name in order))
                     return cursor.fetchone()
@@ -266,25 +388,28 @@ class Reader:
             conn.close()
 
 
-_AUTHENTICATE = db.sql("SELECT d.id, d.secret_hash FROM device d JOIN interface i ON i.id = d.interface_id "
-                       "WHERE d.name = :name AND i.type = 'http'")
+_AUTHENTICATE = db.sql(
+    "SELECT d.id, d.secret_hash FROM device d JOIN interface i ON i.id = d.interface_id "
+    "WHERE d.name = :name AND i.type = 'http'"
+)
 _CONFIGURATION: dict[str, "TextClause"] = {}
 
 
 def _configuration_query(conn: "Connection") -> "TextClause":
     """In one statement (one round trip), for the http device ``:name``: its id and
     secret hash, its document's version and configuration object (built as
-    ``load_documents`` builds them), and the lowest revision among its job items that
-    wait for it to fetch a document."""
+    ``load_documents`` builds them), the lowest revision among its job items that
+    wait for it to fetch a document, and its interface's name."""
     name = conn.dialect.name
     if name not in _CONFIGURATION:
         configuration = dialect.document_object(conn, "c.key", "c.desired", "c.desired IS NOT NULL")
         _CONFIGURATION[name] = db.sql(
             f"SELECT d.id, d.secret_hash, coalesce(max(c.desired_revision), 0), {configuration}, "
-            "(SELECT min(ji.revision) FROM job_item ji WHERE ji.device_id = d.id AND ji.status = 'syncing') "
-            "FROM device d JOIN interface i ON i.id = d.interface_id "
+            "(SELECT min(ji.revision) FROM job_item ji WHERE ji.device_id = d.id AND ji.status = 'syncing'), "
+            "i.name FROM device d JOIN interface i ON i.id = d.interface_id "
             "LEFT JOIN device_config c ON c.device_id = d.id AND c.desired_revision IS NOT NULL "
-            "WHERE d.name = :name AND i.type = 'http' GROUP BY d.id")
+            "WHERE d.name = :name AND i.type = 'http' GROUP BY d.id, i.name"
+        )
     return _CONFIGURATION[name]
 
 
@@ -293,46 +418,68 @@ def _record_fetch(engine: "Engine", device_id: int, version: int) -> None:
     (the rollout engine moves the jobs on)."""
     now = db.utcnow()
     with db.write(engine) as conn:
-        db.run(conn, "UPDATE job_item SET status = 'delivered', attempts = attempts + 1, error = NULL, "
-                     "updated_at = :now, delivered_at = :now "
-                     "WHERE device_id = :id AND status = 'syncing' AND revision <= :version",
-               {"now": now, "id": device_id, "version": version})
+        db.run(
+            conn,
+            "UPDATE job_item SET status = 'delivered', attempts = attempts + 1, error = NULL, "
+            "updated_at = :now, delivered_at = :now "
+            "WHERE device_id = :id AND status = 'syncing' AND revision <= :version",
+            {"now": now, "id": device_id, "version": version},
+        )
 
 
 class Server:
     """uvicorn in a thread, plus the MQTT state listeners: for ``serve``, the demo and tests."""
 
-    def __init__(self, engine: "Engine", host: str = "127.0.0.1", port: int = 8080, *,
-                 listen_mqtt: bool = True, engine_interval: float | None = 2.0,
-                 info: Callable[[str], None] = lambda _m: None,
-                 warn: Callable[[str], None] = lambda _m: None, access_log: bool = False,
-                 share: str | None = None, max_connections: int | None = None,
-                 header_timeout: float = 10.0, keep_alive: float = 5.0) -> None:
+    def __init__(
+        self,
+        engine: "Engine",
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        listen_mqtt: bool = True,
+        engine_interval: float | None = 2.0,
+        info: Callable[[str], None] = log.info,
+        warn: Callable[[str], None] = log.warning,
+        access_log: bool = False,
+        share: str | None = None,
+        max_connections: int | None = None,
+        header_timeout: float = 10.0,
+        keep_alive: float = 5.0,
+        metrics_token: str | None = None,
+    ) -> None:
         import uvicorn
 
         from campaignctl import connections
+        from campaignctl.logs import route_uvicorn
 
         self.engine, self.info, self.warn = engine, info, warn
         # Slow, idle and surplus clients are bounded by the protocol (see campaignctl.connections),
         # below the file limit, raised as far as allowed: enough room for thousands of devices.
         file_limit = connections.raise_file_limit()
-        self.limits = connections.Limits(connections.connection_cap(max_connections, file_limit),
-                                         header_timeout=header_timeout, keep_alive=keep_alive)
+        self.limits = connections.Limits(
+            connections.connection_cap(max_connections, file_limit),
+            header_timeout=header_timeout,
+            keep_alive=keep_alive,
+        )
         self.backlog = connections.accept_backlog(file_limit)
         connections.quiet_repeated_logs()
-        self.app = create_app(engine)
+        self.app = create_app(engine, metrics_token=metrics_token)
         self.host, self.requested_port = host, port
-        import copy
-
-        from uvicorn.config import LOGGING_CONFIG
-
-        logging = copy.deepcopy(LOGGING_CONFIG)
-        logging["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for data
-        config = uvicorn.Config(connections.ignoring_client_disconnects(self.app), host=host, port=port,
-                                log_level="info" if access_log else "warning",
-                                access_log=access_log, lifespan="off", log_config=logging,
-                                http=connections.guarded_protocol(self.limits), timeout_keep_alive=keep_alive,
-                                backlog=self.backlog)
+        # uvicorn configures no logging of its own: its records go to the handler of
+        # campaignctl.logs, in the format and at the level chosen for the whole command.
+        config = uvicorn.Config(
+            connections.ignoring_client_disconnects(self.app),
+            host=host,
+            port=port,
+            log_level=None,
+            access_log=access_log,
+            lifespan="off",
+            log_config=None,
+            http=connections.guarded_protocol(self.limits),
+            timeout_keep_alive=keep_alive,  # type: ignore[arg-type]  # uvicorn takes floats
+            backlog=self.backlog,
+        )
+        route_uvicorn(logging.getLogger("campaignctl").getEffectiveLevel(), access_log=access_log)
         self.server = uvicorn.Server(config)
         self._socket: Any = None
         self.listen_mqtt, self.share = listen_mqtt, share
@@ -397,6 +544,10 @@ class Server:
     def port(self) -> int:
         return self._socket.getsockname()[1]
 
+    def description(self) -> str:
+        """What serves, for the log line that says it started."""
+        return f"serving the device API on http://{self.host}:{self.port} (OpenAPI: /docs, /openapi.json); Ctrl-C stops"
+
     def _run_http(self) -> None:
         try:
             self.server.run(sockets=[self._socket])
@@ -407,8 +558,14 @@ class Server:
         from campaignctl.listen import listen
 
         try:
-            listen(self.engine, stop=self._stop, info=self.info, warn=self.warn, share=self.share,
-                   health=self._listeners_health)
+            listen(
+                self.engine,
+                stop=self._stop,
+                info=self.info,
+                warn=self.warn,
+                share=self.share,
+                health=self._listeners_health,
+            )
         except Exception as exc:  # noqa: BLE001
             self.errors.append(exc)
             self.app.state.stopped["mqtt_listeners"] = why = db.describe(exc, self.engine)

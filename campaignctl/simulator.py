@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from campaignctl import db
 from campaignctl.errors import CampaignctlError
+
+log = logging.getLogger("campaignctl.simulate")
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -83,9 +86,16 @@ class Device:
 
 
 class Simulator:
-    def __init__(self, engine: "Engine", options: Options, *, interface: str | None = None,
-                 devices: int | None = None, server: str | None = None,
-                 info: Callable[[str], None] = lambda _m: None) -> None:
+    def __init__(
+        self,
+        engine: "Engine",
+        options: Options,
+        *,
+        interface: str | None = None,
+        devices: int | None = None,
+        server: str | None = None,
+        info: Callable[[str], None] = lambda _m: None,
+    ) -> None:
         self.engine, self.options, self.info = engine, options, info
         self.server = server
         self.stats = Stats()
@@ -96,27 +106,40 @@ class Simulator:
             rows = db.run(
                 conn,
                 "SELECT name, type, settings FROM interface WHERE type IN ('mqtt', 'http')"
-                + (" AND name = :name" if interface else "") + " ORDER BY name", {"name": interface}).all()
+                + (" AND name = :name" if interface else "")
+                + " ORDER BY name",
+                {"name": interface},
+            ).all()
             if interface and not rows:
                 kind = db.run(conn, "SELECT type FROM interface WHERE name = :name", {"name": interface}).scalar()
-                raise CampaignctlError(f"no interface named {interface!r}" if kind is None else
-                                       f"interface {interface!r} is a {kind} interface: only mqtt and http devices "
-                                       "can be simulated")
+                raise CampaignctlError(
+                    f"no interface named {interface!r}"
+                    if kind is None
+                    else f"interface {interface!r} is a {kind} interface: only mqtt and http devices can be simulated"
+                )
             interfaces = {r[0]: {"type": r[1], "settings": db.loads(r[2], dict)} for r in rows}
-            devices = db.run(
-                conn,
-                "SELECT d.id, d.name, i.name, d.device_type_id FROM device d JOIN interface i ON i.id = d.interface_id "
-                "WHERE i.name IN :interfaces ORDER BY d.name" + (" LIMIT :limit" if limit is not None else ""),
-                {"interfaces": list(interfaces), "limit": limit}, "interfaces").all() if interfaces else []
+            devices = (
+                db.run(
+                    conn,
+                    "SELECT d.id, d.name, i.name, d.device_type_id FROM device d JOIN interface i ON i.id = d.interface_id "
+                    "WHERE i.name IN :interfaces ORDER BY d.name" + (" LIMIT :limit" if limit is not None else ""),
+                    {"interfaces": list(interfaces), "limit": limit},
+                    "interfaces",
+                ).all()
+                if interfaces
+                else []
+            )
             firmware: dict[int, tuple[set[str], set[str]]] = {}
             for type_id, version_key, url_key, token_key in db.run(
-                    conn, "SELECT device_type_id, version_key, url_key, token_key FROM firmware_type"):
+                conn, "SELECT device_type_id, version_key, url_key, token_key FROM firmware_type"
+            ):
                 versions, hidden = firmware.setdefault(type_id, (set(), set()))
                 versions.add(version_key)
                 hidden.update(k for k in (url_key, token_key) if k)
             reported: dict[int, dict[str, Any]] = {}
             for device_id, key, value in db.run(
-                    conn, "SELECT device_id, key, reported FROM device_config WHERE reported IS NOT NULL"):
+                conn, "SELECT device_id, key, reported FROM device_config WHERE reported IS NOT NULL"
+            ):
                 reported.setdefault(device_id, {})[key] = db.loads(value)
         if not devices:
             raise CampaignctlError("no device to simulate (mqtt and http interfaces only)")
@@ -138,8 +161,9 @@ class Simulator:
         try:
             doc = json.loads(payload)
             version, configuration = int(doc["version"]), dict(doc["configuration"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError) as exc:
             self.stats.errors += 1
+            log.debug("%s: unreadable document (%s)", device.name, exc, extra={"device": device.name})
             return
         if version <= device.applied_version:
             return  # the same document again: already applied
@@ -155,10 +179,8 @@ class Simulator:
             self.stats.failed += 1
             await self._report(device, {ERROR_KEY: "apply failed: simulated failure, old values kept"})
             return
-        plain = {k: v for k, v in configuration.items()
-                 if k not in device.version_keys and k not in device.hidden_keys}
-        installs = {k: v for k, v in configuration.items()
-                    if k in device.version_keys and device.state.get(k) != v}
+        plain = {k: v for k, v in configuration.items() if k not in device.version_keys and k not in device.hidden_keys}
+        installs = {k: v for k, v in configuration.items() if k in device.version_keys and device.state.get(k) != v}
         if plain:
             await self._report(device, plain)
         if installs:
@@ -187,7 +209,7 @@ class Simulator:
         client = new_client(name, s, purpose="simulate")
         try:
             connect(client, s, timeout=10)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - refused, unreachable, TLS: the interface's problem, said as such
             raise CampaignctlError(f"interface {name}: {exc}") from None
         prefix = s.topic_prefix.count("/") + 1
         devices = [d for d in self.devices if d.interface == name]
@@ -210,8 +232,9 @@ class Simulator:
 
         def on_disconnect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
             if not self._stopping:
-                loop.call_soon_threadsafe(self.info, f"{name}: connection to {s.host}:{s.port} lost ({reason}); "
-                                                     "reconnecting")
+                loop.call_soon_threadsafe(
+                    self.info, f"{name}: connection to {s.host}:{s.port} lost ({reason}); reconnecting"
+                )
 
         client.on_message, client.on_connect, client.on_disconnect = on_message, on_connect, on_disconnect
         client.reconnect_delay_set(1, 30)
@@ -246,8 +269,9 @@ class Simulator:
     # -- HTTP ------------------------------------------------------------------
 
     def _base_url(self, device: Device) -> str:
-        return (self.server or self.interfaces[device.interface]["settings"].get("url")
-                or "http://127.0.0.1:8080").rstrip("/")
+        return (
+            self.server or self.interfaces[device.interface]["settings"].get("url") or "http://127.0.0.1:8080"
+        ).rstrip("/")
 
     async def _http_device(self, device: Device) -> None:
         import aiohttp
@@ -267,10 +291,24 @@ class Simulator:
                         self._document(device, await response.read())
                     elif response.status != 304:
                         self.stats.errors += 1
+                        log.debug(
+                            "%s: configuration poll answered %s",
+                            device.name,
+                            response.status,
+                            extra={"device": device.name},
+                        )
                     if response.status in (200, 304):
                         self.stats.polls += 1
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                # Counted (transport errors), and a line at debug level: a server that
+                # is down would otherwise fill the log with a line per device per poll.
                 self.stats.errors += 1
+                log.debug(
+                    "%s: configuration poll failed: %s",
+                    device.name,
+                    exc or type(exc).__name__,
+                    extra={"device": device.name},
+                )
             await asyncio.sleep(self.options.poll_interval)
 
     async def _http_report(self, device: Device, values: dict[str, Any]) -> bool:
@@ -278,9 +316,11 @@ class Simulator:
 
         url = f"{self._base_url(device)}/v1/devices/{device.name}/state"
         try:
-            async with self._session.put(url, data=json.dumps(device.state),
-                                         headers={"Authorization": f"Bearer {device.secret}",
-                                                  "Content-Type": "application/json"}) as response:
+            async with self._session.put(
+                url,
+                data=json.dumps(device.state),
+                headers={"Authorization": f"Bearer {device.secret}", "Content-Type": "application/json"},
+            ) as response:
                 return response.status == 204
         except (aiohttp.ClientError, asyncio.TimeoutError):
             return False
@@ -315,17 +355,20 @@ class Simulator:
         self.stats.devices = len(self.devices)
         self.stats.late = sum(1 for d in self.devices if d.online_after)
         self.stats.failing = sum(1 for d in self.devices if d.fails)
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64),
-                                              timeout=aiohttp.ClientTimeout(total=10))
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=64), timeout=aiohttp.ClientTimeout(total=10)
+        )
         tasks: list[asyncio.Task] = []
         try:
             for name, spec in self.interfaces.items():
                 if spec["type"] == "mqtt" and any(d.interface == name for d in self.devices):
-                    self._clients[name] = await loop.run_in_executor(None, self._mqtt_start, name, spec["settings"],
-                                                                     loop)
+                    self._clients[name] = await loop.run_in_executor(
+                        None, self._mqtt_start, name, spec["settings"], loop
+                    )
             tasks = [loop.create_task(self._device(d)) for d in self.devices]
-            waiters = [loop.create_task(asyncio.sleep(self.options.duration if self.options.duration is not None
-                                                      else 1e9))]
+            waiters: list[asyncio.Task[Any]] = [
+                loop.create_task(asyncio.sleep(self.options.duration if self.options.duration is not None else 1e9))
+            ]
             if stop is not None:
                 waiters.append(loop.create_task(stop.wait()))
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -333,13 +376,28 @@ class Simulator:
         finally:
             for task in tasks + [d.busy for d in self.devices if d.busy]:
                 task.cancel()
-            await asyncio.gather(*tasks, *(d.busy for d in self.devices if d.busy), return_exceptions=True)
+            outcomes = await asyncio.gather(*tasks, *(d.busy for d in self.devices if d.busy), return_exceptions=True)
+            _log_failures(outcomes)
             await self._session.close()
             self._stopping = True
             for client, _ in self._clients.values():
                 client.disconnect()
                 client.loop_stop()
         return self.stats
+
+
+def _log_failures(outcomes: list[Any]) -> None:
+    """A device task that ended on an error (not a cancellation) is a bug of the
+    simulator: logged, once per kind of error, rather than dropped."""
+    from collections import Counter
+
+    seen = Counter(
+        f"{type(o).__name__}: {o}"
+        for o in outcomes
+        if isinstance(o, Exception) and not isinstance(o, asyncio.CancelledError)
+    )
+    for error, count in seen.items():
+        log.error("%d simulated device(s) stopped on an error: %s", count, error)
 
 
 def _subscribe(client: Any, topics: list[str]) -> None:

@@ -20,7 +20,7 @@ class CampaignSpec:
     selector: dict[str, Any] | None
     configurations: dict[str, Any]
     expected_state: dict[str, Any]
-    firmware: dict[str, str] | None
+    firmware: dict[str, Any] | None  # type, version; allow_downgrade, from
     secret_keys: list[str] = field(default_factory=list)  # "configurations.<key>" / "expected_state.<key>"
     start_at: str | None = None  # UTC ISO 8601: the campaign starts by itself then
     rollout: dict[str, Any] | None = None  # campaignctl.rollout.Rollout, as a dict

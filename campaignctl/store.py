@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from campaignctl import db
-from campaignctl.errors import NotFoundError
+from campaignctl.suggest import not_found
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -46,7 +46,7 @@ def device_row(conn: "Connection", name: str) -> Any:
         {"name": name},
     ).one_or_none()
     if row is None:
-        raise NotFoundError(f"no device named {name!r}")
+        raise not_found(conn, "device", name)
     return row
 
 
@@ -61,8 +61,9 @@ def write_desired(conn: "Connection", rows: Sequence[tuple]) -> None:
     """Bulk upsert of desired entries: (device_id, key, json, at, revision, by, secret)."""
     if rows:
         # secret as a boolean: PostgreSQL's column takes no 0 or 1.
-        db.run(conn, UPSERT_DESIRED, [{**dict(zip(_DESIRED, row)), "secret": bool(row[6])}
-                                      for row in _in_key_order(rows)])
+        db.run(
+            conn, UPSERT_DESIRED, [{**dict(zip(_DESIRED, row)), "secret": bool(row[6])} for row in _in_key_order(rows)]
+        )
 
 
 def write_reported(conn: "Connection", rows: Sequence[tuple]) -> None:

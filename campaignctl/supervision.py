@@ -40,8 +40,18 @@ from campaignctl.values import SECRET_MASK, cut
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
-DEVICE_STATES = ("pending", "syncing", "waiting", "valid", "invalid", "failed", "timed_out", "cancelled", "skipped",
-                 "superseded")
+DEVICE_STATES = (
+    "pending",
+    "syncing",
+    "waiting",
+    "valid",
+    "invalid",
+    "failed",
+    "timed_out",
+    "cancelled",
+    "skipped",
+    "superseded",
+)
 #: Devices a campaign leaves out: they count neither for nor against its thresholds.
 LEFT_OUT_STATES = ("skipped", "superseded")
 
@@ -54,16 +64,20 @@ def plan_values(name: str, plan: dict[str, Any], part: str) -> tuple[str, dict[s
     rows = sorted((int(t), k, v, k in p["secret"]) for t, p in plan.items() for k, v in p[part].items())
     columns = f"{name}(type_id, key, value, secret, n)"
     if not rows:
-        return (f"{columns} AS (SELECT CAST(NULL AS INTEGER), CAST(NULL AS TEXT), CAST(NULL AS TEXT), false, "
-                "CAST(NULL AS INTEGER) WHERE 1 = 0)"), {}
+        return (
+            f"{columns} AS (SELECT CAST(NULL AS INTEGER), CAST(NULL AS TEXT), CAST(NULL AS TEXT), false, "
+            "CAST(NULL AS INTEGER) WHERE 1 = 0)"
+        ), {}
     params: dict[str, Any] = {}
     values = []
     for n, (type_id, key, value, secret) in enumerate(rows):
         t, k, v, f = (f"{name}_{x}{n}" for x in "tkvs")
         params.update({t: type_id, k: key, v: value, f: bool(secret)})
         if n == 0:  # the first row types the columns
-            values.append(f"(CAST(:{t} AS INTEGER), CAST(:{k} AS TEXT), CAST(:{v} AS TEXT), CAST(:{f} AS BOOLEAN), "
-                          f"CAST({n} AS INTEGER))")
+            values.append(
+                f"(CAST(:{t} AS INTEGER), CAST(:{k} AS TEXT), CAST(:{v} AS TEXT), CAST(:{f} AS BOOLEAN), "
+                f"CAST({n} AS INTEGER))"
+            )
         else:
             values.append(f"(:{t}, :{k}, :{v}, :{f}, {n})")
     return f"{columns} AS (VALUES {', '.join(values)})", params
@@ -74,7 +88,7 @@ def _tuples(conn: Any, sql: str, params: dict[str, Any]) -> list[tuple]:
     query at 100k rows."""
     result = db.run(conn, sql, params)
     try:
-        return result.cursor.fetchall()  # type: ignore[no-any-return]
+        return result.cursor.fetchall()
     finally:
         result.close()
 
@@ -88,6 +102,7 @@ _REPORTED_SHOWN = 200
 
 #: Expected keys read by a join each, up to this many (then by a lookup each).
 _JOINED_KEYS = 8
+
 
 def judge(item: str, invalid: bool, mismatch: bool, timed_out: bool, expecting: bool) -> str:
     """A device's status from its facts, in the order of the module's list. ``mismatch``:
@@ -113,9 +128,16 @@ def judge(item: str, invalid: bool, mismatch: bool, timed_out: bool, expecting: 
 def _items_for(statuses: Collection[str]) -> list[str]:
     """The job item statuses that can be judged one of ``statuses``: a filter the
     database applies before the rules."""
-    return [item for item in ITEM_STATES
-            if any(judge(item, *facts) in statuses
-                   for facts in ((i, m, t, e) for i in (0, 1) for m in (0, 1) for t in (0, 1) for e in (0, 1)))]
+    return [
+        item
+        for item in ITEM_STATES
+        if any(
+            judge(item, *facts) in statuses
+            for facts in (
+                (i, m, t, e) for i in (False, True) for m in (False, True) for t in (False, True) for e in (False, True)
+            )
+        )
+    ]
 
 
 class _Facts:
@@ -124,10 +146,12 @@ class _Facts:
     (an index on the revision finds them), so that the cost per device stays a few index
     lookups on both backends."""
 
-    def __init__(self, conn: "Connection", job_id: int, plan: dict[str, Any], rollout: Rollout,
-                 now: float | None) -> None:
-        state_rows = sorted((int(t), k, v, k in p["secret"])
-                            for t, p in plan.items() for k, v in p["expected_state"].items())
+    def __init__(
+        self, conn: "Connection", job_id: int, plan: dict[str, Any], rollout: Rollout, now: float | None
+    ) -> None:
+        state_rows = sorted(
+            (int(t), k, v, k in p["secret"]) for t, p in plan.items() for k, v in p["expected_state"].items()
+        )
         cfg_cte, cfg_params = plan_values("cfg", plan, "configurations")
         self.cte = f"WITH {cfg_cte}"
         self.expected = [(key, secret) for _t, key, _v, secret in state_rows]  # by n
@@ -140,15 +164,24 @@ class _Facts:
         # past a few keys, one lookup where it is used keeps the join count small.
         keys = sorted({key for _t, key, _v, _s in state_rows})
         joined = len(keys) <= _JOINED_KEYS
-        self.joins = "".join(f" LEFT JOIN device_config e{i} ON e{i}.device_id = ji.device_id AND e{i}.key = :ek{i}"
-                             for i in range(len(keys))) if joined else ""
+        self.joins = (
+            "".join(
+                f" LEFT JOIN device_config e{i} ON e{i}.device_id = ji.device_id AND e{i}.key = :ek{i}"
+                for i in range(len(keys))
+            )
+            if joined
+            else ""
+        )
         self.params.update({f"ek{i}": key for i, key in enumerate(keys)})
         by_type: dict[int, list[tuple[int, str]]] = {}
         for n, (type_id, key, value, _secret) in enumerate(state_rows):
             self.params[f"ev{n}"] = value
             i = keys.index(key)
-            reported = (f"e{i}.reported" if joined else
-                        f"(SELECT c.reported FROM device_config c WHERE c.device_id = ji.device_id AND c.key = :ek{i})")
+            reported = (
+                f"e{i}.reported"
+                if joined
+                else f"(SELECT c.reported FROM device_config c WHERE c.device_id = ji.device_id AND c.key = :ek{i})"
+            )
             by_type.setdefault(type_id, []).append((n, reported))
 
         def per_type(expression: Any, default: str) -> str:
@@ -157,29 +190,47 @@ class _Facts:
                 return default
             if not self.joins_device:
                 return arms.get(types[0], default)
-            return ("CASE d.device_type_id " + " ".join(f"WHEN {t} THEN {a}" for t, a in arms.items())
-                    + f" ELSE {default} END")
+            return (
+                "CASE d.device_type_id "
+                + " ".join(f"WHEN {t} THEN {a}" for t, a in arms.items())
+                + f" ELSE {default} END"
+            )
 
         # The first expected key whose reported value differs, with what is reported
         # ('' for nothing), as one text whose order is the keys' order; NULL for none.
-        first_mismatch = per_type(lambda keys: "CASE " + " ".join(
-            f"WHEN {r} IS DISTINCT FROM :ev{n} THEN '{_N + n}' || coalesce({r}, '')" for n, r in keys) + " END",
-            "NULL")
-        any_mismatch = per_type(lambda keys: "CASE WHEN " + " OR ".join(
-            f"{r} IS DISTINCT FROM :ev{n}" for n, r in keys) + " THEN 1 ELSE 0 END", "0")
+        first_mismatch = per_type(
+            lambda keys: (
+                "CASE "
+                + " ".join(f"WHEN {r} IS DISTINCT FROM :ev{n} THEN '{_N + n}' || coalesce({r}, '')" for n, r in keys)
+                + " END"
+            ),
+            "NULL",
+        )
+        any_mismatch = per_type(
+            lambda keys: (
+                "CASE WHEN " + " OR ".join(f"{r} IS DISTINCT FROM :ev{n}" for n, r in keys) + " THEN 1 ELSE 0 END"
+            ),
+            "0",
+        )
         # Judged without the other facts:
         settled = "ji.status IN ('pending', 'cancelled', 'installed', 'skipped', 'superseded')"
         self.mismatch = f"CASE WHEN {settled} THEN NULL ELSE {first_mismatch} END"
         self.any_mismatch = f"CASE WHEN {settled} THEN 0 ELSE {any_mismatch} END"
         expecting = sorted(by_type)
-        self.expecting = ("1" if len(expecting) == len(types) else "0" if not expecting else
-                          f"CASE WHEN {device_type} IN ({', '.join(map(str, expecting))}) THEN 1 ELSE 0 END")
+        self.expecting = (
+            "1"
+            if len(expecting) == len(types)
+            else "0"
+            if not expecting
+            else f"CASE WHEN {device_type} IN ({', '.join(map(str, expecting))}) THEN 1 ELSE 0 END"
+        )
         if rollout.device_timeout is None:
             self.timed_out = "0"
         else:
             cutoff = (time.time() if now is None else now) - rollout.device_timeout
-            self.params["cutoff"] = (datetime.fromtimestamp(cutoff, timezone.utc)
-                                     .isoformat(timespec="microseconds").replace("+00:00", "Z"))
+            self.params["cutoff"] = (
+                datetime.fromtimestamp(cutoff, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+            )
             # Stamps are ISO 8601 UTC texts of one format: they compare as times.
             self.timed_out = "CASE WHEN coalesce(ji.delivered_at, ji.updated_at) <= :cutoff THEN 1 ELSE 0 END"
         # A campaign key whose desired value is no longer the campaign's. Only an entry
@@ -190,16 +241,23 @@ class _Facts:
         if restore_job is not None:
             # A rollback's keys (value NULL) hold each device's value from before.
             self.params["restore_job"] = restore_job
-            value = ("coalesce(cfg.value, (SELECT b.desired FROM job_item_before b WHERE b.job_id = :restore_job "
-                     "AND b.device_id = ji.device_id AND b.key = cfg.key))")
+            value = (
+                "coalesce(cfg.value, (SELECT b.desired FROM job_item_before b WHERE b.job_id = :restore_job "
+                "AND b.device_id = ji.device_id AND b.key = cfg.key))"
+            )
         self.changed_from = (
             f"FROM cfg JOIN device_config c ON c.device_id = ji.device_id AND c.key = cfg.key "
-            f"WHERE cfg.type_id = {device_type} AND c.desired IS DISTINCT FROM {value}")
-        self.candidates = (f"ji.device_id IN (SELECT later.device_id FROM device_config later "
-                           f"WHERE {self._written_by_others(conn, job_id)})")
+            f"WHERE cfg.type_id = {device_type} AND c.desired IS DISTINCT FROM {value}"
+        )
+        self.candidates = (
+            f"ji.device_id IN (SELECT later.device_id FROM device_config later "
+            f"WHERE {self._written_by_others(conn, job_id)})"
+        )
         # CASE, not AND: SQL does not promise to skip the right side of an AND.
-        self.invalid = (f"CASE WHEN {settled} THEN 0 WHEN NOT ({self.candidates}) THEN 0 "
-                        f"WHEN EXISTS (SELECT 1 {self.changed_from}) THEN 1 ELSE 0 END")
+        self.invalid = (
+            f"CASE WHEN {settled} THEN 0 WHEN NOT ({self.candidates}) THEN 0 "
+            f"WHEN EXISTS (SELECT 1 {self.changed_from}) THEN 1 ELSE 0 END"
+        )
 
     def _written_by_others(self, conn: "Connection", job_id: int) -> str:
         """The revisions that others (users, other jobs) gave entries since the job's
@@ -234,21 +292,32 @@ class _Facts:
         return sql
 
 
-def status_counts(conn: "Connection", job_id: int, plan: dict[str, Any], rollout: Rollout, *,
-                  batch: int | None = None, now: float | None = None,
-                  facts: "_Facts | None" = None) -> dict[int, dict[str, int]]:
+def status_counts(
+    conn: "Connection",
+    job_id: int,
+    plan: dict[str, Any],
+    rollout: Rollout,
+    *,
+    batch: int | None = None,
+    now: float | None = None,
+    facts: "_Facts | None" = None,
+) -> dict[int, dict[str, int]]:
     """Per batch, the number of devices in each status: one aggregate over the facts."""
     facts = facts or _Facts(conn, job_id, plan, rollout, now)
     device = "JOIN device d ON d.id = ji.device_id" if facts.joins_device else ""
     # The facts as the bits of one number: fewer and smaller keys to group on (the
     # grouping is most of the cost at a million devices).
     code = f"({facts.invalid}) * 8 + ({facts.any_mismatch}) * 4 + ({facts.timed_out}) * 2 + ({facts.expecting})"
-    rows = _tuples(conn, f"""
+    rows = _tuples(
+        conn,
+        f"""
         {facts.cte}
         SELECT ji.batch, ji.status, {code}, count(*)
         FROM job_item ji {device}{facts.joins} {facts.where(batch, None)}
         GROUP BY ji.batch, ji.status, 3
-    """, facts.params)
+    """,
+        facts.params,
+    )
     per: dict[int, dict[str, int]] = {}
     for number, item, bits, count in rows:
         states = per.setdefault(number, dict.fromkeys(DEVICE_STATES, 0))
@@ -265,9 +334,18 @@ def totals(per_batch: dict[int, dict[str, int]]) -> dict[str, int]:
     return out
 
 
-def device_statuses(conn: "Connection", job_id: int, plan: dict[str, Any], rollout: Rollout, *,
-                    batch: int | None = None, now: float | None = None, only: Collection[str] | None = None,
-                    limit: int | None = None, facts: "_Facts | None" = None) -> Iterator[dict[str, Any]]:
+def device_statuses(
+    conn: "Connection",
+    job_id: int,
+    plan: dict[str, Any],
+    rollout: Rollout,
+    *,
+    batch: int | None = None,
+    now: float | None = None,
+    only: Collection[str] | None = None,
+    limit: int | None = None,
+    facts: "_Facts | None" = None,
+) -> Iterator[dict[str, Any]]:
     """The devices of a job (or of one of its batches) in name order, with their status
     and its reason; ``only``: those with one of these statuses; ``limit``: the first ones.
     Streamed from the database (a million devices are never all in memory)."""
@@ -278,16 +356,26 @@ def device_statuses(conn: "Connection", job_id: int, plan: dict[str, Any], rollo
     where = facts.where(batch, items)
     sep = dialect.separator(conn)
     # Which campaign key changed, by whom and when, for the few devices changed since.
-    changed = dict(_tuples(conn, f"""
+    changed = dict(
+        _tuples(
+            conn,
+            f"""
         {facts.cte}
         SELECT ji.device_id,
           (SELECT cfg.key || {sep} || coalesce(c.desired_by, '') || {sep} || coalesce(c.desired_at, '')
            {facts.changed_from} ORDER BY cfg.n LIMIT 1)
         FROM job_item ji JOIN device d ON d.id = ji.device_id
         {where} AND {facts.candidates}
-    """, facts.params))
-    started = {n for (n,) in db.run(
-        conn, "SELECT number FROM job_batch WHERE job_id = :job_id AND status <> 'pending'", {"job_id": job_id})}
+    """,
+            facts.params,
+        )
+    )
+    started = {
+        n
+        for (n,) in db.run(
+            conn, "SELECT number FROM job_batch WHERE job_id = :job_id AND status <> 'pending'", {"job_id": job_id}
+        )
+    }
     timeout = rollout.device_timeout
     reasons: dict[str, str] = {}  # a fleet's devices mostly report the same few things
     writers: dict[str, str] = {}
@@ -306,26 +394,34 @@ def device_statuses(conn: "Connection", job_id: int, plan: dict[str, Any], rollo
     # devices' names (CROSS JOIN: SQLite keeps that join order), so that nothing is
     # sorted and the first rows come at once; a job of a few devices is read, then sorted.
     cut = f"LIMIT {int(limit)}" if limit is not None and only is None else ""
-    total, fleet = db.run(conn, "SELECT (SELECT total FROM job WHERE id = :job_id), (SELECT count(*) FROM device)",
-                          {"job_id": job_id}).one()
-    source = ("device d CROSS JOIN job_item ji" if 2 * (total or 0) >= fleet else
-              "job_item ji JOIN device d ON d.id = ji.device_id")
-    result = conn.execute(db.sql(f"""
+    total, fleet = db.run(
+        conn, "SELECT (SELECT total FROM job WHERE id = :job_id), (SELECT count(*) FROM device)", {"job_id": job_id}
+    ).one()
+    source = (
+        "device d CROSS JOIN job_item ji"
+        if 2 * (total or 0) >= fleet
+        else "job_item ji JOIN device d ON d.id = ji.device_id"
+    )
+    result = conn.execute(
+        db.sql(f"""
         {facts.cte}
         SELECT d.name, ji.status, ji.error, ji.attempts, ji.updated_at, ji.batch, ji.device_id,
                {facts.mismatch}, {facts.timed_out}, {facts.expecting}
         FROM {source}{facts.joins}
         {where} AND ji.device_id = d.id
         ORDER BY d.name {cut}
-    """).execution_options(stream_results=True), facts.params)
+    """).execution_options(stream_results=True),
+        facts.params,
+    )
     shown = 0
     try:
         # Through the result, not its DB-API cursor: a server-side cursor's first rows
         # are already in the result's buffer.
         for rows in result.partitions(2000):
             for name, item, error, attempts, updated_at, number, device_id, mismatch, timed_out, expecting in rows:
-                status = judge(item, changed.get(device_id) is not None, mismatch is not None, bool(timed_out),
-                               bool(expecting))
+                status = judge(
+                    item, changed.get(device_id) is not None, mismatch is not None, bool(timed_out), bool(expecting)
+                )
                 if only is not None and status not in only:
                     continue
                 reason = None
@@ -336,7 +432,8 @@ def device_statuses(conn: "Connection", job_id: int, plan: dict[str, Any], rollo
                 elif status == "invalid":
                     key, by, at = changed[device_id].split("\x1f")
                     reason = f"{key} was changed after the campaign set it" + (
-                        f" (by {writer(by)} at {at})" if by else "")
+                        f" (by {writer(by)} at {at})" if by else ""
+                    )
                 elif status == "timed_out":
                     what = "delivered" if item == "delivered" else "written, never fetched,"
                     reason = f"{what} {format_duration(timeout or 0)} ago and still not valid"
@@ -344,8 +441,14 @@ def device_statuses(conn: "Connection", job_id: int, plan: dict[str, Any], rollo
                         reason += f" ({mismatch_reason(mismatch)})"
                 elif status == "waiting":
                     reason = mismatch_reason(mismatch)
-                yield {"device": name, "status": status, "reason": reason, "batch": number,
-                       "attempts": attempts, "updated_at": updated_at}
+                yield {
+                    "device": name,
+                    "status": status,
+                    "reason": reason,
+                    "batch": number,
+                    "attempts": attempts,
+                    "updated_at": updated_at,
+                }
                 shown += 1
                 if limit is not None and shown >= limit:
                     return
@@ -359,8 +462,11 @@ def writer_name(conn: "Connection", by: str, cache: dict[str, str]) -> str:
     if not by.startswith("job:") or not by[4:].isdigit():
         return by
     if by not in cache:
-        name = db.run(conn, "SELECT c.name FROM job j JOIN campaign c ON c.id = j.campaign_id WHERE j.id = :id",
-                      {"id": int(by[4:])}).scalar()
+        name = db.run(
+            conn,
+            "SELECT c.name FROM job j JOIN campaign c ON c.id = j.campaign_id WHERE j.id = :id",
+            {"id": int(by[4:])},
+        ).scalar()
         cache[by] = f"campaign {name}" if name is not None else by
     return cache[by]
 
@@ -374,8 +480,9 @@ def _mismatch(expected: list[tuple[str, bool]], mismatch: str) -> str:
     return f"{key} reported {SECRET_MASK if secret else cut(reported, _REPORTED_SHOWN)}"
 
 
-def campaign_status(engine: "Engine", name: str, *, only: Collection[str] | None = None,
-                    limit: int | None = None) -> dict[str, Any]:
+def campaign_status(
+    engine: "Engine", name: str, *, only: Collection[str] | None = None, limit: int | None = None
+) -> dict[str, Any]:
     """The supervision of a campaign, as documented for ``status -o json``; ``only`` and
     ``limit`` choose the devices listed (the summary counts them all)."""
     with open_status(engine, name, only=only, limit=limit) as data:
@@ -384,8 +491,9 @@ def campaign_status(engine: "Engine", name: str, *, only: Collection[str] | None
 
 
 @contextmanager
-def open_status(engine: "Engine", name: str, *, only: Collection[str] | None = None,
-                limit: int | None = None) -> Iterator[dict[str, Any]]:
+def open_status(
+    engine: "Engine", name: str, *, only: Collection[str] | None = None, limit: int | None = None
+) -> Iterator[dict[str, Any]]:
     """``campaign_status`` whose ``devices`` is an iterator, read while the ``with``
     block lasts (from one snapshot of the database)."""
     from campaignctl import jobs
@@ -396,8 +504,12 @@ def open_status(engine: "Engine", name: str, *, only: Collection[str] | None = N
         row, spec = get_spec(conn, name)
         extra = db.run(conn, "SELECT reason, start_at FROM campaign WHERE id = :id", {"id": row.id}).one()
         job_id = jobs.latest_job(conn, row.id)
-        rollbacks = [{"campaign": r[0], "status": r[1]} for r in db.run(
-            conn, "SELECT name, status FROM campaign WHERE rollback_of = :name ORDER BY id", {"name": name})]
+        rollbacks = [
+            {"campaign": r[0], "status": r[1]}
+            for r in db.run(
+                conn, "SELECT name, status FROM campaign WHERE rollback_of = :name ORDER BY id", {"name": name}
+            )
+        ]
         batches: list[dict[str, Any]] = []
         devices: Iterator[dict[str, Any]]
         if job_id is None:
@@ -410,8 +522,12 @@ def open_status(engine: "Engine", name: str, *, only: Collection[str] | None = N
             why = "the campaign is not launched" if row.status == "draft" else f"the campaign is {row.status}"
             summary = {"total": len(ids), **dict.fromkeys(DEVICE_STATES, 0), "pending": len(ids)}
             listed = [] if limit == 0 or (only is not None and "pending" not in only) else _names(conn, ids, limit)
-            devices = iter([{"device": n, "status": "pending", "reason": why, "batch": None, "attempts": 0,
-                             "updated_at": None} for n in listed])
+            devices = iter(
+                [
+                    {"device": n, "status": "pending", "reason": why, "batch": None, "attempts": 0, "updated_at": None}
+                    for n in listed
+                ]
+            )
             job = None
         else:
             job = jobs.summary(conn, job_id)
@@ -445,11 +561,24 @@ def open_status(engine: "Engine", name: str, *, only: Collection[str] | None = N
 
 
 def _batches(conn: Any, job_id: int, per: dict[int, dict[str, int]]) -> list[dict[str, Any]]:
-    return [{"number": r[0], "size": r[1], "status": r[2], "started_at": r[3], "delivered_at": r[4],
-             "finished_at": r[5], "reason": r[6], "summary": per.get(r[0], dict.fromkeys(DEVICE_STATES, 0))}
-            for r in db.run(
-                conn, "SELECT number, size, status, started_at, delivered_at, finished_at, reason FROM job_batch "
-                "WHERE job_id = :job_id ORDER BY number", {"job_id": job_id})]
+    return [
+        {
+            "number": r[0],
+            "size": r[1],
+            "status": r[2],
+            "started_at": r[3],
+            "delivered_at": r[4],
+            "finished_at": r[5],
+            "reason": r[6],
+            "summary": per.get(r[0], dict.fromkeys(DEVICE_STATES, 0)),
+        }
+        for r in db.run(
+            conn,
+            "SELECT number, size, status, started_at, delivered_at, finished_at, reason FROM job_batch "
+            "WHERE job_id = :job_id ORDER BY number",
+            {"job_id": job_id},
+        )
+    ]
 
 
 def _names(conn: Any, ids: list[int], limit: int | None) -> list[str]:
@@ -458,7 +587,9 @@ def _names(conn: Any, ids: list[int], limit: int | None) -> list[str]:
 
     names: list[str] = []
     for start in range(0, len(ids), 5000):
-        names += [r[0] for r in db.run(conn, "SELECT name FROM device WHERE id IN :ids",
-                                       {"ids": ids[start : start + 5000]}, "ids")]
+        names += [
+            r[0]
+            for r in db.run(conn, "SELECT name FROM device WHERE id IN :ids", {"ids": ids[start : start + 5000]}, "ids")
+        ]
     # str order: UTF-8 byte order, as d.name sorts in SQL
     return sorted(names) if limit is None else heapq.nsmallest(limit, names)

@@ -18,7 +18,8 @@ _KEY_FORBIDDEN = re.compile(r"[\s#$.\x00-\x1f\x7f-\x9f]")
 # A UTF-16 surrogate alone is what a JSON "\ud800" escape decodes to: a Python string can
 # hold it, but it is not Unicode text, and neither UTF-8 nor a database can store it.
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# ${VAR}, ${VAR:-default} (the default up to the closing brace), and $$ for a literal $.
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def key_problem(key: object) -> str | None:
@@ -31,8 +32,9 @@ def key_problem(key: object) -> str | None:
         return f"key is longer than {MAX_KEY_LENGTH} characters"
     bad = _KEY_FORBIDDEN.search(key)  # \s also finds a trailing newline
     if bad:
-        return (f"key {key!r} contains {bad.group()!r} (whitespace, control characters, '#', '$' and '.' are "
-                "not allowed)")
+        return (
+            f"key {key!r} contains {bad.group()!r} (whitespace, control characters, '#', '$' and '.' are not allowed)"
+        )
     if LONE_SURROGATE.search(key):
         return f"key {key!r} is not Unicode text (it holds a lone surrogate)"
     return None
@@ -78,8 +80,7 @@ def canonical(value: Any) -> str:
     or not Unicode (lone surrogates).
     """
     try:
-        text = json.dumps(_normalise(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False)
+        text = json.dumps(_normalise(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except RecursionError:
         raise ValueError("the value is nested too deeply") from None
     # json.dumps escapes C0 control characters (NUL included), so the text is safe to
@@ -157,7 +158,8 @@ def shown(text: str, limit: int | None = 80) -> str:
     head = text[: limit + 1]  # each character is at least one once escaped
     if not _UNSAFE.search(head):
         return cut(text, limit)
-    pieces, size = [], 0
+    pieces: list[str] = []
+    size = 0
     for char in head:
         piece = _escaped(char) if _UNSAFE.match(char) else char
         if size + len(piece) > limit:
@@ -219,11 +221,13 @@ class MissingVariable(KeyError):
 
 
 def expand_env(text: str, environ: dict[str, str] | None = None) -> tuple[str, bool]:
-    """Replace ``${VAR}`` by the environment's value; ``$$`` is a literal ``$``.
+    """Replace ``${VAR}`` by the environment's value, ``${VAR:-default}`` by it or, when
+    VAR is not set, by ``default``; ``$$`` is a literal ``$``.
 
-    Returns the new text and whether any variable was used (such values are secret).
-    A variable that is not set raises MissingVariable: an empty token is never what
-    the author meant.
+    Returns the new text and whether any variable was referred to (such values are
+    secret, whether or not the default was taken: what a value is must not decide if it
+    is shown). A variable that is not set and has no default raises MissingVariable: an
+    empty token is never what the author meant.
     """
     env = os.environ if environ is None else environ
     used = False
@@ -233,10 +237,12 @@ def expand_env(text: str, environ: dict[str, str] | None = None) -> tuple[str, b
         name = match.group(1)
         if name is None:
             return "$"
-        if name not in env:
-            raise MissingVariable(name)
         used = True
-        return env[name]
+        if name in env:
+            return env[name]
+        if match.group(2) is not None:
+            return match.group(2)
+        raise MissingVariable(name)
 
     return _ENV_REF.sub(repl, text), used
 

@@ -52,9 +52,16 @@ def check_pattern(pattern: str) -> str:
     """A ``from`` pattern: a version, or a version whose parts may be x or *."""
     text = pattern.strip()
     parts = text.lstrip("vV").split(".")
-    if not text or len(parts) > 3 or not all(_PART.match(p) for p in parts):
+    wild = [i for i, p in enumerate(parts) if p in ("x", "X", "*")]
+    if not wild:
         if parse(text) is None:
             raise ValueError(f"{pattern!r} is not a version pattern (write 5.0.x, 5.1.*, or a version)")
+        return text
+    # 5.x.1 would read as 5.x: a wildcard ends a pattern.
+    if len(parts) > 3 or wild[0] != len(parts) - 1 or not all(_PART.match(p) for p in parts):
+        raise ValueError(
+            f"{pattern!r} is not a version pattern (write 5.0.x, 5.1.*, or a version; a wildcard is the last part)"
+        )
     return text
 
 
@@ -90,7 +97,9 @@ def reported_text(reported_json: str | None) -> str | None:
     return str(value)
 
 
-def rule(reported: str | None, target: str, *, allow_downgrade: bool, from_: list[str] | None) -> tuple[str, str | None]:
+def rule(
+    reported: str | None, target: str, *, allow_downgrade: bool, from_: list[str] | None
+) -> tuple[str, str | None]:
     """What an OTA campaign does with a device reporting ``reported``: ("deliver", None),
     ("installed", reason) when it already runs the target, or ("skipped", reason)."""
     if reported is not None and compare(reported, target) == 0:

@@ -37,10 +37,18 @@ def outcome(data: dict[str, Any], min_valid: float) -> int | None:
     return EXIT_OK if valid >= min_valid - 1e-9 else EXIT_BELOW
 
 
-def wait(engine: "Engine", name: str, *, timeout: float | None = None, min_valid: float = 1.0,
-         interval: float = 1.0, on_update: Callable[[dict[str, Any]], None] = lambda _d: None,
-         progress: jobs.Progress | None = None, devices: int | None = None,
-         only: Collection[str] | None = None) -> tuple[int, dict[str, Any]]:
+def wait(
+    engine: "Engine",
+    name: str,
+    *,
+    timeout: float | None = None,
+    min_valid: float = 1.0,
+    interval: float = 1.0,
+    on_update: Callable[[dict[str, Any]], None] = lambda _d: None,
+    progress: jobs.Progress | None = None,
+    devices: int | None = None,
+    only: Collection[str] | None = None,
+) -> tuple[int, dict[str, Any]]:
     """Block until the campaign ends (see ``outcome``) or ``timeout`` seconds pass,
     advancing it meanwhile (so that a CI job needs no separate worker); returns the exit
     code and the last supervision, which lists the first ``devices`` devices (all by
@@ -53,8 +61,12 @@ def wait(engine: "Engine", name: str, *, timeout: float | None = None, min_valid
             raise ConflictError(f"campaign {name!r} is not launched: nothing to wait for")
     while True:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        tick(engine, campaign=name, progress=progress,
-             slice_seconds=SLICE_SECONDS if left is None else min(SLICE_SECONDS, left))
+        tick(
+            engine,
+            campaign=name,
+            progress=progress,
+            slice_seconds=SLICE_SECONDS if left is None else min(SLICE_SECONDS, left),
+        )
         data = campaign_status(engine, name, only=only, limit=devices)
         on_update(data)
         code = outcome(data, min_valid)

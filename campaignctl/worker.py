@@ -8,6 +8,7 @@ claim, of any job, and ticks between. ``run_workers`` starts several such proces
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from contextlib import contextmanager
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from campaignctl import db, jobs, shards
 from campaignctl.engine import advance
 from campaignctl.errors import ConflictError, InputError
+from campaignctl.metrics import PROCESS
+from campaignctl.rollout import format_duration
 from campaignctl.values import shown
 
 if TYPE_CHECKING:
@@ -27,17 +30,31 @@ SLICE_SECONDS = 10.0
 #: How often an idle worker looks for shards to deliver (ticks come every --interval).
 SHARD_POLL_SECONDS = 0.2
 
+log = logging.getLogger("campaignctl.worker")
 
-def tick(engine: "Engine", *, campaign: str | None = None, progress: jobs.Progress | None = None,
-         info: Callable[[str], None] = lambda _m: None, slice_seconds: float | None = None) -> list[dict[str, Any]]:
+
+def tick(
+    engine: "Engine",
+    *,
+    campaign: str | None = None,
+    progress: jobs.Progress | None = None,
+    info: Callable[[str], None] = lambda _m: None,
+    slice_seconds: float | None = None,
+) -> list[dict[str, Any]]:
     """One pass: start the scheduled campaigns that are due, then advance every job that
     no other process is running. Returns what happened, per campaign."""
     results: list[dict[str, Any]] = []
     with db.read(engine) as conn:
-        due = [r[0] for r in db.run(conn,
-            "SELECT name FROM campaign WHERE status = 'scheduled' AND start_at <= :now"
-            + (" AND name = :name" if campaign else "") + " ORDER BY start_at",
-            {"now": db.utcnow(), "name": campaign})]
+        due = [
+            r[0]
+            for r in db.run(
+                conn,
+                "SELECT name FROM campaign WHERE status = 'scheduled' AND start_at <= :now"
+                + (" AND name = :name" if campaign else "")
+                + " ORDER BY start_at",
+                {"now": db.utcnow(), "name": campaign},
+            )
+        ]
     for name in due:
         started = _start_scheduled(engine, name, info)
         if started is None:
@@ -45,9 +62,13 @@ def tick(engine: "Engine", *, campaign: str | None = None, progress: jobs.Progre
         if "outcome" in started:
             results.append(started)
             continue
-        results.append({"campaign": name, "job": started["job"],
-                        "outcome": _advance_safely(engine, started["job"], started["owner"], progress, info,
-                                                   slice_seconds)})
+        results.append(
+            {
+                "campaign": name,
+                "job": started["job"],
+                "outcome": _advance_safely(engine, started["job"], started["owner"], progress, info, slice_seconds),
+            }
+        )
     _advance_active(engine, campaign, results, progress, info, slice_seconds)
     if any(r.get("outcome") == "aborted" for r in results):
         # A campaign that aborted with ``on_error: revert`` started its rollback: it goes
@@ -56,17 +77,26 @@ def tick(engine: "Engine", *, campaign: str | None = None, progress: jobs.Progre
     return results
 
 
-def _advance_active(engine: "Engine", campaign: str | None, results: list[dict[str, Any]],
-                    progress: jobs.Progress | None, info: Callable[[str], None], slice_seconds: float | None, *,
-                    rollbacks: bool = False) -> None:
+def _advance_active(
+    engine: "Engine",
+    campaign: str | None,
+    results: list[dict[str, Any]],
+    progress: jobs.Progress | None,
+    info: Callable[[str], None],
+    slice_seconds: float | None,
+    *,
+    rollbacks: bool = False,
+) -> None:
     """Advance every running (or cancelled, aborted: to finish) job that no other process
     runs; ``rollbacks``: only those of rollbacks of ``campaign``."""
     where = " AND c.rollback_of = :name" if rollbacks and campaign else " AND c.name = :name" if campaign else ""
     with db.read(engine) as conn:
-        active = db.run(conn,
+        active = db.run(
+            conn,
             "SELECT j.id, c.name FROM job j JOIN campaign c ON c.id = j.campaign_id WHERE j.step != 'done' "
             "AND c.status IN ('running', 'cancelled', 'aborted')" + where + " ORDER BY j.id",
-            {"name": campaign}).all()
+            {"name": campaign},
+        ).all()
     seen = {r.get("job") for r in results}
     for job_id, name in active:
         if job_id in seen:
@@ -74,8 +104,13 @@ def _advance_active(engine: "Engine", campaign: str | None, results: list[dict[s
         owner = jobs.try_acquire(engine, job_id)
         if owner is None:
             continue  # finished meanwhile, or another process runs it
-        results.append({"campaign": name, "job": job_id,
-                        "outcome": _advance_safely(engine, job_id, owner, progress, info, slice_seconds)})
+        results.append(
+            {
+                "campaign": name,
+                "job": job_id,
+                "outcome": _advance_safely(engine, job_id, owner, progress, info, slice_seconds),
+            }
+        )
 
 
 def _start_scheduled(engine: "Engine", name: str, info: Callable[[str], None]) -> dict[str, Any] | None:
@@ -95,15 +130,24 @@ def _start_scheduled(engine: "Engine", name: str, info: Callable[[str], None]) -
         except ConflictError:
             return None
         except InputError as exc:
-            db.run(conn, "UPDATE campaign SET status = 'aborted', reason = :reason, updated_at = :now WHERE id = :id",
-                   {"reason": f"could not start: {exc.message}", "now": db.utcnow(), "id": row.id})
+            db.run(
+                conn,
+                "UPDATE campaign SET status = 'aborted', reason = :reason, updated_at = :now WHERE id = :id",
+                {"reason": f"could not start: {exc.message}", "now": db.utcnow(), "id": row.id},
+            )
             return {"campaign": name, "outcome": "aborted", "reason": exc.message}
     info(f"{name}: started (it was scheduled for {spec.start_at})")
     return {"job": job_id, "owner": owner}
 
 
-def drive(engine: "Engine", job_id: int, *, owner: str | None = None, progress: jobs.Progress | None = None,
-          slice_seconds: float | None = None) -> str | None:
+def drive(
+    engine: "Engine",
+    job_id: int,
+    *,
+    owner: str | None = None,
+    progress: jobs.Progress | None = None,
+    slice_seconds: float | None = None,
+) -> str | None:
     """Drive a job in this process as far as it goes now: its state machine, and the
     shards no other worker took. Takes the job's lease unless ``owner`` holds it;
     None when another live process drives the job."""
@@ -117,19 +161,33 @@ def drive(engine: "Engine", job_id: int, *, owner: str | None = None, progress: 
     return advance(engine, job_id, owner, progress=progress, slice_seconds=slice_seconds)
 
 
-def _advance_safely(engine: "Engine", job_id: int, owner: str, progress: jobs.Progress | None,
-                    info: Callable[[str], None], slice_seconds: float | None) -> str:
+def _advance_safely(
+    engine: "Engine",
+    job_id: int,
+    owner: str,
+    progress: jobs.Progress | None,
+    info: Callable[[str], None],
+    slice_seconds: float | None,
+) -> str:
     """One job's failure (a bug, a disk error) must not stop the engine for the others:
     it is reported, and the job is tried again at the next pass."""
     try:
         return advance(engine, job_id, owner, progress=progress, slice_seconds=slice_seconds)
     except Exception as exc:  # noqa: BLE001
-        info(f"job {job_id}: {db.describe(exc, engine)}; trying again at the next pass")
+        PROCESS.engine_errors.inc()
+        log.warning(
+            "job %s: %s; trying again at the next pass", job_id, db.describe(exc, engine), extra={"job": job_id}
+        )
         return "error"
 
 
-def run_worker(engine: "Engine", *, interval: float = 2.0, stop: threading.Event | None = None,
-               info: Callable[[str], None] = lambda _m: None) -> None:
+def run_worker(
+    engine: "Engine",
+    *,
+    interval: float = 2.0,
+    stop: threading.Event | None = None,
+    info: Callable[[str], None] = lambda _m: None,
+) -> None:
     """``campaignctl run``: deliver the shards of any job, and tick every ``interval``
     seconds, until ``stop`` (or Ctrl-C)."""
     stop = stop or threading.Event()
@@ -143,12 +201,17 @@ def run_worker(engine: "Engine", *, interval: float = 2.0, stop: threading.Event
                 busy = shards.work(engine, worker, stop=stop) > 0
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + interval
-                    for result in tick(engine, info=info, slice_seconds=SLICE_SECONDS):
+                    with PROCESS.engine_passes.time():
+                        results = tick(engine, info=info, slice_seconds=SLICE_SECONDS)
+                    for result in results:
                         if last.get(result["campaign"]) != result["outcome"]:
                             last[result["campaign"]] = result["outcome"]
                             info(f"{result['campaign']}: {result['outcome']}")
             except Exception as exc:  # noqa: BLE001 - a locked, busy or unreachable database: next pass
-                info(f"rollout engine: {db.describe(exc, engine)}; trying again in {interval:g}s")
+                PROCESS.engine_errors.inc()
+                log.warning(
+                    "rollout engine: %s; trying again in %s", db.describe(exc, engine), format_duration(interval)
+                )
                 next_tick = time.monotonic() + interval
                 stop.wait(interval)
             if not busy:
@@ -157,16 +220,28 @@ def run_worker(engine: "Engine", *, interval: float = 2.0, stop: threading.Event
         pass
 
 
-def run_workers(target: str, processes: int, *, interval: float = 2.0,
-                info: Callable[[str], None] = lambda _m: None) -> None:
+def run_workers(
+    target: str,
+    processes: int,
+    *,
+    interval: float = 2.0,
+    info: Callable[[str], None] = lambda _m: None,
+    log_level: str = "info",
+    log_format: str = "text",
+) -> None:
     """``campaignctl run --processes N``: N worker processes on the database at
-    ``target``; returns when they have all stopped (Ctrl-C or SIGTERM stops them)."""
+    ``target``; returns when they have all stopped (Ctrl-C or SIGTERM stops them). The
+    children log as this process does (``log_level``, ``log_format``)."""
     import multiprocessing
     import signal
 
     context = multiprocessing.get_context("spawn")
-    children = [context.Process(target=_child, args=(target, interval), name=f"campaignctl-worker-{n}", daemon=True)
-                for n in range(processes)]
+    children = [
+        context.Process(
+            target=_child, args=(target, interval, log_level, log_format), name=f"campaignctl-worker-{n}", daemon=True
+        )
+        for n in range(processes)
+    ]
     for child in children:
         child.start()
     info(f"{processes} worker processes: {', '.join(str(c.pid) for c in children)}")
@@ -214,8 +289,15 @@ def helper_count(engine: "Engine", job_id: int, processes: int | None) -> int:
 
 
 @contextmanager
-def helper_processes(name: str, target: Callable[..., None], arguments: Sequence[tuple[Any, ...]], *,
-                     stop: Any = None, terminate_on_error: bool = False, grace: float = 30.0) -> Iterator[list[Any]]:
+def helper_processes(
+    name: str,
+    target: Callable[..., None],
+    arguments: Sequence[tuple[Any, ...]],
+    *,
+    stop: Any = None,
+    terminate_on_error: bool = False,
+    grace: float = 30.0,
+) -> Iterator[list[Any]]:
     """While the block lasts, one spawned process per tuple of ``arguments`` runs
     ``target(*arguments[n])`` (named ``name-n``), with Ctrl-C ignored: it reaches the
     whole process group, and this process decides what its helpers do. On the way out
@@ -225,8 +307,10 @@ def helper_processes(name: str, target: Callable[..., None], arguments: Sequence
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    children = [context.Process(target=_ignoring_sigint, args=(target, *args), name=f"{name}-{n}", daemon=True)
-                for n, args in enumerate(arguments)]
+    children = [
+        context.Process(target=_ignoring_sigint, args=(target, *args), name=f"{name}-{n}", daemon=True)
+        for n, args in enumerate(arguments)
+    ]
     for child in children:
         child.start()
     failed = False
@@ -270,8 +354,9 @@ def delivery_helpers(target: str, job_id: int, count: int) -> Iterator[None]:
     import os
 
     stop = multiprocessing.get_context("spawn").Event()
-    with helper_processes("campaignctl-delivery", _shard_child, [(target, job_id, stop, os.getpid())] * count,
-                          stop=stop):
+    with helper_processes(
+        "campaignctl-delivery", _shard_child, [(target, job_id, stop, os.getpid())] * count, stop=stop
+    ):
         yield
 
 
@@ -295,18 +380,16 @@ def _shard_child(target: str, job_id: int, stop: Any, parent: int) -> None:
         print(shown(f"delivery helper {os.getpid()}: {db.describe(exc, engine)}", 500), file=sys.stderr, flush=True)
 
 
-def _child(target: str, interval: float) -> None:
+def _child(target: str, interval: float, log_level: str, log_format: str) -> None:
     import signal
-    import sys
+
+    from campaignctl.logs import configure
 
     def on_term(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    logger = configure(log_level, log_format)
     engine = db.create_engine(target)
-
-    def info(message: str) -> None:  # as the CLI's info: device and platform texts escaped
-        print(shown(message, None), file=sys.stderr, flush=True)
-
-    run_worker(engine, interval=interval, info=info)
+    run_worker(engine, interval=interval, info=logger.info)

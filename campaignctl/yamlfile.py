@@ -114,15 +114,22 @@ class _Builder:
             event = get()  # DocumentEndEvent
             event = get()
         if type(event) is not StreamEndEvent:
-            raise YamlError("invalid YAML: expected a single document in the stream, but found another", [],
-                            event.start_mark.line + 1)
+            raise YamlError(
+                "invalid YAML: expected a single document in the stream, but found another",
+                [],
+                event.start_mark.line + 1,
+            )
         if root is not None:
             _, size, written = root
             allowance = max(ALIAS_ALLOWANCE, written)
             if size - written > allowance:
                 what, path, line = self._culprit or ("the document", [], 1)
-                raise YamlError(f"aliases expand {what} to more values than allowed (the document would hold "
-                                f"{size:,} values; aliases may add {allowance:,}): an alias bomb?", path, line)
+                raise YamlError(
+                    f"aliases expand {what} to more values than allowed (the document would hold "
+                    f"{size:,} values; aliases may add {allowance:,}): an alias bomb?",
+                    path,
+                    line,
+                )
         return value
 
     def _value(self, get: Any) -> tuple[Any, int, int]:
@@ -171,12 +178,12 @@ class _Builder:
             elif kind is MappingStartEvent or kind is SequenceStartEvent:
                 mapping = kind is MappingStartEvent
                 if stack and stack[-1].is_map and stack[-1].key is _NO_KEY:
-                    raise self._error("a mapping key must be a scalar (text, number...), not a list or mapping",
-                                      event)
+                    raise self._error("a mapping key must be a scalar (text, number...), not a list or mapping", event)
                 if event.tag is not None and event.tag != "!" and event.tag != (_MAP if mapping else _SEQ):
                     # Tags and anchors are the file's text, of any length: quoted cut short.
-                    raise self._error(f"the YAML tag {cut(event.tag, 40)} is not supported here (values are JSON)",
-                                      event)
+                    raise self._error(
+                        f"the YAML tag {cut(event.tag, 40)} is not supported here (values are JSON)", event
+                    )
                 if event.anchor is not None:
                     self._anchors[event.anchor] = (_BUILDING, 0, 0)
                 stack.append(_Frame({} if mapping else [], event.anchor, event.start_mark.line + 1))
@@ -336,8 +343,10 @@ def _twice(text: str, first: tuple[Any, Any], second: tuple[Any, Any]) -> str:
     text = cut(text, 40)  # a key may be any length
     if type(key1) is type(key2) and key1 == key2:
         return f"key {text!r} is given twice (lines {line1} and {line2})"
-    return (f"key {text!r} is given twice: as {_spelling(key1)} on line {line1} and as {_spelling(key2)} "
-            f"on line {line2} (the same key once written as text)")
+    return (
+        f"key {text!r} is given twice: as {_spelling(key1)} on line {line1} and as {_spelling(key2)} "
+        f"on line {line2} (the same key once written as text)"
+    )
 
 
 def _spelling(key: Any) -> str:
@@ -378,14 +387,11 @@ class YamlDocument:
             with gc_paused():
                 self.data: Any = _Builder(text).document()
         except YamlError as exc:
-            raise InputError(exc.message, source=source, field=format_path(exc.path) or None,
-                             line=exc.line) from None
+            raise InputError(exc.message, source=source, field=format_path(exc.path) or None, line=exc.line) from None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             problem = " ".join(p for p in (exc.context, exc.problem) if p)
-            raise InputError(
-                f"invalid YAML: {problem}", source=source, line=mark.line + 1 if mark else None
-            ) from None
+            raise InputError(f"invalid YAML: {problem}", source=source, line=mark.line + 1 if mark else None) from None
         except yaml.YAMLError as exc:
             raise InputError(f"invalid YAML: {exc}", source=source) from None
         except RecursionError:

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from pgserver import PostgresServer, free_port, wait_for_port
 from typer.testing import CliRunner
 
 from campaignctl.cli import app
-from pgserver import PostgresServer, free_port, wait_for_port
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -42,10 +42,11 @@ class Broker:
         # As root (CI), mosquitto would switch to its own user, who cannot read the
         # test's files (certificates, password file) in pytest's private directories.
         user = "user root\n" if os.geteuid() == 0 else ""
-        conf.write_text(f"listener {self.port} 127.0.0.1\n{self.settings}{user}"
-                        "persistence false\nmax_queued_messages 0\nmax_inflight_messages 0\n")
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\n{self.settings}{user}"
+            "persistence false\nmax_queued_messages 0\nmax_inflight_messages 0\n"
+        )
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port, "mosquitto", timeout=10, exited=self.proc.poll)
         return self
 
@@ -90,8 +91,9 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest,
-           monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def db_url(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
     """The test's own database: a file path (SQLite) or a postgresql:// URL."""
     # Device secrets' key file, and anything else campaignctl keeps beside a database,
     # stay in the test's directory whatever the backend.
@@ -117,11 +119,13 @@ class Cli:
         self.runner = CliRunner()
 
     def __call__(self, *args: str, code: int | None = 0, env: dict[str, str] | None = None, input: str | None = None):
-        result = self.runner.invoke(app, ["--db", str(self.db_url), *args], env=env, input=input,
-                                    catch_exceptions=False)
+        result = self.runner.invoke(
+            app, ["--db", str(self.db_url), *args], env=env, input=input, catch_exceptions=False
+        )
         if code is not None:
             assert result.exit_code == code, (
-                f"exit {result.exit_code} != {code}\nstdout: {result.stdout}\nstderr: {result.stderr}")
+                f"exit {result.exit_code} != {code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+            )
         return result
 
     def json(self, *args: str, **kwargs: Any) -> Any:
@@ -156,8 +160,9 @@ def fleet_yaml(url: str, prefix: str, devices: int = 4, *, extra: str = "") -> s
     for i in range(1, devices + 1):
         site = "lyon" if i % 2 else "paris"
         ring = "canary" if i <= 2 else "main"
-        lines.append(f"  - {{name: sensor-{i:04d}, type: sensor-v2, interface: broker, "
-                     f"tags: {{site: {site}, ring: {ring}}}}}")
+        lines.append(
+            f"  - {{name: sensor-{i:04d}, type: sensor-v2, interface: broker, tags: {{site: {site}, ring: {ring}}}}}"
+        )
     return "\n".join(lines) + "\n" + extra
 
 
@@ -169,18 +174,33 @@ def import_fleet(cli: Cli, tmp_path: Path, url: str, prefix: str, devices: int) 
     return path
 
 
-def csv_fleet(cli: Cli, tmp_path: Path, url: str, prefix: str, count: int, *, name: str = "s",
-              campaign: str | None = None) -> None:
+def csv_fleet(
+    cli: Cli, tmp_path: Path, url: str, prefix: str, count: int, *, name: str = "s", campaign: str | None = None
+) -> None:
     """``count`` sensors (NAME-00000, ...) on the MQTT broker at ``url``, imported from CSV
     (fast at any size); with ``campaign``, a draft of that name setting mode: eco on all."""
     head = tmp_path / "fleet.yaml"
     head.write_text(fleet_yaml(url, prefix, devices=0))
     cli("devices", "import", str(head))
-    cli("devices", "import", write(tmp_path, "devices.csv", "name,type,interface\n" + "".join(
-        f"{name}-{i:05d},sensor-v2,broker\n" for i in range(count))))
+    cli(
+        "devices",
+        "import",
+        write(
+            tmp_path,
+            "devices.csv",
+            "name,type,interface\n" + "".join(f"{name}-{i:05d},sensor-v2,broker\n" for i in range(count)),
+        ),
+    )
     if campaign:
-        cli("create", "-f", write(tmp_path, f"{campaign}.yaml", f"name: {campaign}\n"
-                                  "devices: {selector: {type: sensor-v2}}\nconfigurations: {mode: eco}\n"))
+        cli(
+            "create",
+            "-f",
+            write(
+                tmp_path,
+                f"{campaign}.yaml",
+                f"name: {campaign}\ndevices: {{selector: {{type: sensor-v2}}}}\nconfigurations: {{mode: eco}}\n",
+            ),
+        )
 
 
 def in_threads(target: Any, count: int) -> None:
@@ -322,8 +342,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def http(method: str, url: str, *, headers: dict[str, str] | None = None,
-         body: bytes | str | None = None) -> tuple[int, dict[str, str], bytes]:
+def http(
+    method: str, url: str, *, headers: dict[str, str] | None = None, body: bytes | str | None = None
+) -> tuple[int, dict[str, str], bytes]:
     """One HTTP request with the standard library: (status, headers, body)."""
     import http.client
     from urllib.parse import urlsplit
@@ -331,8 +352,12 @@ def http(method: str, url: str, *, headers: dict[str, str] | None = None,
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
     try:
-        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""),
-                     body=body.encode() if isinstance(body, str) else body, headers=headers or {})
+        conn.request(
+            method,
+            parts.path + (f"?{parts.query}" if parts.query else ""),
+            body=body.encode() if isinstance(body, str) else body,
+            headers=headers or {},
+        )
         response = conn.getresponse()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:

@@ -15,8 +15,7 @@ from typing import Any
 
 
 def _bindir() -> str:
-    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]),
-                            reverse=True):
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True):
         if os.path.exists(os.path.join(candidate, "initdb")):
             return candidate
     found = shutil.which("initdb")
@@ -56,8 +55,17 @@ class PostgresServer:
         if self.user:
             shutil.chown(self.dir, self.user)
         os.chmod(self.dir, 0o700)
-        self._run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "--encoding=UTF8",
-                  "--locale=C.UTF-8" if _has_locale("C.UTF-8") else "--locale=C", "--no-sync")
+        self._run(
+            "initdb",
+            "-D",
+            self.data,
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8" if _has_locale("C.UTF-8") else "--locale=C",
+            "--no-sync",
+        )
         self._start()
         wait_for_port(self.port, "PostgreSQL", timeout=30)
         return self
@@ -87,10 +95,13 @@ class PostgresServer:
 
     def _start(self) -> None:
         # A test server: durability off, enough connections for worker processes.
-        options = (f"-p {self.port} -h 127.0.0.1 -k {self.dir} -c fsync=off -c synchronous_commit=off "
-                   "-c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB")
-        self._run("pg_ctl", "-D", self.data, "-o", options, "-l", os.path.join(self.dir, "log"), "-w",
-                  "-t", "60", "start")
+        options = (
+            f"-p {self.port} -h 127.0.0.1 -k {self.dir} -c fsync=off -c synchronous_commit=off "
+            "-c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB"
+        )
+        self._run(
+            "pg_ctl", "-D", self.data, "-o", options, "-l", os.path.join(self.dir, "log"), "-w", "-t", "60", "start"
+        )
 
     def stop(self) -> None:
         self.stop_server()

@@ -39,7 +39,11 @@ def test_apply_creates_updates_reports_unchanged_and_refuses_launched(cli, fleet
     path = write(tmp_path, "c.yaml", CAMPAIGN)
     assert cli("apply", "-f", path).stdout.strip() == "campaign interval: created"
     assert cli("apply", "-f", path).stdout.strip() == "campaign interval: unchanged"
-    changed = write(tmp_path, "c2.yaml", CAMPAIGN.replace("report_interval: 30}\n    expected", "report_interval: 60}\n    expected"))
+    changed = write(
+        tmp_path,
+        "c2.yaml",
+        CAMPAIGN.replace("report_interval: 30}\n    expected", "report_interval: 60}\n    expected"),
+    )
     assert cli("apply", "-f", changed).stdout.strip() == "campaign interval: updated (configurations.report_interval)"
     assert cli.json("show", "interval")["configurations"] == {"report_interval": 60}
     cli("launch", "interval")
@@ -52,7 +56,10 @@ def test_apply_creates_updates_reports_unchanged_and_refuses_launched(cli, fleet
 
 
 def test_env_values_are_secret_everywhere(cli, fleet, tmp_path, broker, prefix):
-    path = write(tmp_path, "c.yaml", """\
+    path = write(
+        tmp_path,
+        "c.yaml",
+        """\
         name: tokens
         devices: {names: [sensor-0001]}
         configurations:
@@ -60,18 +67,27 @@ def test_env_values_are_secret_everywhere(cli, fleet, tmp_path, broker, prefix):
           app_token: ${APP_TOKEN}
           header: Bearer ${APP_TOKEN}
           price: $$5
-        """)
+        """,
+    )
     env = {"APP_TOKEN": "tok-5ecret"}
     cli("create", "-f", path, env=env)
     outputs = [cli("show", "tokens").stdout, json.dumps(cli.json("show", "tokens"))]
     cli("launch", "tokens")
-    outputs += [cli("status", "tokens").stdout, json.dumps(cli.json("status", "tokens")),
-                cli("devices", "show", "sensor-0001").stdout, json.dumps(cli.json("devices", "show", "sensor-0001")),
-                json.dumps(cli.json("jobs", "show", "1"))]
+    outputs += [
+        cli("status", "tokens").stdout,
+        json.dumps(cli.json("status", "tokens")),
+        cli("devices", "show", "sensor-0001").stdout,
+        json.dumps(cli.json("devices", "show", "sensor-0001")),
+        json.dumps(cli.json("jobs", "show", "1")),
+    ]
     assert all("tok-5ecret" not in o for o in outputs)
     shown = cli.json("show", "tokens")["configurations"]
-    assert shown == {"app_url": "https://assets.example.com/app.bin", "app_token": "***", "header": "***",
-                     "price": "$5"}
+    assert shown == {
+        "app_url": "https://assets.example.com/app.bin",
+        "app_token": "***",
+        "header": "***",
+        "price": "$5",
+    }
     assert cli.json("show", "tokens", "--show-secrets")["configurations"]["header"] == "Bearer tok-5ecret"
     # ...but the device does get the real value.
     sub = Subscriber(broker.port, f"{prefix}/sensor-0001/config")
@@ -85,22 +101,55 @@ def test_env_values_are_secret_everywhere(cli, fleet, tmp_path, broker, prefix):
 
 
 def test_ota_campaign_takes_values_from_the_registry(cli, fleet, tmp_path, broker, prefix):
-    cli("firmwares", "add", "--device-type", "sensor-v2", "--firmware-type", "app", "--version", "5.1.9_beta01",
-        "--url", "https://assets.example.com/app/5.1.9_beta01.bin", "--token-env", "FW_TOKEN",
-        "--sha256", "a" * 64, "--size", "1048576", "--description", "beta", env={"FW_TOKEN": "fw-5ecret"})
-    dup = cli("firmwares", "add", "--device-type", "sensor-v2", "--firmware-type", "app", "--version",
-              "5.1.9_beta01", "--url", "https://x/y", code=1)
+    cli(
+        "firmwares",
+        "add",
+        "--device-type",
+        "sensor-v2",
+        "--firmware-type",
+        "app",
+        "--version",
+        "5.1.9_beta01",
+        "--url",
+        "https://assets.example.com/app/5.1.9_beta01.bin",
+        "--token-env",
+        "FW_TOKEN",
+        "--sha256",
+        "a" * 64,
+        "--size",
+        "1048576",
+        "--description",
+        "beta",
+        env={"FW_TOKEN": "fw-5ecret"},
+    )
+    dup = cli(
+        "firmwares",
+        "add",
+        "--device-type",
+        "sensor-v2",
+        "--firmware-type",
+        "app",
+        "--version",
+        "5.1.9_beta01",
+        "--url",
+        "https://x/y",
+        code=1,
+    )
     assert "already in the registry" in dup.stderr
     [fw] = cli.json("firmwares", "list")
     assert fw["token"] == "***" and fw["sha256"] == "a" * 64 and fw["size"] == 1048576
     assert cli.json("firmwares", "list", "--show-secrets")[0]["token"] == "fw-5ecret"
     assert "fw-5ecret" not in cli("firmwares", "list").stdout
 
-    path = write(tmp_path, "ota.yaml", """\
+    path = write(
+        tmp_path,
+        "ota.yaml",
+        """\
         name: app-5.1.9
         devices: {names: [sensor-0001, sensor-0002]}
         firmware: {type: app, version: "5.1.9_beta01"}
-        """)
+        """,
+    )
     cli("create", "-f", path)
     shown = cli.json("show", "app-5.1.9")
     assert shown["firmware"] == {"type": "app", "version": "5.1.9_beta01"}
@@ -114,8 +163,11 @@ def test_ota_campaign_takes_values_from_the_registry(cli, fleet, tmp_path, broke
         doc = sub.wait_for(1)[f"{prefix}/sensor-0002/config"][-1]
     finally:
         sub.close()
-    assert doc["configuration"] == {"app_token": "fw-5ecret", "app_url": "https://assets.example.com/app/5.1.9_beta01.bin",
-                                    "app_version": "5.1.9_beta01"}
+    assert doc["configuration"] == {
+        "app_token": "fw-5ecret",
+        "app_url": "https://assets.example.com/app/5.1.9_beta01.bin",
+        "app_version": "5.1.9_beta01",
+    }
     # The expected state is the new version.
     devices = {d["device"]: d for d in cli.json("status", "app-5.1.9")["devices"]}
     assert devices["sensor-0001"]["reason"] == "app_version not reported yet"
@@ -123,18 +175,35 @@ def test_ota_campaign_takes_values_from_the_registry(cli, fleet, tmp_path, broke
     cli("devices", "report", "sensor-0002", "app_version=5.1.8")
     devices = {d["device"]: d for d in cli.json("status", "app-5.1.9")["devices"]}
     assert devices["sensor-0001"]["status"] == "valid"
-    assert devices["sensor-0002"]["status"] == "waiting" and devices["sensor-0002"]["reason"] == 'app_version reported "5.1.8"'
+    assert (
+        devices["sensor-0002"]["status"] == "waiting"
+        and devices["sensor-0002"]["reason"] == 'app_version reported "5.1.8"'
+    )
 
 
 def test_firmware_and_explicit_value_for_the_same_key_is_an_error(cli, fleet, tmp_path):
-    cli("firmwares", "add", "--device-type", "sensor-v2", "--firmware-type", "app", "--version", "2",
-        "--url", "https://x/app-2.bin")
-    path = write(tmp_path, "ota.yaml", """\
+    cli(
+        "firmwares",
+        "add",
+        "--device-type",
+        "sensor-v2",
+        "--firmware-type",
+        "app",
+        "--version",
+        "2",
+        "--url",
+        "https://x/app-2.bin",
+    )
+    path = write(
+        tmp_path,
+        "ota.yaml",
+        """\
         name: ota
         devices: {names: [sensor-0001]}
         configurations: {app_url: https://elsewhere/app.bin}
         firmware: {type: app, version: 2}
-        """)
+        """,
+    )
     result = cli("create", "-f", path, code=1)
     assert "ota.yaml:3: configurations.app_url: app_url is set both here and by the firmware app 2" in result.stderr
 
@@ -143,10 +212,32 @@ def test_status_table_and_json_contract(cli, fleet, tmp_path):
     cli("create", "-f", write(tmp_path, "c.yaml", CAMPAIGN))
     cli("launch", "interval")
     data = cli.json("status", "interval")
-    assert set(data) == {"campaign", "status", "reason", "start_at", "priority", "rollback_of", "rollbacks", "job",
-                         "summary", "batches", "devices"}
-    assert set(data["summary"]) == {"total", "pending", "syncing", "waiting", "valid", "invalid", "failed",
-                                    "timed_out", "cancelled", "skipped", "superseded"}
+    assert set(data) == {
+        "campaign",
+        "status",
+        "reason",
+        "start_at",
+        "priority",
+        "rollback_of",
+        "rollbacks",
+        "job",
+        "summary",
+        "batches",
+        "devices",
+    }
+    assert set(data["summary"]) == {
+        "total",
+        "pending",
+        "syncing",
+        "waiting",
+        "valid",
+        "invalid",
+        "failed",
+        "timed_out",
+        "cancelled",
+        "skipped",
+        "superseded",
+    }
     assert [b["number"] for b in data["batches"]] == [1] and data["batches"][0]["status"] == "promoted"
     assert {"id", "status"} <= set(data["job"])
     assert all({"device", "status", "reason"} <= set(d) for d in data["devices"])
@@ -165,9 +256,13 @@ def test_status_watch_refreshes_until_interrupted(cli, fleet, tmp_path, db_url):
 
     cli("create", "-f", write(tmp_path, "c.yaml", CAMPAIGN))
     cli("launch", "interval")
-    proc = subprocess.Popen(campaignctl_cmd("--db", str(db_url), "status", "interval", "--watch", "--interval", "0.2"),
-                            env=subprocess_env(COLUMNS="120"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        campaignctl_cmd("--db", str(db_url), "status", "interval", "--watch", "--interval", "0.2"),
+        env=subprocess_env(COLUMNS="120"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(2.0)
     cli("devices", "report", "sensor-0001", "report_interval:=30")  # shows up at the next refresh
     time.sleep(1.0)

@@ -14,8 +14,19 @@ from campaignctl.cli import app
 def test_help_lists_every_command():
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("create", "apply", "list", "show", "delete", "launch", "status", "listen", "devices",
-                    "firmwares", "jobs"):
+    for command in (
+        "create",
+        "apply",
+        "list",
+        "show",
+        "delete",
+        "launch",
+        "status",
+        "listen",
+        "devices",
+        "firmwares",
+        "jobs",
+    ):
         assert f"  {command} " in result.stdout
 
 
@@ -29,10 +40,12 @@ def test_usage_errors_exit_2(cli):
 
 
 def test_help_does_not_import_the_heavy_libraries():
-    code = ("import sys; from campaignctl.cli import app\n"
-            "try: app(['--help'])\nexcept SystemExit: pass\n"
-            "heavy = [m for m in ('sqlalchemy', 'sqlmodel', 'psycopg', 'alembic', 'paho', 'yaml', 'pydantic', 'tenacity')\n"
-            "         if m in sys.modules]\n"
-            "print(heavy)")
+    code = (
+        "import sys; from campaignctl.cli import app\n"
+        "try: app(['--help'])\nexcept SystemExit: pass\n"
+        "heavy = [m for m in ('sqlalchemy', 'sqlmodel', 'psycopg', 'alembic', 'paho', 'yaml', 'pydantic', 'tenacity')\n"
+        "         if m in sys.modules]\n"
+        "print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"

@@ -7,11 +7,11 @@ import sqlite3
 import threading
 
 import pytest
+from conftest import csv_fleet, in_threads, query
 
 from campaignctl import db, migrations
 from campaignctl.errors import CampaignctlError
 from campaignctl.migrations.legacy_sqlite import MIGRATIONS
-from conftest import csv_fleet, in_threads, query
 
 
 def test_head_constant_is_the_newest_revision():
@@ -125,9 +125,13 @@ def test_postgres_schema_is_created_by_db_upgrade_only(postgres, cli_for):
     assert "not initialised" in result.stderr and "campaignctl db upgrade" in result.stderr
     assert cli("db", "status", code=1).stdout.count("current revision: none") == 1
     cli("db", "upgrade")
-    assert cli.json("db", "status") == {"database": f"PostgreSQL database {url.rsplit('/', 1)[1]} on 127.0.0.1:"
-                                                    f"{server.port}", "backend": "postgresql",
-                                        "current": migrations.HEAD, "latest": migrations.HEAD, "up_to_date": True}
+    assert cli.json("db", "status") == {
+        "database": f"PostgreSQL database {url.rsplit('/', 1)[1]} on 127.0.0.1:{server.port}",
+        "backend": "postgresql",
+        "current": migrations.HEAD,
+        "latest": migrations.HEAD,
+        "up_to_date": True,
+    }
     cli("db", "upgrade")  # twice is fine
     assert cli.json("devices", "list") == []
 
@@ -137,9 +141,14 @@ def test_postgres_at_an_older_revision_asks_for_db_upgrade(postgres, cli_for):
     url = server.url(server.create_database(template))
     query(url, "UPDATE alembic_version SET version_num = :base", {"base": migrations.BASELINE})
     # What the revisions after the baseline add (0003 rebuilds an existing index).
-    for statement in ("DROP TABLE job_shard", "DROP INDEX ix_device_config_revision",
-                      "ALTER TABLE job DROP COLUMN revisions", "ALTER TABLE firmware DROP COLUMN recalled_at",
-                      "ALTER TABLE firmware DROP COLUMN recall_reason", "ALTER TABLE campaign DROP COLUMN rollback_of"):
+    for statement in (
+        "DROP TABLE job_shard",
+        "DROP INDEX ix_device_config_revision",
+        "ALTER TABLE job DROP COLUMN revisions",
+        "ALTER TABLE firmware DROP COLUMN recalled_at",
+        "ALTER TABLE firmware DROP COLUMN recall_reason",
+        "ALTER TABLE campaign DROP COLUMN rollback_of",
+    ):
         query(url, statement)
     result = cli_for(url)("list", code=1)
     assert f"at revision {migrations.BASELINE}" in result.stderr and "db upgrade" in result.stderr
@@ -147,14 +156,23 @@ def test_postgres_at_an_older_revision_asks_for_db_upgrade(postgres, cli_for):
     assert query(url, "SELECT count(*) FROM job_shard") == [(0,)]
 
 
-@pytest.mark.parametrize("make_url, expected", [
-    (lambda s: f"postgresql://postgres:hunter2secret@127.0.0.1:{s.port}/no_such_db",
-     'database no_such_db on 127.0.0.1:{port}: .*"no_such_db" does not exist'),
-    (lambda s: f"postgresql://nobody:hunter2secret@127.0.0.1:{s.port}/postgres",
-     'database postgres on 127.0.0.1:{port}: .*role "nobody" does not exist'),
-    (lambda s: "postgresql://postgres:hunter2secret@127.0.0.1:1/campaigns",
-     "database campaigns on 127.0.0.1:1: .*refused"),
-])
+@pytest.mark.parametrize(
+    "make_url, expected",
+    [
+        (
+            lambda s: f"postgresql://postgres:hunter2secret@127.0.0.1:{s.port}/no_such_db",
+            'database no_such_db on 127.0.0.1:{port}: .*"no_such_db" does not exist',
+        ),
+        (
+            lambda s: f"postgresql://nobody:hunter2secret@127.0.0.1:{s.port}/postgres",
+            'database postgres on 127.0.0.1:{port}: .*role "nobody" does not exist',
+        ),
+        (
+            lambda s: "postgresql://postgres:hunter2secret@127.0.0.1:1/campaigns",
+            "database campaigns on 127.0.0.1:1: .*refused",
+        ),
+    ],
+)
 def test_postgres_connection_errors_are_one_line_without_the_password(postgres, cli_for, make_url, expected):
     import re
 
@@ -167,8 +185,10 @@ def test_postgres_connection_errors_are_one_line_without_the_password(postgres, 
 
 def test_the_password_of_the_url_is_never_shown(postgres, cli_for):
     server, template = postgres
-    server.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'team') THEN "
-                   "CREATE ROLE team LOGIN PASSWORD 'hunter2secret'; END IF; END $$")
+    server.execute(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'team') THEN "
+        "CREATE ROLE team LOGIN PASSWORD 'hunter2secret'; END IF; END $$"
+    )
     name = server.create_database(template)
     server.execute("GRANT ALL ON SCHEMA public TO team", name)
     server.execute("GRANT ALL ON ALL TABLES IN SCHEMA public TO team", name)
@@ -199,8 +219,15 @@ def _job(cli, tmp_path, broker, prefix):
     from conftest import import_fleet, write
 
     import_fleet(cli, tmp_path, broker.url, prefix, 4)
-    cli("create", "-f", write(tmp_path, "c.yaml", "name: race\ndevices: {selector: {type: sensor-v2}}\n"
-                                                  "configurations: {report_interval: 30}\n"))
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "c.yaml",
+            "name: race\ndevices: {selector: {type: sensor-v2}}\nconfigurations: {report_interval: 30}\n",
+        ),
+    )
     return cli.json("launch", "race", "--detach")["id"]
 
 
@@ -222,7 +249,8 @@ def test_only_one_of_many_concurrent_lease_takers_gets_the_job(cli, tmp_path, br
 
 
 def test_a_lost_lease_fences_the_old_owner(cli, tmp_path, broker, prefix, db_url):
-    from campaignctl import engine as machine, jobs
+    from campaignctl import engine as machine
+    from campaignctl import jobs
     from campaignctl.interfaces.base import DeliveryPolicy
     from campaignctl.rollout import Rollout
 
@@ -231,8 +259,21 @@ def test_a_lost_lease_fences_the_old_owner(cli, tmp_path, broker, prefix, db_url
     owner = jobs.acquire(engine, job_id)
     # Another process takes the job over (as after an expiry): the first may write no more.
     query(db_url, "UPDATE job SET lease_owner = 'elsewhere:1:x' WHERE id = :id", {"id": job_id})
-    ctx = machine.Context(engine, job_id, 1, "race", owner, jobs.Heartbeat(lambda: True, "t"), DeliveryPolicy(),
-                          Rollout.from_dict(None), 5000, 2000, {}, lambda *_: None, lambda _s: None)
+    ctx = machine.Context(
+        engine,
+        job_id,
+        1,
+        "race",
+        owner,
+        jobs.Heartbeat(lambda: True, "t"),
+        DeliveryPolicy(),
+        Rollout.from_dict(None),
+        5000,
+        2000,
+        {},
+        lambda *_: None,
+        lambda _s: None,
+    )
     with pytest.raises(machine.Stop):
         with db.write(engine) as conn:
             machine.stop_if_not_ours(conn, ctx)
@@ -262,8 +303,10 @@ def test_names_and_keys_sort_by_byte_whatever_the_database_collation(postgres, c
         from conftest import fleet_yaml
 
         path = tmp_path / "fleet.yaml"
-        path.write_text(fleet_yaml(broker.url, prefix, devices=0).replace("devices: []", "devices:") + "".join(
-            f"  - {{name: '{n}', type: sensor-v2, interface: broker}}\n" for n in names))
+        path.write_text(
+            fleet_yaml(broker.url, prefix, devices=0).replace("devices: []", "devices:")
+            + "".join(f"  - {{name: '{n}', type: sensor-v2, interface: broker}}\n" for n in names)
+        )
         cli("devices", "import", str(path))
         assert [d["name"] for d in cli.json("devices", "list")] == sorted(names)
         cli("devices", "set-config", "Z", "b=1", "B=2", "_a=3", "a=4", "--no-deliver")
@@ -275,13 +318,22 @@ def test_names_and_keys_sort_by_byte_whatever_the_database_collation(postgres, c
 def test_two_workers_starting_one_scheduled_campaign_both_finish_their_pass(cli, fleet, tmp_path, db_url):
     from datetime import datetime, timedelta, timezone
 
-    from campaignctl import worker
     from conftest import wait_until, write
 
+    from campaignctl import worker
+
     start = datetime.now(timezone.utc) + timedelta(seconds=1)
-    cli("create", "-f", write(tmp_path, "c.yaml", "name: soon\ndevices: {selector: {type: sensor-v2}}\n"
-                                                  f"configurations: {{mode: eco}}\nstart_at: "
-                                                  f"{start.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}\n"))
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "c.yaml",
+            "name: soon\ndevices: {selector: {type: sensor-v2}}\n"
+            f"configurations: {{mode: eco}}\nstart_at: "
+            f"{start.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}\n",
+        ),
+    )
     assert "scheduled for" in cli("launch", "soon").stderr
     wait_until(lambda: datetime.now(timezone.utc) > start + timedelta(milliseconds=50), timeout=10)
     engines = [db.create_engine(db_url) for _ in range(2)]
@@ -316,12 +368,19 @@ def test_postgres_stopped_mid_launch_then_resumed(postgres, broker, prefix, tmp_
     url = server.url(server.create_database(template))
     cli = cli_for(url)
     csv_fleet(cli, tmp_path, broker.url, prefix, 1500, campaign="slow")
-    launch = subprocess.Popen(campaignctl_cmd("--db", url, "launch", "slow", "--window", "1", "--shard-size", "100"),
-                              env=subprocess_env(CAMPAIGNCTL_KEY_FILE=str(tmp_path / "k")),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    launch = subprocess.Popen(
+        campaignctl_cmd("--db", url, "launch", "slow", "--window", "1", "--shard-size", "100"),
+        env=subprocess_env(CAMPAIGNCTL_KEY_FILE=str(tmp_path / "k")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        wait_until(lambda: query(url, "SELECT count(*) FROM job_item WHERE status = 'delivered'")[0][0] > 50,
-                   timeout=60, interval=0.05)
+        wait_until(
+            lambda: query(url, "SELECT count(*) FROM job_item WHERE status = 'delivered'")[0][0] > 50,
+            timeout=60,
+            interval=0.05,
+        )
         server.stop_server()
         _out, err = launch.communicate(timeout=120)
     finally:
@@ -355,18 +414,29 @@ def test_a_worker_whose_connections_are_cut_goes_on(tmp_path, broker, prefix, po
     db_url = server.url(server.create_database(template))
     cli = cli_for(db_url)
     csv_fleet(cli, tmp_path, broker.url, prefix, 1500, campaign="slow")
-    worker = subprocess.Popen(campaignctl_cmd("--db", db_url, "run", "--interval", "0.2"),
-                              env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    worker = subprocess.Popen(
+        campaignctl_cmd("--db", db_url, "run", "--interval", "0.2"),
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         cli("launch", "slow", "--detach", "--window", "1", "--shard-size", "100")
-        wait_until(lambda: query(db_url, "SELECT count(*) FROM job_item WHERE status = 'delivered'")[0][0] > 50,
-                   timeout=60, interval=0.05)
+        wait_until(
+            lambda: query(db_url, "SELECT count(*) FROM job_item WHERE status = 'delivered'")[0][0] > 50,
+            timeout=60,
+            interval=0.05,
+        )
         database = db_url.rsplit("/", 1)[1]
-        cut = server.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
-                             f"'{database}' AND application_name = 'campaignctl' AND pid != pg_backend_pid()")
+        cut = server.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
+            f"'{database}' AND application_name = 'campaignctl' AND pid != pg_backend_pid()"
+        )
         assert cut[0][0] >= 1
-        wait_until(lambda: cli.json("status", "slow", "--limit", "0")["status"] == "completed", timeout=120,
-                   interval=0.5)
+        wait_until(
+            lambda: cli.json("status", "slow", "--limit", "0")["status"] == "completed", timeout=120, interval=0.5
+        )
     finally:
         worker.terminate()
         _out, err = worker.communicate(timeout=30)
@@ -378,8 +448,10 @@ def test_postgres_permission_denied_is_one_line(postgres, cli_for):
     """A role that may connect and read the schema revision, but not the tables."""
     server, template = postgres
     name = server.create_database(template)
-    server.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'reader') THEN "
-                   "CREATE ROLE reader LOGIN; END IF; END $$")
+    server.execute(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'reader') THEN "
+        "CREATE ROLE reader LOGIN; END IF; END $$"
+    )
     server.execute("GRANT SELECT ON alembic_version TO reader", name)
     result = cli_for(f"postgresql://reader@127.0.0.1:{server.port}/{name}")("list", code=1)
     assert result.stderr.startswith(f"Error: cannot use the PostgreSQL database {name} on 127.0.0.1:{server.port}: ")

@@ -6,24 +6,32 @@ import subprocess
 import threading
 
 import pytest
-
 from conftest import campaignctl_cmd, subprocess_env
 
 
 def _run_demo(tmp_path, *args: str) -> subprocess.CompletedProcess:
     # A key file set in the environment must not receive anything from the demo.
     env = subprocess_env(TMPDIR=str(tmp_path), CAMPAIGNCTL_KEY_FILE=str(tmp_path / "user.key"))
-    return subprocess.run(campaignctl_cmd("demo", "--devices", "60", "--timeout", "25", *args), env=env,
-                          capture_output=True, text=True, timeout=90)
+    return subprocess.run(
+        campaignctl_cmd("demo", "--devices", "60", "--timeout", "25", *args),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
 
 
 def test_demo_over_http_ends_by_itself_and_leaves_nothing(tmp_path):
     result = _run_demo(tmp_path)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    for step in ("1. fleet: 60 simulated sensor-v2 devices on the HTTP device API",
-                 "2. firmware registry", "3. campaign 'app-5.1.9-beta' created from examples/demo-ota.yaml",
-                 "5. launch", "7. result: 60 devices: "):
+    for step in (
+        "1. fleet: 60 simulated sensor-v2 devices on the HTTP device API",
+        "2. firmware registry",
+        "3. campaign 'app-5.1.9-beta' created from examples/demo-ota.yaml",
+        "5. launch",
+        "7. result: 60 devices: ",
+    ):
         assert step in out, out
     summary = out.split("7. result: 60 devices: ")[1].splitlines()[0]
     valid = int(summary.split(" valid")[0])
@@ -52,7 +60,6 @@ def test_demo_over_mqtt(tmp_path, own_broker):
     assert int(result.stdout.split("7. result: 60 devices: ")[1].split(" valid")[0]) >= 50
     # The demo cleared its retained messages from the broker.
     import paho.mqtt.client as mqtt
-
     from conftest import publish
 
     publish(broker.port, "demo-probe/x/config", "{}", retain=True)  # proves the subscriber sees retained ones

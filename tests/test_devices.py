@@ -16,7 +16,9 @@ def test_import_is_an_upsert_with_counts(cli, broker, prefix, tmp_path):
     assert "devices: 3 created, 0 updated, 0 unchanged" in first.stdout
     assert cli.json("devices", "import", str(path))["devices"] == {"created": 0, "updated": 0, "unchanged": 3}
     # One device changes tags, one is added.
-    path.write_text(fleet_yaml(broker.url, prefix, devices=4).replace("{site: lyon, ring: canary}", "{site: nice, ring: canary}", 1))
+    path.write_text(
+        fleet_yaml(broker.url, prefix, devices=4).replace("{site: lyon, ring: canary}", "{site: nice, ring: canary}", 1)
+    )
     assert cli.json("devices", "import", str(path)) == {
         "devices": {"created": 1, "updated": 1, "unchanged": 2},
         "interfaces": {"created": 0, "updated": 0, "unchanged": 1},
@@ -27,12 +29,16 @@ def test_import_is_an_upsert_with_counts(cli, broker, prefix, tmp_path):
 
 
 def test_csv_import_for_known_types_and_interfaces(cli, fleet, tmp_path):
-    csv = write(tmp_path, "more.csv", """\
+    csv = write(
+        tmp_path,
+        "more.csv",
+        """\
         name,type,interface,tags
         sensor-0101,sensor-v2,broker,site=lyon;ring=main
         sensor-0102,sensor-v2,broker,
         sensor-0001,sensor-v2,broker,site=lyon;ring=canary
-        """)
+        """,
+    )
     assert cli.json("devices", "import", csv)["devices"] == {"created": 2, "updated": 0, "unchanged": 1}
     assert cli.json("devices", "show", "sensor-0102")["tags"] == {}
 
@@ -49,7 +55,7 @@ def test_list_filters_by_type_tag_and_interface(cli, fleet):
 
 
 def test_set_config_and_report_with_httpie_values(cli, fleet):
-    cli("devices", "set-config", "sensor-0001", "mode=eco", "interval:=30", "limits:={\"max\": 2.0}", "label=30")
+    cli("devices", "set-config", "sensor-0001", "mode=eco", "interval:=30", 'limits:={"max": 2.0}', "label=30")
     cli("devices", "report", "sensor-0001", "mode=eco", "uptime:=12.5")
     device = cli.json("devices", "show", "sensor-0001")
     entries = {e["key"]: e for e in device["configuration"]}
@@ -72,8 +78,9 @@ def test_secret_set_config_is_masked_unless_asked(cli, fleet):
     assert "s3cr3t-value" not in cli("devices", "show", "sensor-0001").stdout
     masked = {e["key"]: e["desired"] for e in cli.json("devices", "show", "sensor-0001")["configuration"]}
     assert masked["api_token"] == "***"
-    shown = {e["key"]: e["desired"] for e in
-             cli.json("devices", "show", "sensor-0001", "--show-secrets")["configuration"]}
+    shown = {
+        e["key"]: e["desired"] for e in cli.json("devices", "show", "sensor-0001", "--show-secrets")["configuration"]
+    }
     assert shown["api_token"] == "s3cr3t-value"
 
 

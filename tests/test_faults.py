@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from conftest import db_dump, free_port, query, write
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 DEVICES = 40
 READS = 5  # the first commands of _commands() only read
@@ -26,25 +26,52 @@ def _setup(cli, tmp_path: Path) -> None:
     """A fleet on a webhook interface nobody listens on (a launch fails at once), a
     draft campaign, and a launched one."""
     devices = "".join(f"  - {{name: d{i:02d}, type: thing, interface: hook}}\n" for i in range(DEVICES))
-    cli("devices", "import", write(tmp_path, "fleet.yaml", f"interfaces:\n  hook:\n    type: webhook\n"
-                                   f"    url: http://127.0.0.1:{free_port()}/{{device}}\n"
-                                   f"device_types:\n  thing: {{}}\ndevices:\n{devices}"))
+    cli(
+        "devices",
+        "import",
+        write(
+            tmp_path,
+            "fleet.yaml",
+            f"interfaces:\n  hook:\n    type: webhook\n"
+            f"    url: http://127.0.0.1:{free_port()}/{{device}}\n"
+            f"device_types:\n  thing: {{}}\ndevices:\n{devices}",
+        ),
+    )
     for name in ("draft", "sent"):
-        cli("create", "-f", write(tmp_path, f"{name}.yaml", f"name: {name}\ndevices: {{selector: {{type: thing}}}}\n"
-                                                              "configurations: {mode: eco}\n"))
+        cli(
+            "create",
+            "-f",
+            write(
+                tmp_path,
+                f"{name}.yaml",
+                f"name: {name}\ndevices: {{selector: {{type: thing}}}}\nconfigurations: {{mode: eco}}\n",
+            ),
+        )
     cli("launch", "sent", "--attempts", "1", code=1)
 
 
 def _commands(tmp_path: Path) -> list[list[str]]:
     big = "x" * 200_000  # more than the pages a database has free
-    more = "".join(f"  - {{name: n{i:04d}, type: thing, interface: hook, tags: {{note: '{'y' * 100}'}}}}\n"
-                   for i in range(500))
+    more = "".join(
+        f"  - {{name: n{i:04d}, type: thing, interface: hook, tags: {{note: '{'y' * 100}'}}}}\n" for i in range(500)
+    )
     return [
-        ["list"], ["status", "sent"], ["devices", "list"], ["devices", "show", "d01"], ["jobs", "show", "1"],
+        ["list"],
+        ["status", "sent"],
+        ["devices", "list"],
+        ["devices", "show", "d01"],
+        ["jobs", "show", "1"],
         ["devices", "set-config", "d01", f"blob={big}", "--no-deliver"],
         ["devices", "report", "d02", f"blob={big}"],
-        ["create", "-f", write(tmp_path, "big.yaml", f"name: big\ndescription: {big}\n"
-                                                     "devices: {selector: {type: thing}}\nconfigurations: {a: 1}\n")],
+        [
+            "create",
+            "-f",
+            write(
+                tmp_path,
+                "big.yaml",
+                f"name: big\ndescription: {big}\ndevices: {{selector: {{type: thing}}}}\nconfigurations: {{a: 1}}\n",
+            ),
+        ],
         ["devices", "import", write(tmp_path, "more.yaml", f"device_types:\n  thing: {{}}\ndevices:\n{more}")],
         ["launch", "draft", "--attempts", "1"],
     ]
@@ -67,7 +94,7 @@ def _pages_capped() -> Iterator[None]:
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    def cap(dbapi_connection, _record):  # noqa: ANN001
+    def cap(dbapi_connection, _record):
         cursor = dbapi_connection.cursor()
         pages = cursor.execute("PRAGMA page_count").fetchone()[0]
         cursor.execute(f"PRAGMA max_page_count = {pages}")
@@ -126,7 +153,9 @@ def test_the_recorder_s_failed_write_reaches_the_delivering_thread(cli_for, tmp_
         assert "the disk is full" in db.describe(raised.value, engine)
         engine.dispose()
     after = db_dump(path)
-    assert len(after) == len(before) and query(path, "SELECT count(*) FROM job_item WHERE status = 'failed'")[0][0] < len(ids)
+    assert len(after) == len(before) and query(path, "SELECT count(*) FROM job_item WHERE status = 'failed'")[0][
+        0
+    ] < len(ids)
 
 
 @contextmanager
@@ -211,13 +240,20 @@ def _damage(path: Path, how: str, which: int, noise: bytes) -> None:
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(how=st.sampled_from(["page", "truncated", "not a database", "garbled value"]),
-       which=st.integers(0, 1000), noise=st.binary(min_size=4, max_size=64))
+@given(
+    how=st.sampled_from(["page", "truncated", "not a database", "garbled value"]),
+    which=st.integers(0, 1000),
+    noise=st.binary(min_size=4, max_size=64),
+)
 def test_a_damaged_database_is_one_line_and_never_a_traceback(cli_for, tmp_path_factory, how, which, noise):
     path = _copy_of_template(cli_for, tmp_path_factory)
     _damage(path, how, which, noise)
     cli = cli_for(str(path))
-    for command in (["status", "sent"], ["devices", "show", "d01"], ["devices", "set-config", "d01", "a=1", "--no-deliver"]):
+    for command in (
+        ["status", "sent"],
+        ["devices", "show", "d01"],
+        ["devices", "set-config", "d01", "a=1", "--no-deliver"],
+    ):
         result = cli(*command, code=None)
         if result.exit_code != 0:
             _one_line_error(result)
@@ -280,18 +316,24 @@ def test_bytes_that_are_not_utf8_from_outside_are_not_called_database_damage(cli
     cli = cli_for(str(path))
     _setup(cli, tmp_path)
     before = db_dump(path)
-    for command, where in [(["create", "-f", "-"], "Error: -: not UTF-8 text (invalid start byte at byte 6)"),
-                           (["devices", "import", "-"], "Error: -: not UTF-8 text (invalid start byte at byte 6)"),
-                           (["devices", "set-config", "d01", "--secret-stdin", "tok", "--no-deliver"],
-                            "Error: --secret-stdin tok: not UTF-8 text (invalid start byte at byte 6)")]:
+    for command, where in [
+        (["create", "-f", "-"], "Error: -: not UTF-8 text (invalid start byte at byte 6)"),
+        (["devices", "import", "-"], "Error: -: not UTF-8 text (invalid start byte at byte 6)"),
+        (
+            ["devices", "set-config", "d01", "--secret-stdin", "tok", "--no-deliver"],
+            "Error: --secret-stdin tok: not UTF-8 text (invalid start byte at byte 6)",
+        ),
+    ]:
         result = cli(*command, code=None, input=b"name: \xff\n")
         _one_line_error(result)
         assert result.stderr.startswith(where) and UNREADABLE not in result.stderr, result.stderr
     assert db_dump(path) == before
     # Whatever else raises a decoding error is a bug to fix where it happens, not damage.
     ctx = SimpleNamespace(obj={"db": str(path)})
-    for exc in (json_module.JSONDecodeError("Expecting value", "x", 0),
-                UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")):
+    for exc in (
+        json_module.JSONDecodeError("Expecting value", "x", 0),
+        UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+    ):
         assert _database_error(exc, ctx) is None
 
 
@@ -304,6 +346,5 @@ def test_a_read_only_postgres_database_is_one_line_and_unchanged(postgres, cli_f
     server.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
     before = db_dump(url)
     for command in [c for c in _commands(tmp_path)[READS:] if c[0] != "launch"]:  # the writers
-        _one_line_error(cli(*command, code=None), f"cannot use the PostgreSQL database {name}",
-                        "read-only transaction")
+        _one_line_error(cli(*command, code=None), f"cannot use the PostgreSQL database {name}", "read-only transaction")
     assert db_dump(url) == before

@@ -10,21 +10,50 @@ import threading
 from typing import Any
 
 import pytest
+from conftest import Cli, http, import_fleet, query, wait_until, write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import Cli, http, import_fleet, query, wait_until, write
 from test_http_api import FLEET
 
 #: Texts a device (or an attacker) may put in keys, values and names.
-NASTY = ["\x00", "\x1b[31m", "\x1b]0;title\x07", "[bold]x[/]", "[/]", "\ud800", "\udfff", "\ud83d\ude00", "\x7f",
-         "\x9b", "\u2028", "\u202e", "\ufeff", "😀", ".", "#", "$", " ", "\\", '"', "\r\n", "%s", "{}"]
+NASTY = [
+    "\x00",
+    "\x1b[31m",
+    "\x1b]0;title\x07",
+    "[bold]x[/]",
+    "[/]",
+    "\ud800",
+    "\udfff",
+    "\ud83d\ude00",
+    "\x7f",
+    "\x9b",
+    "\u2028",
+    "\u202e",
+    "\ufeff",
+    "😀",
+    ".",
+    "#",
+    "$",
+    " ",
+    "\\",
+    '"',
+    "\r\n",
+    "%s",
+    "{}",
+]
 
 texts = st.lists(st.sampled_from(NASTY) | st.characters(exclude_categories=()), max_size=6).map("".join)
-scalars = (st.none() | st.booleans() | texts | st.floats()
-           | st.integers(min_value=-(2**70), max_value=2**70) | st.integers(min_value=-(2**53), max_value=2**53))
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
-                      max_leaves=12)
+scalars = (
+    st.none()
+    | st.booleans()
+    | texts
+    | st.floats()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.integers(min_value=-(2**53), max_value=2**53)
+)
+values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3), max_leaves=12
+)
 states = st.dictionaries(texts | st.sampled_from(["temp", "app_version", "mode"]), values, max_size=5)
 
 
@@ -44,7 +73,7 @@ payloads = st.one_of(
     st.builds(_nested, st.integers(min_value=1, max_value=3000)),
     st.builds(lambda n: b'{"big":' + b"9" * n + b"}", st.integers(min_value=1, max_value=6000)),
     st.builds(lambda n: b'{"s":"' + b"x" * n + b'"}', st.integers(min_value=65_520, max_value=65_540)),
-    st.sampled_from([b'{"a": NaN}', b'{"a": 1e999}', b'"text"', b"[]", b"{}", b"\xef\xbb\xbf{\"bom\": 1}"]),
+    st.sampled_from([b'{"a": NaN}', b'{"a": 1e999}', b'"text"', b"[]", b"{}", b'\xef\xbb\xbf{"bom": 1}']),
 )
 
 
@@ -99,10 +128,14 @@ def test_a_batch_of_hostile_reports_stores_every_good_one_identically(batch, ing
     for device, payload in zip(devices, batch):
         ingest.add("broker", device, payload)
     ingest.flush()
-    expected = {device: parsed for device, payload in zip(devices, batch)
-                if (parsed := _check_parsed(payload)) is not None}
-    assert ingest.stats.to_dict() == {"messages": len(batch), "recorded": len(expected),
-                                      "rejected": len(batch) - len(expected)}
+    expected = {
+        device: parsed for device, payload in zip(devices, batch) if (parsed := _check_parsed(payload)) is not None
+    }
+    assert ingest.stats.to_dict() == {
+        "messages": len(batch),
+        "recorded": len(expected),
+        "rejected": len(batch) - len(expected),
+    }
     assert len(warnings) == len(batch) - len(expected)
     assert all(w.startswith("broker: state of sensor-") and " rejected: " in w for w in warnings)
     rows = query(db_url, "SELECT d.name, c.key, c.reported FROM device_config c JOIN device d ON d.id = c.device_id")
@@ -126,8 +159,11 @@ def test_a_value_the_database_refuses_loses_only_its_own_message(ingest_engine, 
     ingest.flush()
     assert ingest.stats.to_dict() == {"messages": 5, "recorded": 4, "rejected": 1}
     assert len(warnings) == 1 and warnings[0].startswith("broker: state of sensor-0003 rejected: the database refused")
-    rows = query(db_url, "SELECT d.name, c.reported FROM device_config c JOIN device d ON d.id = c.device_id "
-                         "WHERE c.key = 'seq' ORDER BY d.name")
+    rows = query(
+        db_url,
+        "SELECT d.name, c.reported FROM device_config c JOIN device d ON d.id = c.device_id "
+        "WHERE c.key = 'seq' ORDER BY d.name",
+    )
     assert rows == [(f"sensor-{i:04d}", str(i)) for i in (1, 2, 4, 5)]
 
 
@@ -153,14 +189,20 @@ def sqlite_cli(cli_for, tmp_path) -> Cli:
 #: Hostile MQTT state messages: (device, payload, what its one warning says).
 HOSTILE = [
     ("sensor-0001", b"\xff\xfe\x00{", "state of sensor-0001 rejected: state is not UTF-8 text"),
-    ("sensor-0002", b'{"a": "\\ud800"}', ("state of sensor-0002 rejected: state holds a value that is not JSON: "
-                                          "text holds a lone surrogate")),
+    (
+        "sensor-0002",
+        b'{"a": "\\ud800"}',
+        ("state of sensor-0002 rejected: state holds a value that is not JSON: text holds a lone surrogate"),
+    ),
     ("sensor-0003", b'{"a": "\xed\xa0\x80"}', "state of sensor-0003 rejected: state is not UTF-8 text"),
     ("sensor-0004", _nested(33), "state of sensor-0004 rejected: state is nested too deeply"),
     ("sensor-0005", b'{"s": "' + b"x" * 70_000 + b'"}', "state of sensor-0005 rejected: state larger than 65536 bytes"),
     ("sensor-0006", b'{"k\\u0000": 1}', "state of sensor-0006 rejected: key 'k\\x00' contains '\\x00'"),
-    ("sensor-0007", b'{"n": ' + b"9" * 5000 + b"}", ("state of sensor-0007 rejected: state is not JSON: integers "
-                                                     "must fit in 64 bits")),
+    (
+        "sensor-0007",
+        b'{"n": ' + b"9" * 5000 + b"}",
+        ("state of sensor-0007 rejected: state is not JSON: integers must fit in 64 bits"),
+    ),
     ("sensor-0008", b'{"\\u001b[31m": 1}', "state of sensor-0008 rejected: key '\\x1b[31m' contains '\\x1b'"),
     ("[red]ghost", b'{"a": 1}', "state from unknown device '[red]ghost' ignored"),  # ('/' splits topics)
     ("x" * 200, b'{"a": 1}', "state from unknown device 'xxxxxxxxxx"),
@@ -178,8 +220,11 @@ def test_hostile_messages_among_a_burst_lose_no_good_one(sqlite_cli, tmp_path, b
     events: list[str] = []
     stop = threading.Event()
     result: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: result.setdefault("stats", listen.listen(
-        engine, stop=stop, info=events.append, warn=warnings.append, flush_interval=0.05)))
+    thread = threading.Thread(
+        target=lambda: result.setdefault(
+            "stats", listen.listen(engine, stop=stop, info=events.append, warn=warnings.append, flush_interval=0.05)
+        )
+    )
     thread.start()
     try:
         wait_until(lambda: any("subscribed" in e for e in events), timeout=20)
@@ -204,9 +249,13 @@ def test_hostile_messages_among_a_burst_lose_no_good_one(sqlite_cli, tmp_path, b
         for _, _, expected in HOSTILE:  # each logged once, naming its device
             assert sum(expected in w for w in warnings) == 1, (expected, warnings)
         assert all("\x1b" not in w and "\x00" not in w and len(w) < 400 for w in warnings)
-        stored = {(n, k): v for n, k, v in query(
-            sqlite_cli.db_url,
-            "SELECT d.name, c.key, c.reported FROM device_config c JOIN device d ON d.id = c.device_id")}
+        stored = {
+            (n, k): v
+            for n, k, v in query(
+                sqlite_cli.db_url,
+                "SELECT d.name, c.key, c.reported FROM device_config c JOIN device d ON d.id = c.device_id",
+            )
+        }
         assert all(json.loads(stored[(device, key)]) == value for device, state in good for key, value in state.items())
         # Still listening after all that.
         client.publish(f"{prefix}/sensor-0001/state", b'{"after": true}', qos=1).wait_for_publish(10)
@@ -217,8 +266,11 @@ def test_hostile_messages_among_a_burst_lose_no_good_one(sqlite_cli, tmp_path, b
         stop.set()
         thread.join(20)
         engine.dispose()
-    assert result["stats"].to_dict() == {"messages": len(good) + len(HOSTILE) + 1, "recorded": len(good) + 1,
-                                         "rejected": len(HOSTILE)}
+    assert result["stats"].to_dict() == {
+        "messages": len(good) + len(HOSTILE) + 1,
+        "recorded": len(good) + 1,
+        "rejected": len(HOSTILE),
+    }
 
 
 @pytest.fixture
@@ -266,8 +318,12 @@ def test_every_malformed_body_gets_its_json_400(api, sqlite_cli):
     assert db_dump(sqlite_cli.db_url) == before
     # What is refused above is the class, not its neighbours: these are stored, and read
     # back as sent, whatever the Content-Type says.
-    accepted = {"deep": json.loads(_nested(32))["a"], "ctl": "nul\x00 esc\x1b[31m bell\x07 [bold]x[/]",
-                "pair": "😀", "bom": 1}  # (json.dumps sends the pair as two \\u escapes)
+    accepted = {
+        "deep": json.loads(_nested(32))["a"],
+        "ctl": "nul\x00 esc\x1b[31m bell\x07 [bold]x[/]",
+        "pair": "😀",
+        "bom": 1,
+    }  # (json.dumps sends the pair as two \\u escapes)
     for content_type in ("application/json", "text/plain"):
         body = b"\xef\xbb\xbf" + json.dumps(accepted).encode()
         assert http("PUT", url, headers={**auth, "Content-Type": content_type}, body=body)[0] == 204
@@ -277,9 +333,11 @@ def test_every_malformed_body_gets_its_json_400(api, sqlite_cli):
 
 def test_unknown_methods_get_405_json_with_allow(api):
     base, auth = api
-    for method, path, allowed in [("POST", "/v1/devices/cam-1/state", {"PUT"}),
-                                  ("DELETE", "/v1/devices/cam-1/configuration", {"GET"}),
-                                  ("PUT", "/healthz", {"GET"})]:
+    for method, path, allowed in [
+        ("POST", "/v1/devices/cam-1/state", {"PUT"}),
+        ("DELETE", "/v1/devices/cam-1/configuration", {"GET"}),
+        ("PUT", "/healthz", {"GET"}),
+    ]:
         status, headers, raw = http(method, base + path, headers=auth, body=b"{}")
         assert status == 405 and json.loads(raw) == {"error": "Method Not Allowed"}, (method, path, raw)
         assert {m.strip() for m in headers["allow"].split(",")} == allowed
@@ -295,10 +353,18 @@ def test_healthz_is_unhealthy_once_the_mqtt_listeners_stopped(sqlite_cli, tmp_pa
 
     monkeypatch.delenv("CAMPAIGNCTL_TEST_NO_SUCH_USER", raising=False)
     sqlite_cli("devices", "import", write(tmp_path, "fleet.yaml", FLEET))
-    sqlite_cli("devices", "import", write(tmp_path, "broker.yaml", """\
+    sqlite_cli(
+        "devices",
+        "import",
+        write(
+            tmp_path,
+            "broker.yaml",
+            """\
         interfaces:
           broker: {type: mqtt, url: "mqtt://127.0.0.1:1", topic_prefix: x, username_env: CAMPAIGNCTL_TEST_NO_SUCH_USER}
-        """))
+        """,
+        ),
+    )
     engine = db.create_engine(sqlite_cli.db_url)
     warnings: list[str] = []
     server = Server(engine, port=0, engine_interval=None, warn=warnings.append).start()
@@ -307,11 +373,19 @@ def test_healthz_is_unhealthy_once_the_mqtt_listeners_stopped(sqlite_cli, tmp_pa
         _, headers, raw = wait_until(lambda: (r := http("GET", url))[0] == 503 and r, timeout=20)
         assert headers["content-type"] == "application/json"
         assert json.loads(raw) == {
-            "status": "unhealthy", "error": "stopped: mqtt_listeners",
-            "stopped": {"mqtt_listeners": "environment variable CAMPAIGNCTL_TEST_NO_SUCH_USER (username of "
-                                          "interface broker) is not set"}}
-        assert warnings == [("MQTT listeners stopped: environment variable CAMPAIGNCTL_TEST_NO_SUCH_USER (username "
-                             "of interface broker) is not set")]
+            "status": "unhealthy",
+            "error": "stopped: mqtt_listeners",
+            "stopped": {
+                "mqtt_listeners": "environment variable CAMPAIGNCTL_TEST_NO_SUCH_USER (username of "
+                "interface broker) is not set"
+            },
+        }
+        assert warnings == [
+            (
+                "MQTT listeners stopped: environment variable CAMPAIGNCTL_TEST_NO_SUCH_USER (username "
+                "of interface broker) is not set"
+            )
+        ]
     finally:
         server.stop()
         engine.dispose()
@@ -332,9 +406,11 @@ def test_command_line_bytes_that_are_not_utf8_are_refused():
     from campaignctl.errors import InputError
     from campaignctl.values import parse_assignments
 
-    for item, error in [("k=\udcff", "k= takes text: text holds a lone surrogate '\\udcff'"),
-                        ("k:=\"\\ud800\"", "k:= takes a JSON value: text holds a lone surrogate '\\ud800'"),
-                        ("k\udcff=1", "key 'k\\udcff' is not Unicode text")]:
+    for item, error in [
+        ("k=\udcff", "k= takes text: text holds a lone surrogate '\\udcff'"),
+        ('k:="\\ud800"', "k:= takes a JSON value: text holds a lone surrogate '\\ud800'"),
+        ("k\udcff=1", "key 'k\\udcff' is not Unicode text"),
+    ]:
         with pytest.raises(InputError) as caught:
             parse_assignments([item])
         assert error in caught.value.message

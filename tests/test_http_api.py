@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import db_dump, http, wait_until, write
 
 FLEET = """\
@@ -98,21 +97,28 @@ def test_configuration_etag_and_304(cli, api):
 
 def test_state_is_recorded(cli, api):
     base, secrets = api
-    status, _, body = http("PUT", f"{base}/v1/devices/cam-2/state", headers=_auth(secrets["cam-2"]),
-                           body='{"app_version": "1.2", "temp": 21.5}')
+    status, _, body = http(
+        "PUT",
+        f"{base}/v1/devices/cam-2/state",
+        headers=_auth(secrets["cam-2"]),
+        body='{"app_version": "1.2", "temp": 21.5}',
+    )
     assert status == 204 and body == b""
     entries = {e["key"]: e["reported"] for e in cli.json("devices", "show", "cam-2")["configuration"]}
     assert entries == {"app_version": "1.2", "temp": 21.5}
 
 
-@pytest.mark.parametrize("body, status, error", [
-    ("{not json", 400, "state is not JSON"),
-    ("[1, 2]", 400, "state must be a JSON object, not list"),
-    ('{"bad key": 1}', 400, "key 'bad key' contains ' '"),
-    ('{"ok": 1, "a.b": 2}', 400, "key 'a.b' contains '.'"),
-    ("{}", 400, "state is an empty object"),
-    ('{"x": "' + "a" * 70_000 + '"}', 413, "body larger than 65536 bytes"),
-])
+@pytest.mark.parametrize(
+    "body, status, error",
+    [
+        ("{not json", 400, "state is not JSON"),
+        ("[1, 2]", 400, "state must be a JSON object, not list"),
+        ('{"bad key": 1}', 400, "key 'bad key' contains ' '"),
+        ('{"ok": 1, "a.b": 2}', 400, "key 'a.b' contains '.'"),
+        ("{}", 400, "state is an empty object"),
+        ('{"x": "' + "a" * 70_000 + '"}', 413, "body larger than 65536 bytes"),
+    ],
+)
 def test_bad_bodies_write_nothing(api, db_url, body, status, error):
     base, secrets = api
     before = db_dump(db_url)
@@ -130,8 +136,7 @@ def test_oversized_chunked_body_is_refused(api, db_url):
     before = db_dump(db_url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
     chunks = (b'{"x": "' + b"a" * 10_000 + b'"}' if i == 0 else b" " * 10_000 for i in range(8))
-    conn.request("PUT", "/v1/devices/cam-3/state", body=chunks, headers=_auth(secrets["cam-3"]),
-                 encode_chunked=True)
+    conn.request("PUT", "/v1/devices/cam-3/state", body=chunks, headers=_auth(secrets["cam-3"]), encode_chunked=True)
     assert conn.getresponse().status == 413
     conn.close()
     assert db_dump(db_url) == before
@@ -139,12 +144,20 @@ def test_oversized_chunked_body_is_refused(api, db_url):
 
 def test_serving_a_document_counts_as_delivery(cli, api, tmp_path):
     base, secrets = api
-    cli("create", "-f", write(tmp_path, "c.yaml", """\
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "c.yaml",
+            """\
         name: cams
         devices: {selector: {type: cam, tags: {}}, names: [cam-1, cam-2, cam-3]}
         configurations: {resolution: 1080p}
         expected_state: {resolution: 1080p}
-        """))
+        """,
+        ),
+    )
     launched = cli.json("launch", "cams", "--attempts", "1", "--ack-timeout", "1")
     # plug-1 (MQTT, broker down) is selected by the type selector: it fails; the cams wait.
     assert launched["status"] == "waiting" or launched["counts"]["syncing"] == 3
@@ -209,7 +222,10 @@ def test_authentication_comes_before_the_body(api):
 def test_openapi_tells_bearer_auth_and_no_422(cli):
     spec = json.loads(cli("serve", "--openapi").stdout)
     assert spec["components"]["securitySchemes"]["deviceSecret"] == {
-        "type": "http", "scheme": "bearer", "description": "The device's secret: campaignctl devices credentials NAME"}
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The device's secret: campaignctl devices credentials NAME",
+    }
     for path, operations in spec["paths"].items():
         for operation in operations.values():
             assert "422" not in operation["responses"]
@@ -235,8 +251,12 @@ def test_access_log_is_written_when_asked(tmp_path, db_url, cli):
 
     cli("devices", "import", write(tmp_path, "fleet.yaml", FLEET))
     port = free_port()
-    proc = subprocess.Popen(campaignctl_cmd("--db", str(db_url), "serve", "--port", str(port), "--no-mqtt",
-                                            "--access-log"), env=subprocess_env(), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        campaignctl_cmd("--db", str(db_url), "serve", "--port", str(port), "--no-mqtt", "--access-log"),
+        env=subprocess_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until(lambda: _up(port), timeout=15)
         http("GET", f"http://127.0.0.1:{port}/healthz")
@@ -255,8 +275,11 @@ def _up(port: int) -> bool:
 
 def test_a_campaign_with_only_an_expected_state_completes(cli, api, tmp_path):
     base, secrets = api
-    cli("create", "-f", write(tmp_path, "c.yaml", "name: check\ndevices: {names: [cam-1]}\n"
-                                                  "expected_state: {fw: '1.2'}\n"))
+    cli(
+        "create",
+        "-f",
+        write(tmp_path, "c.yaml", "name: check\ndevices: {names: [cam-1]}\nexpected_state: {fw: '1.2'}\n"),
+    )
     cli("launch", "check")
     status, _, body = http("GET", f"{base}/v1/devices/cam-1/configuration", headers=_auth(secrets["cam-1"]))
     assert status == 200 and json.loads(body)["configuration"] == {}
@@ -268,8 +291,12 @@ def test_a_campaign_with_only_an_expected_state_completes(cli, api, tmp_path):
 def test_integers_beyond_64_bits_are_refused(api, db_url):
     base, secrets = api
     before = db_dump(db_url)
-    status, _, body = http("PUT", f"{base}/v1/devices/cam-1/state", headers=_auth(secrets["cam-1"]),
-                           body='{"serial": 123456789012345678901234567890}')
+    status, _, body = http(
+        "PUT",
+        f"{base}/v1/devices/cam-1/state",
+        headers=_auth(secrets["cam-1"]),
+        body='{"serial": 123456789012345678901234567890}',
+    )
     assert status == 400 and "integers must fit in 64 bits" in json.loads(body)["error"]
     assert db_dump(db_url) == before
 
@@ -277,13 +304,30 @@ def test_integers_beyond_64_bits_are_refused(api, db_url):
 #: Keys and values that JSON texts spell in more than one way, or that sort differently
 #: by byte, by UTF-16 unit and by locale: documents must not depend on the backend.
 TRICKY = {
-    "A": 1, "_": [], "a": "lower after upper", 'q"uote': 'say "hi"', "back\\slash": "C:\\dir\\",
-    "clé": "été ✓", "ключ": "значение",
+    "A": 1,
+    "_": [],
+    "a": "lower after upper",
+    'q"uote': 'say "hi"',
+    "back\\slash": "C:\\dir\\",
+    "clé": "été ✓",
+    "ключ": "значение",
     "ctl": "bell\x07 nul\x00 tab\t nl\n cr\r ff\f bs\b del\x7f",  # (keys may hold no control character)
-    "\ue000": "private use (above U+D800 in UTF-16)", "😀": "a key outside the BMP",
-    "z": {"nested": {"b": [1, 2.5, -3e-07, 1e100, None, True, False, {}], "a": "\u2028\u2029 </script>",
-                     "\ue000": "😀", "😀": {"": ""}}},
-    "big": 2**63 - 1, "small": -(2**63), "tenth": 0.1, "zero": -0.0, "empty": "", "slash": "a/b",
+    "\ue000": "private use (above U+D800 in UTF-16)",
+    "😀": "a key outside the BMP",
+    "z": {
+        "nested": {
+            "b": [1, 2.5, -3e-07, 1e100, None, True, False, {}],
+            "a": "\u2028\u2029 </script>",
+            "\ue000": "😀",
+            "😀": {"": ""},
+        }
+    },
+    "big": 2**63 - 1,
+    "small": -(2**63),
+    "tenth": 0.1,
+    "zero": -0.0,
+    "empty": "",
+    "slash": "a/b",
 }
 
 
@@ -291,11 +335,12 @@ def test_documents_are_byte_identical_on_both_backends(tmp_path, postgres, monke
     """Devices compare documents byte for byte: the same desired values give the same
     bytes from SQLite and from PostgreSQL, pushed (MQTT, webhooks) or served (HTTP), and
     they are the canonical JSON text Python writes."""
+    from conftest import Cli
+
     from campaignctl import db, fleet
     from campaignctl.delivery import load_documents
     from campaignctl.server import Server
     from campaignctl.values import canonical
-    from conftest import Cli
 
     monkeypatch.setenv("CAMPAIGNCTL_KEY_FILE", str(tmp_path / "campaignctl.key"))
     pg, template = postgres
@@ -316,11 +361,15 @@ def test_documents_are_byte_identical_on_both_backends(tmp_path, postgres, monke
                     device_id = db.run(conn, "SELECT id FROM device WHERE name = 'cam-1'").scalar_one()
                     [pushed] = load_documents(conn, [(device_id, "cam-1")])
                 secret = cli("devices", "credentials", "cam-1").stdout.strip()
-                status, headers, served = http("GET", f"http://127.0.0.1:{server.port}/v1/devices/cam-1/configuration",
-                                               headers=_auth(secret))
+                status, headers, served = http(
+                    "GET", f"http://127.0.0.1:{server.port}/v1/devices/cam-1/configuration", headers=_auth(secret)
+                )
                 assert status == 200 and headers["etag"] == f'"{version}"'
-                empty = http("GET", f"http://127.0.0.1:{server.port}/v1/devices/cam-3/configuration",
-                             headers=_auth(cli("devices", "credentials", "cam-3").stdout.strip()))[2]
+                empty = http(
+                    "GET",
+                    f"http://127.0.0.1:{server.port}/v1/devices/cam-3/configuration",
+                    headers=_auth(cli("devices", "credentials", "cam-3").stdout.strip()),
+                )[2]
             finally:
                 server.stop()
                 engine.dispose()
@@ -339,8 +388,15 @@ def test_job_deliveries_of_a_range_of_devices(cli, api, tmp_path, db_url):
     from campaignctl import db
     from campaignctl.delivery import job_deliveries
 
-    cli("create", "-f", write(tmp_path, "c.yaml", "name: cams\ndevices: {names: [cam-1, cam-2, cam-3]}\n"
-                                                  "configurations: {resolution: 1080p}\n"))
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "c.yaml",
+            "name: cams\ndevices: {names: [cam-1, cam-2, cam-3]}\nconfigurations: {resolution: 1080p}\n",
+        ),
+    )
     job = cli.json("launch", "cams")["id"]
     engine = db.create_engine(db_url)
     try:
@@ -353,7 +409,9 @@ def test_job_deliveries_of_a_range_of_devices(cli, api, tmp_path, db_url):
         assert [d.device for d in middle] == ["cam-2"]
         assert json.loads(middle[0].payload)["configuration"] == {"resolution": "1080p"}
         assert [d.device for d in job_deliveries(engine, job, interface, chunk=1, first=ids["cam-2"])] == [
-            "cam-2", "cam-3"]
+            "cam-2",
+            "cam-3",
+        ]
         assert [d.device for d in job_deliveries(engine, job, interface, last=ids["cam-2"])] == ["cam-1", "cam-2"]
     finally:
         engine.dispose()

@@ -8,9 +8,17 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import (Broker, Subscriber, campaignctl_cmd, free_port, fleet_yaml, import_fleet, query, subprocess_env,
-                      write)
+from conftest import (
+    Broker,
+    Subscriber,
+    campaignctl_cmd,
+    fleet_yaml,
+    free_port,
+    import_fleet,
+    query,
+    subprocess_env,
+    write,
+)
 
 DEVICES = 1500
 
@@ -19,8 +27,10 @@ def _csv_fleet(tmp_path: Path, url: str, prefix: str, count: int) -> tuple[str, 
     head = tmp_path / "fleet.yaml"
     head.write_text(fleet_yaml(url, prefix, devices=0))
     csv = tmp_path / "devices.csv"
-    csv.write_text("name,type,interface,tags\n" + "".join(
-        f"dev-{i:05d},sensor-v2,broker,ring={'canary' if i < 10 else 'main'}\n" for i in range(count)))
+    csv.write_text(
+        "name,type,interface,tags\n"
+        + "".join(f"dev-{i:05d},sensor-v2,broker,ring={'canary' if i < 10 else 'main'}\n" for i in range(count))
+    )
     return str(head), str(csv)
 
 
@@ -52,37 +62,54 @@ def test_sigkill_during_write_and_delivery_then_resume_loses_nothing(cli, broker
     head, csv = _csv_fleet(tmp_path, broker.url, prefix, DEVICES)
     cli("devices", "import", head)
     cli("devices", "import", csv)
-    cli("create", "-f", write(tmp_path, "c.yaml", """\
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "c.yaml",
+            """\
         name: crash
         devices: {selector: {type: sensor-v2}}
         configurations: {report_interval: 30, mode: eco}
         expected_state: {report_interval: 30}
-        """))
+        """,
+        ),
+    )
     env = subprocess_env()
     db = ["--db", str(db_url)]
 
     # 1. Killed while writing desired entries (small chunks make the write step long enough).
-    proc = subprocess.Popen(campaignctl_cmd(*db, "launch", "crash", "--chunk-size", "10", "--window", "1"),
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        campaignctl_cmd(*db, "launch", "crash", "--chunk-size", "10", "--window", "1"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     counts = _kill_when(proc, db_url, lambda c: c.get("syncing", 0) > 0 and c.get("pending", 0) > 0)
     assert counts.get("pending", 0) > 0 and counts.get("delivered", 0) == 0
 
     # 2. Resumed, and killed again once delivering (documents on the wire, not all recorded).
-    proc = subprocess.Popen(campaignctl_cmd(*db, "jobs", "resume", "1"), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        campaignctl_cmd(*db, "jobs", "resume", "1"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     counts = _kill_when(proc, db_url, lambda c: c.get("pending", 0) == 0 and c.get("syncing", 0) > 0)
     assert counts.get("pending", 0) == 0 and counts.get("delivered", 0) < DEVICES
 
     # 3. Resumed to the end.
-    done = subprocess.run(campaignctl_cmd(*db, "jobs", "resume", "1"), env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        campaignctl_cmd(*db, "jobs", "resume", "1"), env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert f"{DEVICES} delivered, 0 failed" in done.stdout
 
     # Every device was written exactly once, under the revision its job item records.
-    rows = query(db_url,
+    rows = query(
+        db_url,
         "SELECT ji.status, ji.revision, c.key, c.desired, c.desired_revision, c.desired_by FROM job_item ji "
-        "JOIN device_config c ON c.device_id = ji.device_id ORDER BY ji.device_id, c.key")
+        "JOIN device_config c ON c.device_id = ji.device_id ORDER BY ji.device_id, c.key",
+    )
     assert len(rows) == 2 * DEVICES
     assert {r[0] for r in rows} == {"delivered"}
     assert all(r[1] == r[4] and r[5] == "job:1" for r in rows)
@@ -103,16 +130,40 @@ def test_sigkill_during_write_and_delivery_then_resume_loses_nothing(cli, broker
 def test_a_job_run_by_a_live_process_is_not_resumed_by_another(cli, tmp_path, prefix, db_url):
     port = free_port()  # the broker is down: the job keeps retrying
     import_fleet(cli, tmp_path, f"mqtt://127.0.0.1:{port}", prefix, 3)
-    cli("create", "-f", write(tmp_path, "c.yaml", """\
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "c.yaml",
+            """\
         name: busy
         devices: {selector: {type: sensor-v2}}
         configurations: {report_interval: 30}
-        """))
+        """,
+        ),
+    )
     env = subprocess_env()
     proc = subprocess.Popen(
-        campaignctl_cmd("--db", str(db_url), "launch", "busy", "--attempts", "50", "--backoff", "0.5",
-                        "--max-backoff", "0.5", "--ack-timeout", "0.5"),
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        campaignctl_cmd(
+            "--db",
+            str(db_url),
+            "launch",
+            "busy",
+            "--attempts",
+            "50",
+            "--backoff",
+            "0.5",
+            "--max-backoff",
+            "0.5",
+            "--ack-timeout",
+            "0.5",
+        ),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 20
         while _items(db_url).get("syncing", 0) != 3:
@@ -136,14 +187,30 @@ def test_a_job_run_by_a_live_process_is_not_resumed_by_another(cli, tmp_path, pr
 
 
 def test_two_concurrent_launches_make_exactly_one_job(cli, fleet, tmp_path, db_url):
-    cli("create", "-f", write(tmp_path, "c.yaml", """\
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "c.yaml",
+            """\
         name: race
         devices: {selector: {type: sensor-v2}}
         configurations: {report_interval: 30}
-        """))
+        """,
+        ),
+    )
     env = subprocess_env()
-    procs = [subprocess.Popen(campaignctl_cmd("--db", str(db_url), "launch", "race"), env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            campaignctl_cmd("--db", str(db_url), "launch", "race"),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     results = [(p.wait(60), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 1], results
@@ -155,11 +222,19 @@ def test_two_concurrent_launches_make_exactly_one_job(cli, fleet, tmp_path, db_u
 
 
 def test_launch_refuses_a_launched_campaign_and_resume_of_unknown_job(cli, fleet, tmp_path):
-    cli("create", "-f", write(tmp_path, "c.yaml", """\
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "c.yaml",
+            """\
         name: once
         devices: {names: [sensor-0001]}
         configurations: {report_interval: 30}
-        """))
+        """,
+        ),
+    )
     cli("launch", "once")
     again = cli("launch", "once", code=1)
     assert again.stderr.strip() == "Error: campaign 'once' was already launched (completed, job 1)"

@@ -14,12 +14,16 @@ def _status(cli, name):
 
 
 def test_launch_delivers_retained_documents_to_a_real_subscriber(cli, fleet, broker, prefix, tmp_path):
-    campaign = write(tmp_path, "c.yaml", """\
+    campaign = write(
+        tmp_path,
+        "c.yaml",
+        """\
         name: interval
         devices: {selector: {tags: {site: lyon}}}
         configurations: {report_interval: 30, telemetry: {enabled: true}}
         expected_state: {report_interval: 30}
-        """)
+        """,
+    )
     cli("create", "-f", campaign)
     result = cli("launch", "interval")
     assert "job 1: success" in result.stdout
@@ -42,26 +46,35 @@ def test_launch_delivers_retained_documents_to_a_real_subscriber(cli, fleet, bro
 
 
 def test_reported_state_over_mqtt_makes_devices_valid(cli, fleet, broker, prefix, tmp_path):
-    cli("create", "-f", write(tmp_path, "c.yaml", """\
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "c.yaml",
+            """\
         name: interval
         devices: {names: [sensor-0001, sensor-0002]}
         configurations: {report_interval: 30}
         expected_state: {report_interval: 30, mode: eco}
-        """))
+        """,
+        ),
+    )
     cli("launch", "interval")
     stop = threading.Event()
     outcome = {}
     from campaignctl import db, listen
 
     engine = db.create_engine(cli.db_url)
-    listener = threading.Thread(target=lambda: outcome.update(
-        stats=listen.listen(engine, stop=stop, flush_interval=0.05)))
+    listener = threading.Thread(
+        target=lambda: outcome.update(stats=listen.listen(engine, stop=stop, flush_interval=0.05))
+    )
     listener.start()
     try:
         time.sleep(0.5)  # subscribed
         publish(broker.port, f"{prefix}/sensor-0001/state", '{"report_interval": 30.0, "mode": "eco", "rssi": -70}')
         publish(broker.port, f"{prefix}/sensor-0002/state", '{"report_interval": 60, "mode": "eco"}')
-        publish(broker.port, f"{prefix}/sensor-0002/state", 'not json')
+        publish(broker.port, f"{prefix}/sensor-0002/state", "not json")
         publish(broker.port, f"{prefix}/ghost/state", '{"a": 1}')
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -76,9 +89,19 @@ def test_reported_state_over_mqtt_makes_devices_valid(cli, fleet, broker, prefix
     assert devices["sensor-0001"]["status"] == "valid"  # 30.0 equals 30 as JSON
     assert devices["sensor-0002"]["status"] == "waiting"
     assert devices["sensor-0002"]["reason"] == "report_interval reported 60"
-    assert data["summary"] == {"total": 2, "pending": 0, "syncing": 0, "waiting": 1, "valid": 1,
-                               "invalid": 0, "failed": 0, "timed_out": 0, "cancelled": 0, "skipped": 0,
-                               "superseded": 0}
+    assert data["summary"] == {
+        "total": 2,
+        "pending": 0,
+        "syncing": 0,
+        "waiting": 1,
+        "valid": 1,
+        "invalid": 0,
+        "failed": 0,
+        "timed_out": 0,
+        "cancelled": 0,
+        "skipped": 0,
+        "superseded": 0,
+    }
     assert outcome["stats"].rejected == 2 and outcome["stats"].recorded == 2
     shown = cli.json("devices", "show", "sensor-0001")
     assert {e["key"]: e["reported"] for e in shown["configuration"]}["rssi"] == -70
@@ -99,12 +122,20 @@ def test_listen_command_records_until_timeout(cli, fleet, broker, prefix):
 
 
 def test_set_config_after_launch_turns_device_invalid_and_is_delivered(cli, fleet, broker, prefix, tmp_path):
-    cli("create", "-f", write(tmp_path, "c.yaml", """\
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "c.yaml",
+            """\
         name: interval
         devices: {names: [sensor-0001, sensor-0002]}
         configurations: {report_interval: 30}
         expected_state: {report_interval: 30}
-        """))
+        """,
+        ),
+    )
     cli("launch", "interval")
     cli("devices", "report", "sensor-0001", "report_interval:=30")
     cli("devices", "report", "sensor-0002", "report_interval:=30")
@@ -131,11 +162,19 @@ def test_broker_down_retries_then_fails_with_the_error(cli, tmp_path, prefix):
 
     port = free_port()  # nothing listens there
     import_fleet(cli, tmp_path, f"mqtt://127.0.0.1:{port}", prefix, 2)
-    cli("create", "-f", write(tmp_path, "c.yaml", """\
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "c.yaml",
+            """\
         name: down
         devices: {selector: {type: sensor-v2}}
         configurations: {report_interval: 30}
-        """))
+        """,
+        ),
+    )
     started = time.monotonic()
     result = cli("launch", "down", "--attempts", "3", "--backoff", "0.2", "--ack-timeout", "1", code=1)
     elapsed = time.monotonic() - started
@@ -155,11 +194,19 @@ def test_broker_that_comes_back_during_retries_gets_everything(cli, tmp_path, pr
 
     port = free_port()
     import_fleet(cli, tmp_path, f"mqtt://127.0.0.1:{port}", prefix, 3)
-    cli("create", "-f", write(tmp_path, "c.yaml", """\
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "c.yaml",
+            """\
         name: flaky
         devices: {selector: {type: sensor-v2}}
         configurations: {report_interval: 30}
-        """))
+        """,
+        ),
+    )
     broker = Broker(tmp_path, port)
     starter = threading.Timer(0.8, broker.start)
     starter.start()
@@ -178,16 +225,21 @@ def test_a_retry_sends_the_newest_document_not_a_stale_one(cli, tmp_path, prefix
     as the retained message, by the retry of the older one."""
     from conftest import free_port
 
-    from campaignctl import db, engine as rollout, fleet, jobs
+    from campaignctl import db, fleet, jobs
+    from campaignctl import engine as rollout
     from campaignctl.interfaces.base import DeliveryPolicy
 
     port = free_port()
     import_fleet(cli, tmp_path, f"mqtt://127.0.0.1:{port}", prefix, 1)
-    cli("create", "-f", write(tmp_path, "c.yaml", "name: c\ndevices: {names: [sensor-0001]}\n"
-                                                  "configurations: {mode: quiet}\n"))
+    cli(
+        "create",
+        "-f",
+        write(tmp_path, "c.yaml", "name: c\ndevices: {names: [sensor-0001]}\nconfigurations: {mode: quiet}\n"),
+    )
     engine = db.create_engine(db_url)
-    job_id, owner = jobs.launch(engine, "c", policy=DeliveryPolicy(attempts=3, backoff=1.5, max_backoff=1.5,
-                                                                  timeout=0.5))
+    job_id, owner = jobs.launch(
+        engine, "c", policy=DeliveryPolicy(attempts=3, backoff=1.5, max_backoff=1.5, timeout=0.5)
+    )
     runner = threading.Thread(target=rollout.advance, args=(engine, job_id, owner))
     runner.start()
     broker = Broker(tmp_path, port)
@@ -212,8 +264,15 @@ def test_a_failed_device_that_reports_the_expected_state_is_valid(cli, tmp_path,
     from conftest import free_port
 
     import_fleet(cli, tmp_path, f"mqtt://127.0.0.1:{free_port()}", prefix, 1)
-    cli("create", "-f", write(tmp_path, "c.yaml", "name: c\ndevices: {names: [sensor-0001]}\n"
-                                                  "configurations: {mode: eco}\nexpected_state: {mode: eco}\n"))
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "c.yaml",
+            "name: c\ndevices: {names: [sensor-0001]}\nconfigurations: {mode: eco}\nexpected_state: {mode: eco}\n",
+        ),
+    )
     cli("launch", "c", "--attempts", "1", "--ack-timeout", "0.5", code=1)
     assert _status(cli, "c")[0]["sensor-0001"]["status"] == "failed"
     cli("devices", "report", "sensor-0001", "mode=eco")  # it got the value another way

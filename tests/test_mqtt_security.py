@@ -7,33 +7,81 @@ import subprocess
 import threading
 
 import pytest
-
 from conftest import Broker, db_dump, write
 
 
 @pytest.fixture
 def secure_broker(tmp_path):
     """mosquitto with TLS (a test CA) and a password file; no anonymous access."""
+
     def run(*args: str) -> None:
         subprocess.run(args, cwd=tmp_path, check=True, capture_output=True)
 
-    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-        "-subj", "/CN=campaignctl test CA", "-days", "1")
-    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-        "-subj", "/CN=127.0.0.1")
+    run(
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=campaignctl test CA",
+        "-days",
+        "1",
+    )
+    run(
+        "openssl",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    )
     (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.crt", "-days", "1", "-extfile", "san.ext")
+    run(
+        "openssl",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+    )
     run("mosquitto_passwd", "-c", "-b", "passwd", "fleet-operator", "op-5ecret")
-    broker = Broker(tmp_path, settings=(
-        f"cafile {tmp_path}/ca.crt\ncertfile {tmp_path}/server.crt\nkeyfile {tmp_path}/server.key\n"
-        f"allow_anonymous false\npassword_file {tmp_path}/passwd\n")).start()
+    broker = Broker(
+        tmp_path,
+        settings=(
+            f"cafile {tmp_path}/ca.crt\ncertfile {tmp_path}/server.crt\nkeyfile {tmp_path}/server.key\n"
+            f"allow_anonymous false\npassword_file {tmp_path}/passwd\n"
+        ),
+    ).start()
     yield broker
     broker.stop()
 
 
 def _fleet(tmp_path, port: int) -> str:
-    return write(tmp_path, "fleet.yaml", f"""\
+    return write(
+        tmp_path,
+        "fleet.yaml",
+        f"""\
 interfaces:
   secure:
     type: mqtts
@@ -46,7 +94,8 @@ device_types:
   cam: {{}}
 devices:
   - {{name: cam-1, type: cam, interface: secure}}
-""".replace("type: mqtts", "type: mqtt"))
+""".replace("type: mqtts", "type: mqtt"),
+    )
 
 
 def _retained(tmp_path, port: int, topic: str) -> dict:
@@ -81,11 +130,16 @@ def test_tls_with_credentials_from_the_environment(cli, tmp_path, secure_broker)
     assert "op-5ecret" not in shown and "op-5ecret" not in "\n".join(db_dump(cli.db_url))
 
 
-@pytest.mark.parametrize("env, error", [
-    ({"BROKER_USER": "fleet-operator"},
-     "environment variable BROKER_PASSWORD (password of interface secure) is not set"),
-    ({"BROKER_USER": "fleet-operator", "BROKER_PASSWORD": "wrong"}, "refused the connection: Not authorized"),
-])
+@pytest.mark.parametrize(
+    "env, error",
+    [
+        (
+            {"BROKER_USER": "fleet-operator"},
+            "environment variable BROKER_PASSWORD (password of interface secure) is not set",
+        ),
+        ({"BROKER_USER": "fleet-operator", "BROKER_PASSWORD": "wrong"}, "refused the connection: Not authorized"),
+    ],
+)
 def test_credential_problems_fail_at_once_with_a_clear_reason(cli, tmp_path, secure_broker, env, error):
     import os
 

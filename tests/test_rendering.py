@@ -11,18 +11,45 @@ import sys
 from typing import Any
 
 import pytest
+from conftest import query, write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from campaignctl.cli.common import CELL_LIMIT, plain, print_json, table
 from campaignctl.values import shown
-from conftest import query, write
 
 # Pieces an attacker (or an unlucky platform) puts in a value.
-HOSTILE = ["[bold]", "[/]", "[/bold]", "[", "]", "[link=https://evil.example]x[/link]", ":smile:", ":cross_mark:",
-           "\x1b[2J", "\x1b]0;title\x07", "\x1b]8;;https://evil.example\x1b\\", "\x9b31m", "\r", "\n", "\t", "\x00",
-           "\x7f", "\u202e", "\u2028", "\u200f", "\\", "\\x1b", "\\n", "é", "日本", "🙂", "\u0301", "\ud800",
-           "\udfff"]
+HOSTILE = [
+    "[bold]",
+    "[/]",
+    "[/bold]",
+    "[",
+    "]",
+    "[link=https://evil.example]x[/link]",
+    ":smile:",
+    ":cross_mark:",
+    "\x1b[2J",
+    "\x1b]0;title\x07",
+    "\x1b]8;;https://evil.example\x1b\\",
+    "\x9b31m",
+    "\r",
+    "\n",
+    "\t",
+    "\x00",
+    "\x7f",
+    "\u202e",
+    "\u2028",
+    "\u200f",
+    "\\",
+    "\\x1b",
+    "\\n",
+    "é",
+    "日本",
+    "🙂",
+    "\u0301",
+    "\ud800",
+    "\udfff",
+]
 hostile_text = st.lists(st.one_of(st.sampled_from(HOSTILE), st.text(max_size=8)), max_size=12).map("".join)
 long_text = st.builds(lambda piece, n: piece * n, st.sampled_from(HOSTILE), st.integers(1, 400))
 
@@ -39,8 +66,9 @@ def _render(renderable: Any, *, colour: bool = False) -> str:
     from rich.console import Console
 
     out = io.StringIO()
-    console = Console(file=out, width=100_000, highlight=False, force_terminal=colour,
-                      color_system="truecolor" if colour else None)
+    console = Console(
+        file=out, width=100_000, highlight=False, force_terminal=colour, color_system="truecolor" if colour else None
+    )
     console.print(renderable)
     return out.getvalue()
 
@@ -91,13 +119,22 @@ def test_log_lines_and_table_cells_are_escaped_and_cut_by_one_rule(text, limit):
 
 
 def _json_values(leaf: st.SearchStrategy) -> st.SearchStrategy:
-    return st.recursive(leaf, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                      st.dictionaries(hostile_text, inner, max_size=4)), max_leaves=12)
+    return st.recursive(
+        leaf,
+        lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(hostile_text, inner, max_size=4)),
+        max_leaves=12,
+    )
 
 
-JSON_LEAVES = st.one_of(st.none(), st.booleans(), hostile_text, st.floats(allow_nan=False, allow_infinity=False),
-                        st.integers(-(2**63), 2**64 - 1), st.integers(min_value=2**64, max_value=2**200),
-                        st.integers(min_value=-(2**200), max_value=-(2**63) - 1))
+JSON_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    hostile_text,
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(-(2**63), 2**64 - 1),
+    st.integers(min_value=2**64, max_value=2**200),
+    st.integers(min_value=-(2**200), max_value=-(2**63) - 1),
+)
 
 
 def _printed_json(data: Any) -> Any:
@@ -154,16 +191,34 @@ def test_hostile_fleet_renders_plainly_everywhere(cli, tmp_path, db_url):
     from campaignctl import db, fleet
 
     cli("devices", "import", write(tmp_path, "fleet.yaml", FLEET))
-    cli("firmwares", "add", "--device-type", "cam", "--firmware-type", "app", "--version", "1[/]",
-        "--url", "https://x.example/[bold]\x1b[5m.bin", "--description", ":fire: [link=x]\x1b]0;t\x07")
+    cli(
+        "firmwares",
+        "add",
+        "--device-type",
+        "cam",
+        "--firmware-type",
+        "app",
+        "--version",
+        "1[/]",
+        "--url",
+        "https://x.example/[bold]\x1b[5m.bin",
+        "--description",
+        ":fire: [link=x]\x1b]0;t\x07",
+    )
     cli("create", "-f", write(tmp_path, "c.yaml", CAMPAIGN))
     cli("launch", "hostile")
     # cam-1 took its document and reports something else; cam-2's platform failed with a
     # hostile error; an older version left a lone surrogate and a 70-bit integer stored.
-    query(db_url, "UPDATE job_item SET status = 'delivered' WHERE device_id = "
-                  "(SELECT id FROM device WHERE name = 'cam-1')")
-    query(db_url, "UPDATE job_item SET status = 'failed', error = :error, attempts = 5 WHERE device_id = "
-                  "(SELECT id FROM device WHERE name = 'cam-2')", {"error": ERROR})
+    query(
+        db_url,
+        "UPDATE job_item SET status = 'delivered' WHERE device_id = (SELECT id FROM device WHERE name = 'cam-1')",
+    )
+    query(
+        db_url,
+        "UPDATE job_item SET status = 'failed', error = :error, attempts = 5 WHERE device_id = "
+        "(SELECT id FROM device WHERE name = 'cam-2')",
+        {"error": ERROR},
+    )
     engine = db.create_engine(db_url)
     try:
         fleet.report_state(engine, "cam-1", REPORTED)
@@ -175,9 +230,17 @@ def test_hostile_fleet_renders_plainly_everywhere(cli, tmp_path, db_url):
         engine.dispose()
 
     out = {}
-    for args in (["status", "hostile"], ["devices", "show", "cam-1"], ["devices", "show", "cam-2"],
-                 ["devices", "list"], ["list"], ["show", "hostile"], ["jobs", "list"], ["jobs", "show", "1"],
-                 ["firmwares", "list"]):
+    for args in (
+        ["status", "hostile"],
+        ["devices", "show", "cam-1"],
+        ["devices", "show", "cam-2"],
+        ["devices", "list"],
+        ["list"],
+        ["show", "hostile"],
+        ["jobs", "list"],
+        ["jobs", "show", "1"],
+        ["firmwares", "list"],
+    ):
         result = cli(*args, env={"COLUMNS": "200"})
         _assert_plain(result.stdout + result.stderr)
         out[" ".join(args)] = result.stdout
@@ -186,8 +249,16 @@ def test_hostile_fleet_renders_plainly_everywhere(cli, tmp_path, db_url):
     assert "[blink]launch\\x1b[2J\\u202e :fire: [" in out["show hostile"]
     assert "https://x.example/[bold]\\x1b[5m.bin" in out["firmwares list"]
 
-    for args in (["status", "hostile"], ["devices", "show", "cam-1"], ["devices", "show", "cam-2"],
-                 ["devices", "list"], ["list"], ["show", "hostile"], ["jobs", "show", "1"], ["firmwares", "list"]):
+    for args in (
+        ["status", "hostile"],
+        ["devices", "show", "cam-1"],
+        ["devices", "show", "cam-2"],
+        ["devices", "list"],
+        ["list"],
+        ["show", "hostile"],
+        ["jobs", "show", "1"],
+        ["firmwares", "list"],
+    ):
         cli.json(*args)  # parses
     reported = {e["key"]: e["reported"] for e in cli.json("devices", "show", "cam-2")["configuration"]}
     assert (reported["old"], reported["huge"]) == ("[\ud800]", 2**70)
@@ -197,8 +268,9 @@ def test_hostile_fleet_renders_plainly_everywhere(cli, tmp_path, db_url):
     # The exit code of --wait tells how the campaign ended, whatever the devices wrote.
     waited = cli("status", "hostile", "--wait", "--timeout", "0s", code=4)
     _assert_plain(waited.stdout + waited.stderr)
-    assert json.loads(cli("status", "hostile", "--wait", "--timeout", "0s", "-o", "json", code=4).stdout)[
-        "exit_code"] == 4
+    assert (
+        json.loads(cli("status", "hostile", "--wait", "--timeout", "0s", "-o", "json", code=4).stdout)["exit_code"] == 4
+    )
 
 
 def _assert_plain(output: str) -> None:

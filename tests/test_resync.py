@@ -11,11 +11,20 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from conftest import (
+    Broker,
+    Subscriber,
+    campaignctl_cmd,
+    db_dump,
+    fleet_yaml,
+    free_port,
+    publish,
+    subprocess_env,
+    wait_until,
+    write,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import (Broker, Subscriber, campaignctl_cmd, db_dump, fleet_yaml, free_port, publish, subprocess_env,
-                      wait_until, write)
 
 MARKER = "zz-marker"
 
@@ -23,15 +32,21 @@ MARKER = "zz-marker"
 def _fleet(cli, tmp_path: Path, url: str, prefix: str, devices: int = 4) -> None:
     """``devices`` sensors on the broker at ``url``, and two cameras on an http interface."""
     path = tmp_path / "fleet.yaml"
-    path.write_text(fleet_yaml(url, prefix, devices=devices).replace(
-        "interfaces:\n", "interfaces:\n  devapi: {type: http, url: 'http://127.0.0.1:1'}\n")
-        + "".join(f"  - {{name: cam-{i}, type: sensor-v2, interface: devapi}}\n" for i in (1, 2)))
+    path.write_text(
+        fleet_yaml(url, prefix, devices=devices).replace(
+            "interfaces:\n", "interfaces:\n  devapi: {type: http, url: 'http://127.0.0.1:1'}\n"
+        )
+        + "".join(f"  - {{name: cam-{i}, type: sensor-v2, interface: devapi}}\n" for i in (1, 2))
+    )
     cli("devices", "import", str(path))
 
 
 def _campaign(cli, tmp_path: Path, name: str, selector: str, values: str) -> None:
-    cli("create", "-f", write(tmp_path, f"{name}.yaml", f"name: {name}\ndevices: {{selector: {selector}}}\n"
-                              f"configurations: {values}\n"))
+    cli(
+        "create",
+        "-f",
+        write(tmp_path, f"{name}.yaml", f"name: {name}\ndevices: {{selector: {selector}}}\nconfigurations: {values}\n"),
+    )
     cli("launch", name)
 
 
@@ -88,11 +103,12 @@ def test_resync_restores_the_documents_a_broker_lost(cli, db_url, tmp_path, pref
         assert result["devices"] == 6 and result["resent"] == 4 and result["failed"] == 0
         assert result["fetch_themselves"] == 2 and result["errors"] == []
         assert {i["name"]: (i["resent"], i["fetch_themselves"]) for i in result["interfaces"]} == {
-            "broker": (4, 0), "devapi": (0, 2)}
+            "broker": (4, 0),
+            "devapi": (0, 2),
+        }
         # The same documents, same versions, retained again; nothing written.
         assert _retained(port, prefix) == documents
-        assert documents[f"{prefix}/sensor-0002/config"][0]["configuration"] == {"mode": "eco",
-                                                                                  "report_interval": 60}
+        assert documents[f"{prefix}/sensor-0002/config"][0]["configuration"] == {"mode": "eco", "report_interval": 60}
         assert db_dump(db_url) == before
     finally:
         broker.stop()
@@ -123,12 +139,15 @@ def test_resync_filters_by_campaign_device_and_interface(cli, tmp_path, broker, 
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-@pytest.mark.parametrize("args, error", [
-    (["--interface", "nope"], "no interface named 'nope'"),
-    (["--campaign", "nope"], "no campaign named 'nope'"),
-    (["--device", "sensor-0001", "--device", "ghost"], "no device named 'ghost'"),
-    (["--device", "ghost-1", "--device", "ghost-2"], "2 devices do not exist: 'ghost-1', 'ghost-2'"),
-])
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (["--interface", "nope"], "no interface named 'nope'"),
+        (["--campaign", "nope"], "no campaign named 'nope'"),
+        (["--device", "sensor-0001", "--device", "ghost"], "no device named 'ghost'"),
+        (["--device", "ghost-1", "--device", "ghost-2"], "2 devices do not exist: 'ghost-1', 'ghost-2'"),
+    ],
+)
 def test_resync_unknown_names_send_nothing(cli, tmp_path, broker, prefix, args, error):
     _fleet(cli, tmp_path, broker.url, prefix, devices=2)
     cli("devices", "set-config", "sensor-0001", "mode=eco")
@@ -148,8 +167,13 @@ def test_resync_failures_are_grouped_by_reason_and_exit_1(cli, tmp_path, prefix)
     result = cli("devices", "resync", "--attempts", "1", "--processes", "2", "-o", "json", code=1)
     summary = json.loads(result.stdout)
     assert summary["resent"] == 0 and summary["failed"] == 2
-    assert summary["errors"] == [{"error": f"cannot connect to 127.0.0.1:{port}: Connection refused", "devices": 2,
-                                  "examples": ["sensor-0001", "sensor-0002"]}]
+    assert summary["errors"] == [
+        {
+            "error": f"cannot connect to 127.0.0.1:{port}: Connection refused",
+            "devices": 2,
+            "examples": ["sensor-0001", "sensor-0002"],
+        }
+    ]
     assert result.stderr.strip().endswith("Error: 2 device(s) could not be resent")
     table = cli("devices", "resync", "--attempts", "1", code=1)
     assert "Connection refused" in table.stdout and "sensor-0001, sensor-0002" in table.stdout
@@ -159,8 +183,10 @@ def test_resync_failures_are_grouped_by_reason_and_exit_1(cli, tmp_path, prefix)
 # Campaign lyon: the odd sensors; canary: sensors 1 and 2; sensor-0008 and cam-1 set by
 # hand; sensors 4 and 6 and cam-2 have nothing desired.
 _WITH_DOCUMENT = {"sensor-0001", "sensor-0002", "sensor-0003", "sensor-0005", "sensor-0007", "sensor-0008", "cam-1"}
-_CAMPAIGNS = {"lyon": {"sensor-0001", "sensor-0003", "sensor-0005", "sensor-0007"},
-              "canary": {"sensor-0001", "sensor-0002"}}
+_CAMPAIGNS = {
+    "lyon": {"sensor-0001", "sensor-0003", "sensor-0005", "sensor-0007"},
+    "canary": {"sensor-0001", "sensor-0002"},
+}
 _NAMES = [f"sensor-{i:04d}" for i in range(1, 9)] + ["cam-1", "cam-2"]
 
 
@@ -180,8 +206,11 @@ def selection_engine(cli, tmp_path, broker, prefix):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(interface=st.sampled_from([None, "broker", "devapi"]), campaign=st.sampled_from([None, "lyon", "canary"]),
-       devices=st.lists(st.sampled_from(_NAMES), max_size=4))
+@given(
+    interface=st.sampled_from([None, "broker", "devapi"]),
+    campaign=st.sampled_from([None, "lyon", "canary"]),
+    devices=st.lists(st.sampled_from(_NAMES), max_size=4),
+)
 def test_resync_selects_what_the_filters_say(selection_engine, interface, campaign, devices):
     """Whatever the combination of filters, the devices selected per interface are those
     of a model of the filters: all of them hold, and only devices with a document count."""
@@ -189,10 +218,21 @@ def test_resync_selects_what_the_filters_say(selection_engine, interface, campai
 
     plan = resync.plan(selection_engine, interface=interface, campaign=campaign, devices=devices)
 
-    chosen = {n for n in _WITH_DOCUMENT if (interface is None or n.startswith("cam") == (interface == "devapi"))
-              and (campaign is None or n in _CAMPAIGNS[campaign]) and (not devices or n in devices)}
-    model = {i: c for i, c in (("broker", sum(not n.startswith("cam") for n in chosen)),
-                               ("devapi", sum(n.startswith("cam") for n in chosen))) if c}
+    chosen = {
+        n
+        for n in _WITH_DOCUMENT
+        if (interface is None or n.startswith("cam") == (interface == "devapi"))
+        and (campaign is None or n in _CAMPAIGNS[campaign])
+        and (not devices or n in devices)
+    }
+    model = {
+        i: c
+        for i, c in (
+            ("broker", sum(not n.startswith("cam") for n in chosen)),
+            ("devapi", sum(n.startswith("cam") for n in chosen)),
+        )
+        if c
+    }
     assert {i.name: i.devices for i in plan.interfaces} == model
     assert plan.fetch_themselves == model.get("devapi", 0)
     assert plan.without_document == sorted(set(devices) - _WITH_DOCUMENT)
@@ -207,7 +247,11 @@ def test_simulate_resubscribes_after_the_broker_restarts(cli, db_url, tmp_path, 
     cli("devices", "set-config", "sensor-0001", "mode=b")  # retained: the device gets it when it subscribes
     simulator = subprocess.Popen(
         campaignctl_cmd("--db", str(db_url), "simulate", "--interface", "broker", "--apply-delay", "0", "-o", "json"),
-        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     topic = f"{prefix}/sensor-0001/state"
     try:
         with _states(port, prefix) as states:
@@ -261,8 +305,14 @@ def test_split_covers_the_devices_left_whatever_was_counted_before(split_engine,
     selection = resync.Selection()
     with db.read(split_engine) as conn:
         [target] = [t for t in resync._targets(conn, selection) if t[1] == "broker"]
-        ids = [i for (i,) in db.run(conn, "SELECT d.id FROM device d WHERE d.interface_id = :i AND "
-                                    f"{selection.sql()} ORDER BY d.id", {"i": target[0]})]
+        ids = [
+            i
+            for (i,) in db.run(
+                conn,
+                f"SELECT d.id FROM device d WHERE d.interface_id = :i AND {selection.sql()} ORDER BY d.id",
+                {"i": target[0]},
+            )
+        ]
         parts = resync._split(conn, selection, (*target[:4], claimed), pieces)
     assert 1 <= len(parts) <= pieces and parts[0].first == 0 and parts[-1].last >= ids[-1]
     assert all(a.last + 1 == b.first <= b.last for a, b in zip(parts, parts[1:]))

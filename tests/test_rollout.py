@@ -13,9 +13,19 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-
-from conftest import (Broker, Subscriber, campaignctl_cmd, csv_fleet, fleet_yaml, free_port, import_fleet, query,
-                      subprocess_env, wait_until, write)
+from conftest import (
+    Broker,
+    Subscriber,
+    campaignctl_cmd,
+    csv_fleet,
+    fleet_yaml,
+    free_port,
+    import_fleet,
+    query,
+    subprocess_env,
+    wait_until,
+    write,
+)
 
 DEVICES = 20
 
@@ -26,13 +36,17 @@ def fleet20(cli, broker, prefix, tmp_path):
 
 
 def _campaign(tmp_path, rollout: str, *, name: str = "roll", extra: str = "") -> str:
-    return write(tmp_path, f"{name}.yaml", f"""\
+    return write(
+        tmp_path,
+        f"{name}.yaml",
+        f"""\
 name: {name}
 devices: {{selector: {{type: sensor-v2}}}}
 configurations: {{report_interval: 30}}
 expected_state: {{report_interval: 30}}
 {extra}rollout:
-{rollout}""")
+{rollout}""",
+    )
 
 
 def _status(cli, name="roll"):
@@ -50,8 +64,11 @@ def _fleet_with_a_lost_device(cli, tmp_path, broker, prefix, *, devices: int) ->
     """``devices`` sensors on the live broker, and lost-1 on an interface whose broker is down."""
     dead = free_port()
     path = tmp_path / "fleet.yaml"
-    path.write_text(fleet_yaml(broker.url, prefix, devices=devices).replace(
-        "interfaces:\n", f"interfaces:\n  dead: {{type: mqtt, url: 'mqtt://127.0.0.1:{dead}', topic_prefix: x}}\n"))
+    path.write_text(
+        fleet_yaml(broker.url, prefix, devices=devices).replace(
+            "interfaces:\n", f"interfaces:\n  dead: {{type: mqtt, url: 'mqtt://127.0.0.1:{dead}', topic_prefix: x}}\n"
+        )
+    )
     cli("devices", "import", str(path))
     cli("devices", "import", write(tmp_path, "d.csv", "name,type,interface\nlost-1,sensor-v2,dead\n"))
 
@@ -59,9 +76,17 @@ def _fleet_with_a_lost_device(cli, tmp_path, broker, prefix, *, devices: int) ->
 def _cams(cli, tmp_path, count: int) -> None:
     """cam-1 … cam-N on an http interface (they fetch their documents themselves)."""
     devices = "".join(f"  - {{name: cam-{i}, type: cam, interface: devapi}}\n" for i in range(1, count + 1))
-    cli("devices", "import", write(tmp_path, "cams.yaml", "interfaces:\n  devapi: {type: http, url: "
-                                                          "'http://127.0.0.1:1'}\ndevice_types:\n  cam: {}\n"
-                                                          f"devices:\n{devices}"))
+    cli(
+        "devices",
+        "import",
+        write(
+            tmp_path,
+            "cams.yaml",
+            "interfaces:\n  devapi: {type: http, url: "
+            "'http://127.0.0.1:1'}\ndevice_types:\n  cam: {}\n"
+            f"devices:\n{devices}",
+        ),
+    )
 
 
 def _report_valid(cli, devices) -> None:
@@ -106,11 +131,18 @@ class Fleet:
 
 
 def test_batches_are_decided_at_launch_canaries_first_and_stored(cli, fleet20, tmp_path):
-    cli("create", "-f", _campaign(tmp_path, """\
+    cli(
+        "create",
+        "-f",
+        _campaign(
+            tmp_path,
+            """\
   batches: [2, 50%, 100%]
   canary: {tags: {ring: canary}}
   bake_time: 1h
-"""))
+""",
+        ),
+    )
     cli("launch", "roll")
     data = _status(cli)
     assert [(b["number"], b["size"]) for b in data["batches"]] == [(1, 2), (2, 8), (3, 10)]
@@ -130,11 +162,18 @@ def test_batches_are_decided_at_launch_canaries_first_and_stored(cli, fleet20, t
 
 
 def test_batches_promote_only_when_the_success_threshold_is_met(cli, fleet20, tmp_path, broker, prefix):
-    cli("create", "-f", _campaign(tmp_path, """\
+    cli(
+        "create",
+        "-f",
+        _campaign(
+            tmp_path,
+            """\
   batches: [2, 50%, 100%]
   canary: {tags: {ring: canary}}
   success_threshold: 100%
-"""))
+""",
+        ),
+    )
     sub = Subscriber(broker.port, f"{prefix}/+/config")
     try:
         cli("launch", "roll")
@@ -163,12 +202,19 @@ def test_batches_promote_only_when_the_success_threshold_is_met(cli, fleet20, tm
 
 
 def test_error_threshold_pauses_then_resume_accepts_the_batch(cli, fleet20, tmp_path, broker, prefix):
-    cli("create", "-f", _campaign(tmp_path, """\
+    cli(
+        "create",
+        "-f",
+        _campaign(
+            tmp_path,
+            """\
   batches: [4, 100%]
   success_threshold: 50%
   error_threshold: 50%
   on_error: pause
-"""))
+""",
+        ),
+    )
     cli("launch", "roll")
     first = _by_batch(_status(cli))[1]
     # Two of the four devices of batch 1 are changed by hand: invalid.
@@ -196,18 +242,28 @@ def test_error_threshold_pauses_then_resume_accepts_the_batch(cli, fleet20, tmp_
     changed = {d["device"] for d in first[:2]}
     assert {d["device"] for d in data["devices"] if d["status"] == "invalid"} == changed
     assert data["summary"]["invalid"] == 2 and data["batches"][0]["summary"]["invalid"] == 2
-    assert all(d["reason"].startswith("report_interval was changed after the campaign set it (by user at ")
-               for d in data["devices"] if d["status"] == "invalid")
+    assert all(
+        d["reason"].startswith("report_interval was changed after the campaign set it (by user at ")
+        for d in data["devices"]
+        if d["status"] == "invalid"
+    )
     # The table judges the rows it shows; the rest is counted.
     assert "… 1 more device(s)" in cli("status", "roll", "--status", "invalid", "--limit", "1").stdout
 
 
 def test_error_threshold_aborts_and_cancels_the_rest(cli, fleet20, tmp_path, broker, prefix):
-    cli("create", "-f", _campaign(tmp_path, """\
+    cli(
+        "create",
+        "-f",
+        _campaign(
+            tmp_path,
+            """\
   batches: [4, 100%]
   error_threshold: 25%
   on_error: abort
-"""))
+""",
+        ),
+    )
     cli("launch", "roll")
     first = _by_batch(_status(cli))[1]
     cli("devices", "set-config", first[0]["device"], "report_interval:=99", "--no-deliver")
@@ -223,29 +279,47 @@ def test_error_threshold_aborts_and_cancels_the_rest(cli, fleet20, tmp_path, bro
 
 def test_a_batch_that_can_no_longer_succeed_pauses(cli, tmp_path, broker, prefix):
     _fleet_with_a_lost_device(cli, tmp_path, broker, prefix, devices=4)
-    cli("create", "-f", _campaign(tmp_path, """\
+    cli(
+        "create",
+        "-f",
+        _campaign(
+            tmp_path,
+            """\
   batch_size: 5
   success_threshold: 100%
-"""))
+""",
+        ),
+    )
     cli("launch", "roll", "--attempts", "1", "--ack-timeout", "0.5")
     data = _status(cli)
     assert data["status"] == "paused"
-    assert data["reason"] == ("batch 1 can no longer reach the success threshold (100%): 0 valid, 1 failed, "
-                              "invalid or timed out of 5")
+    assert data["reason"] == (
+        "batch 1 can no longer reach the success threshold (100%): 0 valid, 1 failed, invalid or timed out of 5"
+    )
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # timing is the engine's; across workers on PostgreSQL: test_workers
 def test_bake_time_and_rate_limit_are_honoured(cli, fleet20, tmp_path, db_url):
-    cli("create", "-f", _campaign(tmp_path, """\
+    cli(
+        "create",
+        "-f",
+        _campaign(
+            tmp_path,
+            """\
   batches: [10, 100%]
   bake_time: 2s
   success_threshold: 0%
   max_per_minute: 600
-"""))
+""",
+        ),
+    )
     started = time.monotonic()
     cli("launch", "roll")
     released = time.monotonic() - started
-    stamps = sorted(datetime.fromisoformat(r[0].replace("Z", "+00:00")).timestamp()
-                    for r in query(db_url, "SELECT delivered_at FROM job_item WHERE batch = 1"))
+    stamps = sorted(
+        datetime.fromisoformat(r[0].replace("Z", "+00:00")).timestamp()
+        for r in query(db_url, "SELECT delivered_at FROM job_item WHERE batch = 1")
+    )
     # 600/min is 10 a second: 10 devices are spread over about a second (the first at once).
     assert 0.7 <= stamps[-1] - stamps[0] <= 2.0, stamps[-1] - stamps[0]
     assert released >= 0.8
@@ -284,21 +358,33 @@ def test_start_at_launches_via_run_and_now_overrides(cli, fleet20, tmp_path, db_
     assert "scheduled for" in cli("launch", "roll").stderr  # the worker, not the launch, starts it
     cli("launch", "later", "--now", "--force")  # both set report_interval
     assert _status(cli, "later")["status"] == "running"
-    worker = subprocess.Popen(campaignctl_cmd("--db", str(db_url), "run", "--interval", "0.2"),
-                              env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker = subprocess.Popen(
+        campaignctl_cmd("--db", str(db_url), "run", "--interval", "0.2"),
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until(lambda: _status(cli)["status"] == "running", timeout=30)
     finally:
         worker.send_signal(signal.SIGTERM)
         _, err = worker.communicate(timeout=20)
-    assert worker.returncode == 0 and "roll: started" in err
+    assert worker.returncode == 0 and "roll: started" in err, err
 
 
 def test_pause_resume_cancel_through_the_cli(cli, fleet20, tmp_path, broker, prefix):
-    cli("create", "-f", _campaign(tmp_path, """\
+    cli(
+        "create",
+        "-f",
+        _campaign(
+            tmp_path,
+            """\
   batches: [5, 10, 100%]
   success_threshold: 100%
-"""))
+""",
+        ),
+    )
     cli("launch", "roll")
     first = _by_batch(_status(cli))[1]
     cli("pause", "roll")
@@ -339,14 +425,24 @@ def test_cancel_puts_back_what_an_unfetched_document_would_have_changed(cli, tmp
     _cams(cli, tmp_path, 2)
     cli("devices", "set-config", "cam-1", "report_interval:=10")
     version = cli.json("devices", "show", "cam-1")["version"]
-    cli("create", "-f", write(tmp_path, "c.yaml", """\
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "c.yaml",
+            """\
         name: cams
         devices: {names: [cam-1, cam-2]}
         configurations: {report_interval: 30, mode: eco}
-        """))
+        """,
+        ),
+    )
     cli("launch", "cams")
     assert {e["key"]: e["desired"] for e in cli.json("devices", "show", "cam-1")["configuration"]} == {
-        "report_interval": 30, "mode": "eco"}
+        "report_interval": 30,
+        "mode": "eco",
+    }
     cli("cancel", "cams")
     cam1 = cli.json("devices", "show", "cam-1")
     entries = {e["key"]: e for e in cam1["configuration"]}
@@ -359,11 +455,19 @@ def test_cancel_puts_back_what_an_unfetched_document_would_have_changed(cli, tmp
 def test_retry_redelivers_failed_devices_as_a_new_step(cli, tmp_path, prefix):
     port = free_port()
     import_fleet(cli, tmp_path, f"mqtt://127.0.0.1:{port}", prefix, 3)
-    cli("create", "-f", write(tmp_path, "c.yaml", """\
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "c.yaml",
+            """\
         name: later
         devices: {selector: {type: sensor-v2}}
         configurations: {report_interval: 30}
-        """))
+        """,
+        ),
+    )
     cli("launch", "later", "--attempts", "1", "--ack-timeout", "0.5", code=1)
     assert _status(cli, "later")["summary"]["failed"] == 3
     broker = Broker(tmp_path, port).start()
@@ -388,18 +492,29 @@ def test_retry_redelivers_failed_devices_as_a_new_step(cli, tmp_path, prefix):
 
 
 def test_sigkill_of_a_worker_mid_rollout_then_restart(cli, fleet20, tmp_path, db_url, broker, prefix):
-    cli("create", "-f", _campaign(tmp_path, """\
+    cli(
+        "create",
+        "-f",
+        _campaign(
+            tmp_path,
+            """\
   batches: [5, 100%]
   success_threshold: 0%
   bake_time: 1s
   max_per_minute: 300
-"""))
+""",
+        ),
+    )
     sub = Subscriber(broker.port, f"{prefix}/+/config")
     env = subprocess_env()
     try:
         cli("launch", "roll")  # batch 1 now, 5 devices at 5 a second; batch 2 after the bake time, by the worker
-        worker = subprocess.Popen(campaignctl_cmd("--db", str(db_url), "run", "--interval", "0.1"), env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        worker = subprocess.Popen(
+            campaignctl_cmd("--db", str(db_url), "run", "--interval", "0.1"),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
         def delivered() -> int:
             return query(db_url, "SELECT count(*) FROM job_item WHERE batch = 2 AND status = 'delivered'")[0][0]
@@ -408,8 +523,12 @@ def test_sigkill_of_a_worker_mid_rollout_then_restart(cli, fleet20, tmp_path, db
         worker.send_signal(signal.SIGKILL)
         worker.wait()
         assert delivered() < 15
-        worker = subprocess.Popen(campaignctl_cmd("--db", str(db_url), "run", "--interval", "0.1"), env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        worker = subprocess.Popen(
+            campaignctl_cmd("--db", str(db_url), "run", "--interval", "0.1"),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_until(lambda: _status(cli)["status"] == "completed", timeout=30)
         finally:
@@ -424,10 +543,14 @@ def test_sigkill_of_a_worker_mid_rollout_then_restart(cli, fleet20, tmp_path, db
     # Every device got one version of the campaign (a document re-sent after the kill is the same one).
     assert len(messages) == DEVICES
     assert all(len({m["version"] for m in docs}) == 1 for docs in messages.values())
-    assert query(db_url, "SELECT count(*) FROM job_item ji JOIN device_config c ON c.device_id = ji.device_id "
-                 "AND c.key = 'report_interval' WHERE c.desired_revision != ji.revision") == [(0,)]
+    assert query(
+        db_url,
+        "SELECT count(*) FROM job_item ji JOIN device_config c ON c.device_id = ji.device_id "
+        "AND c.key = 'report_interval' WHERE c.desired_revision != ji.revision",
+    ) == [(0,)]
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # exit codes read the supervision, the same on both backends
 def test_wait_exit_codes_driven_by_the_simulator(cli, fleet20, tmp_path, db_url):
     # 0: every device applies the configuration.
     cli("create", "-f", _campaign(tmp_path, "  batches: [5, 100%]\n", name="good"))
@@ -441,8 +564,11 @@ def test_wait_exit_codes_driven_by_the_simulator(cli, fleet20, tmp_path, db_url)
     extra = "configurations: {report_interval: 45}\nexpected_state: {report_interval: 45}\n"
     for name, min_valid, code in (("lossy", "100%", 3), ("lossy-ok", "50%", 0)):
         path = _campaign(tmp_path, spec, name=name).replace("", "")
-        text = Path(path).read_text().replace("configurations: {report_interval: 30}\n"
-                                              "expected_state: {report_interval: 30}\n", extra)
+        text = (
+            Path(path)
+            .read_text()
+            .replace("configurations: {report_interval: 30}\nexpected_state: {report_interval: 30}\n", extra)
+        )
         Path(path).write_text(text)
         cli("create", "-f", path)
         with Fleet(db_url, fail_rate=0.3, seed=4):
@@ -452,16 +578,24 @@ def test_wait_exit_codes_driven_by_the_simulator(cli, fleet20, tmp_path, db_url)
         extra = extra.replace("45", "46")
 
     # 4: nobody reports in time.
-    cli("create", "-f", _campaign(tmp_path, "  batch_size: 20\n", name="silent").replace(
-        "report_interval: 30", "report_interval: 47"))
+    cli(
+        "create",
+        "-f",
+        _campaign(tmp_path, "  batch_size: 20\n", name="silent").replace("report_interval: 30", "report_interval: 47"),
+    )
     cli("launch", "silent")
     started = time.monotonic()
     cli("status", "silent", "--wait", "--timeout", "1s", code=4)
     assert time.monotonic() - started < 5
 
     # 5: the error threshold trips.
-    cli("create", "-f", _campaign(tmp_path, "  batch_size: 20\n  error_threshold: 10%\n  device_timeout: 2s\n",
-                                  name="broken").replace("report_interval: 30", "report_interval: 48"))
+    cli(
+        "create",
+        "-f",
+        _campaign(tmp_path, "  batch_size: 20\n  error_threshold: 10%\n  device_timeout: 2s\n", name="broken").replace(
+            "report_interval: 30", "report_interval: 48"
+        ),
+    )
     with Fleet(db_url, fail_rate=0.5, seed=2):
         # --force: "silent" (still running) sets report_interval on the same devices.
         result = cli("launch", "broken", "--force", "--wait", "--timeout", "30s", "-o", "json", code=5)
@@ -499,19 +633,31 @@ def test_a_canary_selector_that_picks_nothing_is_an_error(cli, fleet20, tmp_path
 
 def test_launch_wait_gates_on_the_outcome_even_when_deliveries_failed(cli, broker, prefix, tmp_path):
     _fleet_with_a_lost_device(cli, tmp_path, broker, prefix, devices=1)
-    cli("create", "-f", write(tmp_path, "c.yaml", "name: mix\ndevices: {selector: {type: sensor-v2}}\n"
-                                                  "configurations: {mode: eco}\n"))
+    cli(
+        "create",
+        "-f",
+        write(tmp_path, "c.yaml", "name: mix\ndevices: {selector: {type: sensor-v2}}\nconfigurations: {mode: eco}\n"),
+    )
     result = cli("launch", "mix", "--wait", "--min-valid", "50%", "--attempts", "1", "--ack-timeout", "0.5")
     assert "completed (exit 0)" in result.stderr
-    cli("create", "-f", write(tmp_path, "d.yaml", "name: mix2\ndevices: {selector: {type: sensor-v2}}\n"
-                                                  "configurations: {mode: boost}\n"))
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path, "d.yaml", "name: mix2\ndevices: {selector: {type: sensor-v2}}\nconfigurations: {mode: boost}\n"
+        ),
+    )
     cli("launch", "mix2", "--wait", "--attempts", "1", "--ack-timeout", "0.5", code=3)
 
 
 def test_launch_json_of_a_scheduled_campaign(cli, fleet20, tmp_path):
     cli("create", "-f", _campaign(tmp_path, "  batch_size: 20\n", extra="start_at: 2030-01-01T00:00:00Z\n"))
-    assert cli.json("launch", "roll") == {"campaign": "roll", "status": "scheduled",
-                                          "start_at": "2030-01-01T00:00:00.000000Z", "job": None}
+    assert cli.json("launch", "roll") == {
+        "campaign": "roll",
+        "status": "scheduled",
+        "start_at": "2030-01-01T00:00:00.000000Z",
+        "job": None,
+    }
     assert "starts at 2030-01-01 00:00:00 UTC" in cli("status", "roll").stdout
 
 
@@ -520,8 +666,13 @@ def test_cancel_during_an_mqtt_delivery_leaves_the_broker_consistent(cli, broker
     devices got nothing."""
     count = 20000
     csv_fleet(cli, tmp_path, broker.url, prefix, count, name="m", campaign="big")
-    launch = subprocess.Popen(campaignctl_cmd("--db", str(db_url), "launch", "big", "--window", "1"),
-                              env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    launch = subprocess.Popen(
+        campaignctl_cmd("--db", str(db_url), "launch", "big", "--window", "1"),
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
     def delivered() -> int:
         return query(db_url, "SELECT count(*) FROM job_item WHERE status = 'delivered'")[0][0]
@@ -547,18 +698,27 @@ def test_cancel_during_an_mqtt_delivery_leaves_the_broker_consistent(cli, broker
 
 
 def test_retried_timed_out_devices_keep_what_they_had_on_cancel(cli, tmp_path, db_url):
-    from campaignctl import db
-    from campaignctl.server import Server
     from conftest import http
 
+    from campaignctl import db
+    from campaignctl.server import Server
+
     _cams(cli, tmp_path, 1)
-    cli("create", "-f", write(tmp_path, "c.yaml", """\
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "c.yaml",
+            """\
         name: ri
         devices: {names: [cam-1]}
         configurations: {report_interval: 30}
         expected_state: {report_interval: 30}
         rollout: {success_threshold: 0%, device_timeout: 1s}
-        """))
+        """,
+        ),
+    )
     engine = db.create_engine(db_url)
     server = Server(engine, port=0, listen_mqtt=False, engine_interval=None).start()
     try:
@@ -566,7 +726,8 @@ def test_retried_timed_out_devices_keep_what_they_had_on_cancel(cli, tmp_path, d
         secret = cli("devices", "credentials", "cam-1").stdout.strip()
         url = f"http://127.0.0.1:{server.port}/v1/devices/cam-1/configuration"
         assert json.loads(http("GET", url, headers={"Authorization": f"Bearer {secret}"})[2])["configuration"] == {
-            "report_interval": 30}
+            "report_interval": 30
+        }
         time.sleep(1.2)
         assert _status(cli, "ri")["devices"][0]["status"] == "timed_out"
         cli("retry", "ri", "--timed-out")
@@ -579,7 +740,8 @@ def test_retried_timed_out_devices_keep_what_they_had_on_cancel(cli, tmp_path, d
 
 
 def test_a_worker_gives_a_slow_rollout_a_time_slice(cli, fleet20, tmp_path, db_url):
-    from campaignctl import db, jobs, worker as rollout
+    from campaignctl import db, jobs
+    from campaignctl import worker as rollout
 
     cli("create", "-f", _campaign(tmp_path, "  batch_size: 20\n  success_threshold: 0%\n  max_per_minute: 60\n"))
     engine = db.create_engine(db_url)

@@ -4,9 +4,9 @@ competing campaigns, through the CLI against a real broker, on both backends."""
 from __future__ import annotations
 
 import pytest
+from conftest import Subscriber, csv_fleet, db_dump, import_fleet, write
 
 from campaignctl import versions
-from conftest import Subscriber, csv_fleet, db_dump, import_fleet, write
 
 
 def _desired(cli, device: str) -> dict:
@@ -28,15 +28,28 @@ def _statuses(cli, name: str) -> dict[str, dict]:
 
 
 def _firmware(cli, version: str) -> None:
-    cli("firmwares", "add", "--device-type", "sensor-v2", "--firmware-type", "app", "--version", version,
-        "--url", f"https://fw.example.com/app-{version}.bin")
+    cli(
+        "firmwares",
+        "add",
+        "--device-type",
+        "sensor-v2",
+        "--firmware-type",
+        "app",
+        "--version",
+        version,
+        "--url",
+        f"https://fw.example.com/app-{version}.bin",
+    )
 
 
 def test_plan_matches_the_launch_that_follows_and_writes_nothing(cli, db_url, tmp_path, broker, prefix):
     csv_fleet(cli, tmp_path, broker.url, prefix, 1000)
     for i in range(12):  # some devices already have the value, some another one
         cli("devices", "set-config", f"s-{i:05d}", "mode=eco" if i < 4 else "mode=turbo")
-    path = write(tmp_path, "roll.yaml", """\
+    path = write(
+        tmp_path,
+        "roll.yaml",
+        """\
 name: roll
 devices: {selector: {type: sensor-v2}}
 configurations: {mode: eco}
@@ -45,7 +58,8 @@ rollout:
   canary: {names: [s-00999, s-00998]}
   bake_time: 1m
   max_per_minute: 600
-""")
+""",
+    )
     before = db_dump(db_url)
     planned = cli.json("plan", "-f", path)
     assert db_dump(db_url) == before  # plan -f of a manifest not stored
@@ -57,8 +71,12 @@ rollout:
     assert planned["devices"] == {"count": 1000, "delivered": 1000, "excluded": []}
     assert [b["size"] for b in planned["batches"]] == [10, 240, 750]
     assert set(planned["batches"][0]["devices"][:2]) == {"s-00999", "s-00998"}  # canaries first
-    assert planned["changes"]["mode"] == {"changed": 8, "unchanged": 4, "new": 988, "examples": [
-        {"from": None, "to": "eco", "devices": 988}, {"from": "turbo", "to": "eco", "devices": 8}]}
+    assert planned["changes"]["mode"] == {
+        "changed": 8,
+        "unchanged": 4,
+        "new": 988,
+        "examples": [{"from": None, "to": "eco", "devices": 988}, {"from": "turbo", "to": "eco", "devices": 8}],
+    }
     assert planned["conflicts"] == []
     assert planned["estimate_seconds"] == 100 + 3 * 60  # 1000 devices at 600/min, three bakes
     table = cli("plan", "roll").stdout
@@ -74,16 +92,23 @@ rollout:
     assert "plan shows what a launch would do" in cli("plan", "roll", code=1).stderr
 
 
-def test_rollback_restores_before_values_on_the_wire_and_leaves_changed_devices_alone(cli, tmp_path, broker,
-                                                                                        prefix):
+def test_rollback_restores_before_values_on_the_wire_and_leaves_changed_devices_alone(cli, tmp_path, broker, prefix):
     import_fleet(cli, tmp_path, broker.url, prefix, 4)
     cli("devices", "set-config", "sensor-0001", "report_interval:=60")
     cli("devices", "set-config", "sensor-0002", "report_interval:=90")
-    cli("create", "-f", write(tmp_path, "c.yaml", """\
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "c.yaml",
+            """\
 name: faster
 devices: {selector: {type: sensor-v2}}
 configurations: {report_interval: 5}
-"""))
+""",
+        ),
+    )
     assert "nothing to roll back" in cli("rollback", "faster", code=1).stderr  # never launched
     cli("launch", "faster")
     assert all(_desired(cli, f"sensor-000{i}")["report_interval"] == 5 for i in range(1, 5))
@@ -95,6 +120,17 @@ configurations: {report_interval: 5}
     plan = cli.json("plan", "faster-rollback")
     assert plan["changes"]["report_interval"]["changed"] == 3
     assert {"from": 5, "to": None, "devices": 1} in plan["changes"]["report_interval"]["examples"]
+    # A manifest written by hand selects any device: only those the campaign wrote, and
+    # nobody changed since, are put back.
+    by_hand = cli.json(
+        "plan",
+        "-f",
+        write(tmp_path, "h.yaml", "name: by-hand\ndevices: {selector: {type: sensor-v2}}\nrollback_of: faster\n"),
+    )
+    assert by_hand["devices"]["delivered"] == 3 and [
+        (e["device"], e["status"]) for e in by_hand["devices"]["excluded"]
+    ] == [("sensor-0004", "skipped")]
+    assert by_hand["devices"]["excluded"][0]["reason"].startswith("left alone: report_interval was changed")
     # Limited to one device, under another name.
     again = cli.json("rollback", "faster", "--device", "sensor-0001", "--name", "undo-one")
     assert again["devices"] == 1 and cli.json("show", "undo-one")["devices"]["names"] == ["sensor-0001"]
@@ -121,7 +157,13 @@ def test_on_error_revert_rolls_back_exactly_the_devices_that_got_the_bad_firmwar
         _firmware(cli, version)
     for i in range(1, 7):
         cli("devices", "report", f"sensor-000{i}", "app_version=5.0.0")
-    cli("create", "-f", write(tmp_path, "ota.yaml", """\
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "ota.yaml",
+            """\
 name: bad-fw
 devices: {selector: {type: sensor-v2}}
 firmware: {type: app, version: 5.1.0}
@@ -131,11 +173,13 @@ rollout:
   device_timeout: 1s
   error_threshold: 50%
   on_error: revert
-"""))
+""",
+        ),
+    )
     # The canaries never report 5.1.0: they time out, the batch trips, and the revert
     # sends them 5.0.0 back.
     waited = cli("launch", "bad-fw", "--wait", "--timeout", "60s", "-o", "json", code=5)
-    assert "\"aborted\"" in waited.stdout, waited.stderr
+    assert '"aborted"' in waited.stdout, waited.stderr
     status = cli.json("status", "bad-fw")
     assert "reverting 2 device(s) with campaign bad-fw-rollback" in status["reason"], waited.stderr
     assert status["rollbacks"][0]["campaign"] == "bad-fw-rollback"
@@ -164,19 +208,31 @@ rollout: {{batches: [2, 100%], bake_time: 1h}}
     cli("create", "-f", write(tmp_path, "b.yaml", manifest.format(name="ship-too")))
     cli("launch", "ship")
     assert cli.json("status", "ship")["status"] == "running"  # baking batch 1
-    recalled = cli.json("firmwares", "recall", "--device-type", "sensor-v2", "--firmware-type", "app",
-                        "--version", "5.1.0", "--reason", "bricks the modem")
+    recalled = cli.json(
+        "firmwares",
+        "recall",
+        "--device-type",
+        "sensor-v2",
+        "--firmware-type",
+        "app",
+        "--version",
+        "5.1.0",
+        "--reason",
+        "bricks the modem",
+    )
     assert recalled["paused"] == ["ship"]
     status = cli.json("status", "ship")
     assert status["status"] == "paused" and "bricks the modem" in status["reason"]
     assert "was recalled" in cli("launch", "ship-too", code=1).stderr
-    assert "was recalled" in cli("create", "-f", write(tmp_path, "c.yaml", manifest.format(name="third")),
-                                 code=1).stderr
+    assert (
+        "was recalled" in cli("create", "-f", write(tmp_path, "c.yaml", manifest.format(name="third")), code=1).stderr
+    )
     [listed] = cli.json("firmwares", "list")
     assert listed["recalled"]["reason"] == "bricks the modem"
     plan = cli.json("plan", "ship-too", "--strict", code=6)
     assert plan["firmware"]["recalled"][0]["reason"] == "bricks the modem"
     assert {e["status"] for e in plan["devices"]["excluded"]} == {"skipped"} and plan["devices"]["delivered"] == 0
+    assert "cannot resume" in cli("resume", "ship", code=1).stderr  # not while the firmware is recalled
     cli("firmwares", "unrecall", "--device-type", "sensor-v2", "--firmware-type", "app", "--version", "5.1.0")
     assert cli.json("status", "ship")["status"] == "paused"  # until a user resumes it
     cli("resume", "ship")
@@ -189,11 +245,19 @@ def test_version_rules_installed_downgrade_and_from(cli, tmp_path, broker, prefi
     reports = {"sensor-0001": "5.1.0", "sensor-0002": "5.2.0", "sensor-0003": "5.0.3", "sensor-0004": "4.9.9"}
     for device, version in reports.items():
         cli("devices", "report", device, f"app_version={version}")
-    cli("create", "-f", write(tmp_path, "ota.yaml", """\
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "ota.yaml",
+            """\
 name: ota
 devices: {selector: {type: sensor-v2}}
 firmware: {type: app, version: 5.1.0, from: [5.0.x, "5.2.*"]}
-"""))
+""",
+        ),
+    )
     plan = cli.json("plan", "ota")
     excluded = {e["device"]: (e["status"], e["reason"]) for e in plan["devices"]["excluded"]}
     assert excluded == {
@@ -211,11 +275,19 @@ firmware: {type: app, version: 5.1.0, from: [5.0.x, "5.2.*"]}
     summary = cli.json("status", "ota")["summary"]
     assert summary["skipped"] == 3 and summary["valid"] == 1
     # allow_downgrade takes the newer device too.
-    cli("create", "-f", write(tmp_path, "down.yaml", """\
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "down.yaml",
+            """\
 name: down
 devices: {names: [sensor-0002]}
 firmware: {type: app, version: 5.1.0, allow_downgrade: true}
-"""))
+""",
+        ),
+    )
     assert cli.json("plan", "down")["devices"]["delivered"] == 1
 
 
@@ -227,12 +299,19 @@ devices: {{names: [{names}]}}
 configurations: {{report_interval: {value}}}
 rollout: {{bake_time: 1h}}
 {extra}"""
-    cli("create", "-f", write(tmp_path, "a.yaml", manifest.format(name="a", names="sensor-0001, sensor-0002",
-                                                                  value=10, extra="")))
-    cli("create", "-f", write(tmp_path, "b.yaml", manifest.format(name="b", names="sensor-0002, sensor-0003",
-                                                                  value=20, extra="")))
+    cli(
+        "create",
+        "-f",
+        write(tmp_path, "a.yaml", manifest.format(name="a", names="sensor-0001, sensor-0002", value=10, extra="")),
+    )
+    cli(
+        "create",
+        "-f",
+        write(tmp_path, "b.yaml", manifest.format(name="b", names="sensor-0002, sensor-0003", value=20, extra="")),
+    )
     assert cli.json("plan", "b")["conflicts"] == [
-        {"campaign": "a", "status": "draft", "priority": 0, "device": "sensor-0002", "key": "report_interval"}]
+        {"campaign": "a", "status": "draft", "priority": 0, "device": "sensor-0002", "key": "report_interval"}
+    ]
     cli("launch", "a")
     before = db_dump(db_url)
     refused = cli("launch", "b", code=1).stderr
@@ -240,8 +319,11 @@ rollout: {{bake_time: 1h}}
     assert db_dump(db_url) == before
     assert cli("plan", "b", "--strict", code=6).stdout
     # A higher priority wins: a's device becomes superseded, and a no longer counts it.
-    cli("create", "-f", write(tmp_path, "c.yaml", manifest.format(name="c", names="sensor-0002", value=30,
-                                                                  extra="priority: 5\n")))
+    cli(
+        "create",
+        "-f",
+        write(tmp_path, "c.yaml", manifest.format(name="c", names="sensor-0002", value=30, extra="priority: 5\n")),
+    )
     cli("launch", "c")
     superseded = _statuses(cli, "a")["sensor-0002"]
     assert superseded["status"] == "superseded" and "campaign c (priority 5)" in superseded["reason"]
@@ -254,15 +336,48 @@ rollout: {{bake_time: 1h}}
     assert _desired(cli, "sensor-0002")["report_interval"] == 30
 
 
-@pytest.mark.parametrize("args, message", [
-    (["plan", "nope"], "no campaign named 'nope'"),
-    (["plan"], "give a campaign NAME or --file FILE"),
-    (["rollback", "nope"], "no campaign named 'nope'"),
-    (["firmwares", "recall", "--device-type", "sensor-v2", "--firmware-type", "app", "--version", "0.0.1",
-      "--reason", "x"], "no sensor-v2 app firmware '0.0.1' in the registry"),
-    (["firmwares", "recall", "--device-type", "sensor-v2", "--firmware-type", "app", "--version", "1.0",
-      "--reason", " "], "--reason: say why"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["plan", "nope"], "no campaign named 'nope'"),
+        (["plan"], "give a campaign NAME or --file FILE"),
+        (["rollback", "nope"], "no campaign named 'nope'"),
+        (
+            [
+                "firmwares",
+                "recall",
+                "--device-type",
+                "sensor-v2",
+                "--firmware-type",
+                "app",
+                "--version",
+                "0.0.1",
+                "--reason",
+                "x",
+            ],
+            "no sensor-v2 app firmware '0.0.1' in the registry",
+        ),
+        (
+            [
+                "firmwares",
+                "recall",
+                "--device-type",
+                "sensor-v2",
+                "--firmware-type",
+                "app",
+                "--version",
+                "1.0",
+                "--reason",
+                " ",
+            ],
+            "--reason: say why",
+        ),
+        (
+            ["firmwares", "unrecall", "--device-type", "sensor-v2", "--firmware-type", "app", "--version", "1.0"],
+            "firmware '1.0' is not recalled",
+        ),
+    ],
+)
 def test_bad_safety_input_is_refused_and_writes_nothing(cli, db_url, tmp_path, broker, prefix, args, message):
     import_fleet(cli, tmp_path, broker.url, prefix, 2)
     _firmware(cli, "1.0")
@@ -274,11 +389,15 @@ def test_bad_safety_input_is_refused_and_writes_nothing(cli, db_url, tmp_path, b
 
 def test_manifest_priority_and_version_patterns_are_checked(cli, tmp_path, broker, prefix):
     import_fleet(cli, tmp_path, broker.url, prefix, 1)
-    bad = write(tmp_path, "p.yaml", "name: p\ndevices: {names: [sensor-0001]}\nconfigurations: {a: 1}\n"
-                                    "priority: high\n")
+    bad = write(
+        tmp_path, "p.yaml", "name: p\ndevices: {names: [sensor-0001]}\nconfigurations: {a: 1}\npriority: high\n"
+    )
     assert "p.yaml:4: priority: input should be a valid integer" in cli("create", "-f", bad, code=1).stderr
-    bad = write(tmp_path, "f.yaml", "name: f\ndevices: {names: [sensor-0001]}\n"
-                                    "firmware: {type: app, version: 1.0, from: [5.x.1.2]}\n")
+    bad = write(
+        tmp_path,
+        "f.yaml",
+        "name: f\ndevices: {names: [sensor-0001]}\nfirmware: {type: app, version: 1.0, from: [5.x.1]}\n",
+    )
     assert "is not a version pattern" in cli("plan", "-f", bad, code=1).stderr
 
 
@@ -289,3 +408,110 @@ def test_versions_compare_semantically_or_as_text():
     assert versions.matches("5.0.17", "5.0.x") and not versions.matches("5.1.0", "5.0.*")
     assert versions.matches("5.3", "5.*") and versions.matches("5.1.0", "5.1") and not versions.matches("x", "5.*")
     assert versions.newest_before("5.1.0", ["5.0.9", "5.0.10", "5.2.0", "beta"]) == "5.0.10"
+
+
+def test_a_higher_campaign_takes_devices_when_it_writes_them_not_before(cli, tmp_path, broker, prefix):
+    import_fleet(cli, tmp_path, broker.url, prefix, 4)
+    manifest = "name: {name}\ndevices: {{names: [{names}]}}\nconfigurations: {{mode: {mode}}}\n{extra}"
+    all_four = "sensor-0001, sensor-0002, sensor-0003, sensor-0004"
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "low.yaml",
+            manifest.format(
+                name="low",
+                names=all_four,
+                mode="eco",
+                extra="rollout: {canary: {names: [sensor-0001]}, batches: [1, 100%]}\n",
+            ),
+        ),
+    )
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "high.yaml",
+            manifest.format(name="high", names="sensor-0001", mode="turbo", extra="priority: 5\n"),
+        ),
+    )
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "never.yaml",
+            manifest.format(name="never", names="sensor-0002", mode="boost", extra="priority: 9\n"),
+        ),
+    )
+    cli("launch", "low", "--detach")
+    cli("launch", "high")  # writes sensor-0001: low's canary batch is left with nobody to judge
+    cli("launch", "never", "--detach")
+    cli("cancel", "never")  # never wrote sensor-0002: it stays low's
+    cli("tick")
+    status = cli.json("status", "low")
+    assert status["status"] == "completed"
+    devices = {d["device"]: d["status"] for d in status["devices"]}
+    assert devices["sensor-0001"] == "superseded" and devices["sensor-0002"] == "valid"
+    assert _desired(cli, "sensor-0001")["mode"] == "turbo" and _desired(cli, "sensor-0002")["mode"] == "eco"
+
+
+def test_installed_only_when_the_desired_version_agrees_and_plan_masks_stored_secrets(cli, tmp_path, broker, prefix):
+    import_fleet(cli, tmp_path, broker.url, prefix, 2)
+    _firmware(cli, "5.1.0")
+    for device in ("sensor-0001", "sensor-0002"):
+        cli("devices", "report", device, "app_version=5.1.0")
+    # sensor-0002's desired entry still names 4.0.0: its document would send it back.
+    cli("devices", "set-config", "sensor-0002", "app_version=4.0.0", "wifi=hunter2-SECRET", "--secret", "--no-deliver")
+    plan = cli.json(
+        "plan",
+        "-f",
+        write(
+            tmp_path,
+            "ota.yaml",
+            """\
+name: ota
+devices: {selector: {type: sensor-v2}}
+firmware: {type: app, version: 5.1.0}
+configurations: {wifi: newpass}
+""",
+        ),
+    )
+    assert [(e["device"], e["status"]) for e in plan["devices"]["excluded"]] == [("sensor-0001", "installed")]
+    assert plan["devices"]["delivered"] == 1
+    assert plan["changes"]["wifi"]["examples"] == [{"from": "***", "to": "***", "devices": 1}]
+    assert "hunter2" not in cli("plan", "-f", str(tmp_path / "ota.yaml")).stdout
+
+
+def test_two_competing_launches_at_once_the_second_is_refused(cli, db_url, tmp_path, broker, prefix):
+    import threading
+    import time
+
+    from campaignctl import db, jobs
+    from campaignctl.campaigns import get_spec
+
+    import_fleet(cli, tmp_path, broker.url, prefix, 1)
+    for name in ("a", "b"):
+        cli(
+            "create",
+            "-f",
+            write(
+                tmp_path,
+                f"{name}.yaml",
+                f"name: {name}\ndevices: {{names: [sensor-0001]}}\nconfigurations: {{mode: eco}}\n",
+            ),
+        )
+    engine = db.create_engine(str(db_url))
+    second: dict = {}
+    thread = threading.Thread(target=lambda: second.update(result=cli("launch", "b", "--detach", code=None)))
+    with db.write(engine) as conn:  # a's launch, still uncommitted while b's starts
+        row, spec = get_spec(conn, "a", lock=True)
+        jobs.start(conn, row, spec, {}, force=False)
+        thread.start()
+        time.sleep(0.5)  # b's launch is under way: it must wait for a's decision, not miss it
+    thread.join(60)
+    result = second["result"]
+    assert result.exit_code == 1 and "competes with a (running, priority 0)" in result.stderr
+    engine.dispose()

@@ -7,13 +7,17 @@ import signal
 import subprocess
 
 import pytest
-
 from conftest import campaignctl_cmd, fleet_yaml, free_port, subprocess_env, wait_until, write
 
 
 def _start(db_url, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(campaignctl_cmd("--db", str(db_url), *args), env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        campaignctl_cmd("--db", str(db_url), *args),
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _stop(proc: subprocess.Popen) -> tuple[str, str]:
@@ -24,30 +28,60 @@ def _stop(proc: subprocess.Popen) -> tuple[str, str]:
 
 
 def _ota(cli, tmp_path, selector: str) -> None:
-    cli("firmwares", "add", "--device-type", "sensor-v2", "--firmware-type", "app", "--version", "2.0",
-        "--url", "https://assets.example.com/app-2.0.bin", "--token-env", "APP_TOKEN", env={"APP_TOKEN": "t0k"})
-    cli("create", "-f", write(tmp_path, "ota.yaml", f"""\
+    cli(
+        "firmwares",
+        "add",
+        "--device-type",
+        "sensor-v2",
+        "--firmware-type",
+        "app",
+        "--version",
+        "2.0",
+        "--url",
+        "https://assets.example.com/app-2.0.bin",
+        "--token-env",
+        "APP_TOKEN",
+        env={"APP_TOKEN": "t0k"},
+    )
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "ota.yaml",
+            f"""\
         name: ota
         devices: {{selector: {selector}}}
         firmware: {{type: app, version: "2.0"}}
         configurations: {{report_interval: 60}}
-        """))
+        """,
+        ),
+    )
 
 
 def _summary(cli) -> dict[str, int]:
     return cli.json("status", "ota")["summary"]
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # the simulator speaks MQTT; the database is not its subject
 def test_a_thousand_mqtt_devices_converge_to_valid(cli, broker, prefix, tmp_path, db_url):
     head = tmp_path / "fleet.yaml"
     head.write_text(fleet_yaml(broker.url, prefix, devices=0))
     cli("devices", "import", str(head))
-    cli("devices", "import", write(tmp_path, "devices.csv", "name,type,interface,tags\n" + "".join(
-        f"m-{i:04d},sensor-v2,broker,site=s{i % 3}\n" for i in range(1000))))
+    cli(
+        "devices",
+        "import",
+        write(
+            tmp_path,
+            "devices.csv",
+            "name,type,interface,tags\n" + "".join(f"m-{i:04d},sensor-v2,broker,site=s{i % 3}\n" for i in range(1000)),
+        ),
+    )
     _ota(cli, tmp_path, "{type: sensor-v2}")
     listener = _start(db_url, "listen")
-    simulator = _start(db_url, "simulate", "--apply-delay", "0.2", "--seed", "1", "--offline-rate", "0.1",
-                       "--offline-delay", "2")
+    simulator = _start(
+        db_url, "simulate", "--apply-delay", "0.2", "--seed", "1", "--offline-rate", "0.1", "--offline-delay", "2"
+    )
     try:
         result = cli.json("launch", "ota")
         assert result["counts"]["delivered"] == 1000
@@ -64,18 +98,41 @@ def test_a_thousand_mqtt_devices_converge_to_valid(cli, broker, prefix, tmp_path
     assert device["app_token"]["reported"] is None  # devices do not echo secrets
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # the simulator speaks HTTP; the database is not its subject
 def test_two_hundred_http_devices_converge_to_valid_and_failures_have_a_reason(cli, tmp_path, db_url):
     port = free_port()
     head = tmp_path / "fleet.yaml"
-    head.write_text(fleet_yaml("mqtt://127.0.0.1:1", "unused", devices=0).replace(
-        "interfaces:\n", f"interfaces:\n  devapi: {{type: http, url: 'http://127.0.0.1:{port}'}}\n"))
+    head.write_text(
+        fleet_yaml("mqtt://127.0.0.1:1", "unused", devices=0).replace(
+            "interfaces:\n", f"interfaces:\n  devapi: {{type: http, url: 'http://127.0.0.1:{port}'}}\n"
+        )
+    )
     cli("devices", "import", str(head))
-    cli("devices", "import", write(tmp_path, "devices.csv", "name,type,interface,tags\n" + "".join(
-        f"h-{i:03d},sensor-v2,devapi,\n" for i in range(200))))
+    cli(
+        "devices",
+        "import",
+        write(
+            tmp_path,
+            "devices.csv",
+            "name,type,interface,tags\n" + "".join(f"h-{i:03d},sensor-v2,devapi,\n" for i in range(200)),
+        ),
+    )
     _ota(cli, tmp_path, "{type: sensor-v2}")
     server = _start(db_url, "serve", "--port", str(port), "--no-mqtt", "--engine-interval", "0.2")
-    simulator = _start(db_url, "simulate", "--apply-delay", "0.2", "--poll-interval", "0.3",
-                       "--fail-rate", "0.1", "--seed", "42", "-o", "json")
+    simulator = _start(
+        db_url,
+        "simulate",
+        "--apply-delay",
+        "0.2",
+        "--poll-interval",
+        "0.3",
+        "--fail-rate",
+        "0.1",
+        "--seed",
+        "42",
+        "-o",
+        "json",
+    )
     try:
         launched = cli.json("launch", "ota")
         assert launched["status"] == "waiting" and launched["counts"]["syncing"] == 200
@@ -96,8 +153,7 @@ def test_two_hundred_http_devices_converge_to_valid_and_failures_have_a_reason(c
     assert data["job"]["status"] == "success" and data["status"] == "completed"  # every device fetched
     not_valid = {d["device"]: d for d in data["devices"] if d["status"] != "valid"}
     assert set(not_valid) == failing
-    assert all(d["status"] == "waiting" and d["reason"] == "app_version not reported yet"
-               for d in not_valid.values())
+    assert all(d["status"] == "waiting" and d["reason"] == "app_version not reported yet" for d in not_valid.values())
     errors = {e["key"]: e["reported"] for e in cli.json("devices", "show", sorted(failing)[0])["configuration"]}
     assert errors["last_error"].startswith("apply failed")
 
@@ -117,10 +173,13 @@ def test_same_seed_same_fleet(cli, fleet, db_url):
     engine.dispose()
 
 
-@pytest.mark.parametrize("args, error", [
-    (["--interface", "nowhere"], "no interface named 'nowhere'"),
-    (["--fail-rate", "1.5"], "Invalid value for '--fail-rate'"),
-])
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (["--interface", "nowhere"], "no interface named 'nowhere'"),
+        (["--fail-rate", "1.5"], "Invalid value for '--fail-rate'"),
+    ],
+)
 def test_simulate_bad_arguments(cli, fleet, args, error):
     result = cli("simulate", *args, "--duration", "0", code=None)
     assert result.exit_code != 0 and error in result.stderr

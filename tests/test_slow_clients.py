@@ -36,14 +36,17 @@ def fleet(cli_for, tmp_path: Path) -> tuple[str, dict[str, str]]:
 
 
 def _poll(port: int, secret: str) -> int:
-    return http("GET", f"http://127.0.0.1:{port}/v1/devices/cam-1/configuration",
-                headers={"Authorization": f"Bearer {secret}"})[0]
+    return http(
+        "GET", f"http://127.0.0.1:{port}/v1/devices/cam-1/configuration", headers={"Authorization": f"Bearer {secret}"}
+    )[0]
 
 
 def _state_request(secret: str) -> bytes:
     body = b'{"resolution": "1080p"}'
-    return (b"PUT /v1/devices/cam-2/state HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Authorization: Bearer " + secret.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    return (
+        b"PUT /v1/devices/cam-2/state HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + secret.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
 
 
 def _open(port: int, sent: bytes = b"") -> socket.socket:
@@ -123,10 +126,25 @@ def test_at_the_connection_limit_devices_are_still_served(fleet, tmp_path):
     port = free_port()
     log = tmp_path / "serve.log"
     with open(log, "wb") as stderr:
-        proc = subprocess.Popen(campaignctl_cmd("--db", database, "serve", "--port", str(port), "--no-mqtt",
-                                                "--no-engine", "--max-connections", "50", "--keep-alive", "5m",
-                                                "--header-timeout", "5m"),
-                                env=subprocess_env(), stderr=stderr)
+        proc = subprocess.Popen(
+            campaignctl_cmd(
+                "--db",
+                database,
+                "serve",
+                "--port",
+                str(port),
+                "--no-mqtt",
+                "--no-engine",
+                "--max-connections",
+                "50",
+                "--keep-alive",
+                "5m",
+                "--header-timeout",
+                "5m",
+            ),
+            env=subprocess_env(),
+            stderr=stderr,
+        )
     idle: list[socket.socket] = []
     try:
         wait_until(lambda: _up(port), timeout=20)
@@ -160,8 +178,9 @@ def test_when_every_connection_is_busy_a_new_one_is_answered_503(fleet):
     engine = db.create_engine(database)
     # A header timeout far longer than the test: the busy connections must stay busy
     # however slowly a loaded machine opens them.
-    server = Server(engine, port=0, listen_mqtt=False, engine_interval=None, max_connections=20,
-                    header_timeout=300).start()
+    server = Server(
+        engine, port=0, listen_mqtt=False, engine_interval=None, max_connections=20, header_timeout=300
+    ).start()
     port, protocol = server.port, server.server.config.http_protocol_class
     busy = [_open(port, _state_request(secrets["cam-2"])[:-1]) for _ in range(20)]  # bodies that never end
     try:
@@ -186,22 +205,37 @@ def _up(port: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("option, value, message", [
-    ("--max-connections", "1000000000", "--max-connections 1000000000 is above what the open-file limit allows"),
-    ("--max-connections", "0", "--max-connections must be at least 1"),
-    ("--header-timeout", "0", "--header-timeout must be more than 0s"),
-    ("--keep-alive", "2d", "--keep-alive must be more than 0s and at most 1d"),
-])
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--max-connections", "1000000000", "--max-connections 1000000000 is above what the open-file limit allows"),
+        ("--max-connections", "0", "--max-connections must be at least 1"),
+        ("--header-timeout", "0", "--header-timeout must be more than 0s"),
+        ("--keep-alive", "2d", "--keep-alive must be more than 0s and at most 1d"),
+    ],
+)
 def test_bad_connection_limits_are_clean_errors(cli_for, tmp_path, option, value, message):
-    result = cli_for(str(tmp_path / "c.db"))("serve", "--port", "0", "--no-mqtt", "--no-engine", option, value,
-                                             code=1)
+    result = cli_for(str(tmp_path / "c.db"))("serve", "--port", "0", "--no-mqtt", "--no-engine", option, value, code=1)
     assert result.stderr.startswith("Error: ") and message in result.stderr
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["Invalid HTTP request received.", "socket.send() raised exception.",
-                                           "socket.accept() out of system resource\nsocket: <fd=%d>"]),
-                          st.integers(0, 20000)), min_size=1, max_size=200))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                [
+                    "Invalid HTTP request received.",
+                    "socket.send() raised exception.",
+                    "socket.accept() out of system resource\nsocket: <fd=%d>",
+                ]
+            ),
+            st.integers(0, 20000),
+        ),
+        min_size=1,
+        max_size=200,
+    )
+)
 def test_repeated_log_messages_are_shown_once_without_socket_tracebacks(messages):
     """Whatever floods the log, each message is shown once per interval, in one line."""
     import logging
@@ -214,8 +248,9 @@ def test_repeated_log_messages_are_shown_once_without_socket_tracebacks(messages
         try:
             raise OSError(24, "Too many open files")
         except OSError:
-            record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message,
-                                       (fd,) if "%d" in message else (), sys.exc_info())
+            record = logging.LogRecord(
+                "asyncio", logging.ERROR, __file__, 1, message, (fd,) if "%d" in message else (), sys.exc_info()
+            )
         if quiet.filter(record):
             shown.append(record)
     distinct = {m.split("\n")[0] for m, _ in messages}
@@ -226,10 +261,12 @@ def test_repeated_log_messages_are_shown_once_without_socket_tracebacks(messages
 def _publish_elsewhere(port: int, topic: str, payload: str) -> None:
     """Publish from another process: this one's descriptors are all taken below 1100,
     where paho's own loop (select) cannot go."""
-    script = ("import sys, paho.mqtt.client as m\n"
-              "c = m.Client(callback_api_version=m.CallbackAPIVersion.VERSION2)\n"
-              "c.connect('127.0.0.1', int(sys.argv[1])); c.loop_start()\n"
-              "c.publish(sys.argv[2], sys.argv[3], qos=1).wait_for_publish(10); c.disconnect(); c.loop_stop()\n")
+    script = (
+        "import sys, paho.mqtt.client as m\n"
+        "c = m.Client(callback_api_version=m.CallbackAPIVersion.VERSION2)\n"
+        "c.connect('127.0.0.1', int(sys.argv[1])); c.loop_start()\n"
+        "c.publish(sys.argv[2], sys.argv[3], qos=1).wait_for_publish(10); c.disconnect(); c.loop_stop()\n"
+    )
     subprocess.run([sys.executable, "-c", script, str(port), topic, payload], check=True, timeout=30)
 
 
@@ -274,9 +311,17 @@ def test_broker_connections_work_on_descriptors_past_1024(cli_for, tmp_path, pre
             wait_until(lambda: subscribed() == 2, timeout=30)
             wait_until(lambda: http("GET", healthz)[0] == 200, timeout=10)
             _publish_elsewhere(broker.port, f"{prefix}/sensor-0001/state", '{"mode": "after"}')
-            wait_until(lambda: query(database, "SELECT c.reported FROM device_config c JOIN device d ON "
-                                               "d.id = c.device_id WHERE d.name = 'sensor-0001' AND c.key = 'mode'")
-                       == [('"after"',)], timeout=20)
+            wait_until(
+                lambda: (
+                    query(
+                        database,
+                        "SELECT c.reported FROM device_config c JOIN device d ON "
+                        "d.id = c.device_id WHERE d.name = 'sensor-0001' AND c.key = 'mode'",
+                    )
+                    == [('"after"',)]
+                ),
+                timeout=20,
+            )
             assert fleet.set_config(engine, "sensor-0002", {"mode": "eco"}).delivered  # a delivery's connection
         finally:
             server.stop()

@@ -9,11 +9,9 @@ import time
 from collections import defaultdict
 
 import pytest
+from conftest import free_port, write
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from conftest import free_port, write
-
 
 #: Retry-After values a platform may send that are neither seconds nor an HTTP date.
 ODD_RETRY_AFTER = ["²", "٣", "1.5", "-1", "Sun, 99 Foo 2026", "Tue, 01 Dec 9999999 00:00:00 GMT"]
@@ -41,13 +39,19 @@ class MisbehavingApi:
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    async def _handle(self, request):  # noqa: ANN001, ANN202
+    async def _handle(self, request):
         from aiohttp import web
 
         device = request.match_info["device"]
         seen = self.requests[device]
-        seen.append({"at": time.monotonic(), "method": request.method, "headers": dict(request.headers),
-                     "body": await request.json()})
+        seen.append(
+            {
+                "at": time.monotonic(),
+                "method": request.method,
+                "headers": dict(request.headers),
+                "body": await request.json(),
+            }
+        )
         kind, n = device.split("-")[0], len(seen)
         if kind == "flaky" and n <= 2:
             return web.Response(status=503, text="try later")
@@ -74,7 +78,7 @@ class MisbehavingApi:
         return web.json_response({"accepted": True})
 
     @staticmethod
-    async def _endless(request):  # noqa: ANN001, ANN205
+    async def _endless(request):
         from aiohttp import web
 
         response = web.StreamResponse(status=400)
@@ -115,10 +119,19 @@ def api():
     server.stop()
 
 
-def _fleet(tmp_path, port: int, names: list[str], headers: str = "{Authorization: THINGS_TOKEN}",
-           timeout: float = 0.5, concurrency: int = 64) -> str:
+def _fleet(
+    tmp_path,
+    port: int,
+    names: list[str],
+    headers: str = "{Authorization: THINGS_TOKEN}",
+    timeout: float = 0.5,
+    concurrency: int = 64,
+) -> str:
     devices = "\n".join(f"  - {{name: {n}, type: thing, interface: things}}" for n in names)
-    return write(tmp_path, "fleet.yaml", f"""\
+    return write(
+        tmp_path,
+        "fleet.yaml",
+        f"""\
 interfaces:
   things:
     type: webhook
@@ -131,24 +144,41 @@ device_types:
   thing: {{}}
 devices:
 {devices}
-""")
+""",
+    )
 
 
 def test_retry_classes_and_retry_after(cli, api, tmp_path):
     names = ["ok-1", "flaky-1", "busy-1", "gone-1", "bad-1", "slow-1", "down-1"]
     cli("devices", "import", _fleet(tmp_path, api.port, names))
-    cli("create", "-f", write(tmp_path, "c.yaml", """\
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "c.yaml",
+            """\
         name: push
         devices: {selector: {type: thing}}
         configurations: {mode: eco}
         expected_state: {mode: eco}
-        """))
+        """,
+        ),
+    )
     env = {"THINGS_TOKEN": "Bearer api-5ecret"}
     result = cli("launch", "push", "--attempts", "4", "--backoff", "0.1", "--max-backoff", "0.2", env=env, code=1)
     assert "3 device(s) could not be delivered" in result.stderr
     job = cli.json("jobs", "show", "1")
-    assert job["counts"] == {"pending": 0, "syncing": 0, "delivered": 4, "failed": 3, "cancelled": 0, "installed": 0,
-                             "skipped": 0, "superseded": 0}
+    assert job["counts"] == {
+        "pending": 0,
+        "syncing": 0,
+        "delivered": 4,
+        "failed": 3,
+        "cancelled": 0,
+        "installed": 0,
+        "skipped": 0,
+        "superseded": 0,
+    }
     errors = {e["device"]: e for e in job["errors"]}
     # Other 4xx fail at once, with the status in the reason.
     assert errors["gone-1"]["attempts"] == 1 and errors["gone-1"]["error"] == "HTTP 404 Not Found"
@@ -181,14 +211,19 @@ def test_missing_header_variable_fails_every_device_clearly(cli, api, tmp_path):
     cli("launch", "q", code=1)
     errors = cli.json("jobs", "show", "2")["errors"]
     assert [e["error"] for e in errors] == [
-        "environment variable THINGS_TOKEN (header Authorization of interface things) is not set"] * 2
+        "environment variable THINGS_TOKEN (header Authorization of interface things) is not set"
+    ] * 2
     assert len(api.requests["ok-1"]) == 1  # only the first campaign reached the platform
 
 
 def test_deliveries_run_concurrently(cli, api, tmp_path):
     names = [f"slow-{i}" for i in range(20)]
     cli("devices", "import", _fleet(tmp_path, api.port, names, headers="{}"))
-    cli("create", "-f", write(tmp_path, "c.yaml", "name: many\ndevices: {selector: {type: thing}}\nconfigurations: {a: 1}\n"))
+    cli(
+        "create",
+        "-f",
+        write(tmp_path, "c.yaml", "name: many\ndevices: {selector: {type: thing}}\nconfigurations: {a: 1}\n"),
+    )
     started = time.monotonic()
     cli("launch", "many", "--attempts", "2", "--backoff", "0.1")
     # Each device's first request hangs until the 0.5 s timeout: sequentially that is 10 s.
@@ -203,17 +238,28 @@ def test_bad_webhook_settings(cli, tmp_path, db_url):
     before = db_dump(db_url)
     bad = write(tmp_path, "f.yaml", "interfaces:\n  w: {type: webhook, url: 'https://api.example.com/things'}\n")
     assert "interfaces.w.url: url must contain {device}" in cli("devices", "import", bad, code=1).stderr
-    bad = write(tmp_path, "g.yaml", "interfaces:\n  w:\n    type: webhook\n    url: 'https://x/{device}'\n"
-                                    "    headers: {Authorization: 'Bearer abc'}\n")
+    bad = write(
+        tmp_path,
+        "g.yaml",
+        "interfaces:\n  w:\n    type: webhook\n    url: 'https://x/{device}'\n"
+        "    headers: {Authorization: 'Bearer abc'}\n",
+    )
     assert "is not an environment variable name" in cli("devices", "import", bad, code=1).stderr
     assert db_dump(db_url) == before
 
 
 def test_an_echoed_request_does_not_leak_the_document_into_errors(cli, api, tmp_path):
     cli("devices", "import", _fleet(tmp_path, api.port, ["echo-1"], headers="{}"))
-    cli("create", "-f", write(tmp_path, "c.yaml", "name: e\ndevices: {names: [echo-1]}\n"
-                                                  "configurations: {app_token: '${TOKEN}', mode: eco}\n"),
-        env={"TOKEN": "tok-5ecret-value"})
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "c.yaml",
+            "name: e\ndevices: {names: [echo-1]}\nconfigurations: {app_token: '${TOKEN}', mode: eco}\n",
+        ),
+        env={"TOKEN": "tok-5ecret-value"},
+    )
     cli("launch", "e", code=1)
     [error] = cli.json("jobs", "show", "1")["errors"]
     assert error["error"] == "HTTP 400 Bad Request"  # never the platform's body
@@ -222,7 +268,8 @@ def test_an_echoed_request_does_not_leak_the_document_into_errors(cli, api, tmp_
 
 def _launch_in_background(db_url, name: str):
     """Launch a campaign and run its job in a thread; returns (engine, thread)."""
-    from campaignctl import db, engine as rollout, jobs
+    from campaignctl import db, jobs
+    from campaignctl import engine as rollout
 
     engine = db.create_engine(db_url)
     job_id, owner = jobs.launch(engine, name)
@@ -238,8 +285,11 @@ def test_a_newer_document_is_not_replaced_by_the_job_s_older_one(cli, api, tmp_p
 
     names = [f"lag-{i:03d}" for i in range(60)]
     cli("devices", "import", _fleet(tmp_path, api.port, names, headers="{}", timeout=2, concurrency=1))
-    cli("create", "-f", write(tmp_path, "c.yaml", "name: slow\ndevices: {selector: {type: thing}}\n"
-                                                  "configurations: {mode: eco}\n"))
+    cli(
+        "create",
+        "-f",
+        write(tmp_path, "c.yaml", "name: slow\ndevices: {selector: {type: thing}}\nconfigurations: {mode: eco}\n"),
+    )
     engine, runner = _launch_in_background(db_url, "slow")
     time.sleep(0.6)  # the job has read every document; it has sent about ten
     newer = fleet.set_config(engine, "lag-050", {"mode": "boost"})
@@ -255,8 +305,11 @@ def test_cancel_stops_a_webhook_delivery_and_records_what_was_in_flight(cli, api
 
     names = [f"lag-{i:03d}" for i in range(200)]
     cli("devices", "import", _fleet(tmp_path, api.port, names, headers="{}", timeout=2, concurrency=2))
-    cli("create", "-f", write(tmp_path, "c.yaml", "name: big\ndevices: {selector: {type: thing}}\n"
-                                                  "configurations: {mode: eco}\n"))
+    cli(
+        "create",
+        "-f",
+        write(tmp_path, "c.yaml", "name: big\ndevices: {selector: {type: thing}}\nconfigurations: {mode: eco}\n"),
+    )
     engine, runner = _launch_in_background(db_url, "big")
     time.sleep(0.5)
     rollout.cancel(engine, "big")
@@ -274,16 +327,21 @@ def test_odd_retry_after_values_are_ignored_and_endless_bodies_not_read(cli, api
     """A Retry-After that is not ASCII seconds or a date is ignored (the backoff applies),
     and the body of an answer is never read past a few KiB."""
     cli("devices", "import", _fleet(tmp_path, api.port, ["odd-1", "endless-1"], headers="{}", timeout=5))
-    cli("create", "-f", write(tmp_path, "c.yaml", "name: o\ndevices: {selector: {type: thing}}\n"
-                                                  "configurations: {a: 1}\n"))
+    cli(
+        "create",
+        "-f",
+        write(tmp_path, "c.yaml", "name: o\ndevices: {selector: {type: thing}}\nconfigurations: {a: 1}\n"),
+    )
     started = time.monotonic()
-    cli("launch", "o", "--attempts", str(len(ODD_RETRY_AFTER) + 1), "--backoff", "0.01", "--max-backoff", "0.02",
-        code=1)
+    cli(
+        "launch", "o", "--attempts", str(len(ODD_RETRY_AFTER) + 1), "--backoff", "0.01", "--max-backoff", "0.02", code=1
+    )
     assert time.monotonic() - started < 4  # the endless body was not waited for until the 5 s timeout
     job = cli.json("jobs", "show", "1")
     assert job["counts"]["delivered"] == 1 and len(api.requests["odd-1"]) == len(ODD_RETRY_AFTER) + 1
-    assert job["errors"] == [{**job["errors"][0], "device": "endless-1", "error": "HTTP 400 Bad Request",
-                              "attempts": 1}]
+    assert job["errors"] == [
+        {**job["errors"][0], "device": "endless-1", "error": "HTTP 400 Bad Request", "attempts": 1}
+    ]
 
 
 @settings(max_examples=300, deadline=None)

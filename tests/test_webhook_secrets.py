@@ -8,16 +8,16 @@ import json
 from urllib.parse import quote, quote_plus
 
 import pytest
-from hypothesis import given, settings, strategies as st
-
 from conftest import db_dump, free_port, write
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_webhook import MisbehavingApi
 
 BASIC = base64.b64encode(b"alice:pw-b4sic-s3cret").decode()
 SECRETS = {  # environment variable → value; what the test looks for everywhere afterwards
     "THINGS_AUTH": f"Basic {BASIC}",
     "THINGS_KEY": "key-9f8e7d6c5b4a",
-    "DOC_TOKEN": "tok/5ecret value+\"q\"",
+    "DOC_TOKEN": 'tok/5ecret value+"q"',
 }
 URL_PASSWORD, URL_TOKEN = "url-pa55word", "qtoken-1a2b3c4d"
 
@@ -26,8 +26,11 @@ def forms(value: str) -> set[str]:
     """How a platform may echo ``value``."""
     raw = value.encode()
     b64 = {base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
-    return ({value, json.dumps(value)[1:-1], quote(value), quote(value, safe=""), quote_plus(value)}
-            | b64 | {b.rstrip("=") for b in b64})
+    return (
+        {value, json.dumps(value)[1:-1], quote(value), quote(value, safe=""), quote_plus(value)}
+        | b64
+        | {b.rstrip("=") for b in b64}
+    )
 
 
 def echo(request_text: str, values: list[str]) -> str:
@@ -51,7 +54,7 @@ class EchoingPlatform(MisbehavingApi):
         super().__init__()
         self.hits, self.echoed = 0, ""
 
-    async def _handle(self, request):  # noqa: ANN001, ANN202
+    async def _handle(self, request):
         from aiohttp import web
 
         self.hits += 1
@@ -88,7 +91,13 @@ def test_an_echoing_platform_gets_no_secret_into_status_jobs_or_the_database(cli
     platform = EchoingPlatform().start()
     try:
         devices = "".join(f"  - {{name: {n}, type: thing, interface: things}}\n" for n in names)
-        cli("devices", "import", write(tmp_path, "fleet.yaml", f"""\
+        cli(
+            "devices",
+            "import",
+            write(
+                tmp_path,
+                "fleet.yaml",
+                f"""\
 interfaces:
   things:
     type: webhook
@@ -102,12 +111,22 @@ device_types:
   thing: {{}}
 devices:
 {devices}  - {{name: refused-1, type: thing, interface: gone}}
-"""))
-        cli("create", "-f", write(tmp_path, "c.yaml", """\
+""",
+            ),
+        )
+        cli(
+            "create",
+            "-f",
+            write(
+                tmp_path,
+                "c.yaml",
+                """\
             name: leak
             devices: {selector: {type: thing}}
             configurations: {app_token: '${DOC_TOKEN}', mode: eco}
-            """))
+            """,
+            ),
+        )
         launch = cli("launch", "leak", "--attempts", "2", "--backoff", "0.01", "--max-backoff", "0.02", code=1)
         assert platform.hits >= len(names)  # every device reached the platform, which echoed all:
         assert all(_leaks(platform.echoed, [secret]) for secret in SECRETS.values())
@@ -149,8 +168,13 @@ SECRET_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="*"), min_
 
 
 @settings(max_examples=300, deadline=None)
-@given(secret=SECRET_TEXT, before=st.text(max_size=20), after=st.text(max_size=20),
-       cut=st.integers(min_value=4, max_value=64), data=st.data())
+@given(
+    secret=SECRET_TEXT,
+    before=st.text(max_size=20),
+    after=st.text(max_size=20),
+    cut=st.integers(min_value=4, max_value=64),
+    data=st.data(),
+)
 def test_the_redactor_masks_every_form_and_every_prefix(secret, before, after, cut, data):
     from campaignctl.interfaces.webhook import Redactor
 
@@ -160,10 +184,13 @@ def test_the_redactor_masks_every_form_and_every_prefix(secret, before, after, c
     assert all(f[:4] not in redacted for f in forms(secret)), redacted
 
 
-@pytest.mark.parametrize("header, hidden", [
-    (f"Basic {BASIC}", ["alice:pw-b4sic-s3cret", "pw-b4sic-s3cret", BASIC]),
-    ("Bearer tk-4f9a1c77", ["tk-4f9a1c77", "Bearer tk-4f9a1c77"]),
-])
+@pytest.mark.parametrize(
+    "header, hidden",
+    [
+        (f"Basic {BASIC}", ["alice:pw-b4sic-s3cret", "pw-b4sic-s3cret", BASIC]),
+        ("Bearer tk-4f9a1c77", ["tk-4f9a1c77", "Bearer tk-4f9a1c77"]),
+    ],
+)
 def test_request_secrets_include_the_parts_of_an_authorization_header(header, hidden):
     from campaignctl.interfaces.webhook import request_secrets
 
@@ -173,20 +200,39 @@ def test_request_secrets_include_the_parts_of_an_authorization_header(header, hi
 
 def test_set_config_takes_a_secret_from_stdin_or_the_environment_never_the_command_line(cli_for, tmp_path):
     cli = cli_for(str(tmp_path / "c.db"))
-    cli("devices", "import", write(tmp_path, "fleet.yaml", f"""\
+    cli(
+        "devices",
+        "import",
+        write(
+            tmp_path,
+            "fleet.yaml",
+            f"""\
         interfaces:
           hook: {{type: webhook, url: 'http://127.0.0.1:{free_port()}/{{device}}'}}
         device_types:
           thing: {{}}
         devices:
           - {{name: gw-01, type: thing, interface: hook}}
-        """))
+        """,
+        ),
+    )
     cli("devices", "set-config", "gw-01", "--secret-stdin", "api_token", "--no-deliver", input="tk-stdin 1\n")
-    cli("devices", "set-config", "gw-01", "mode=eco", "--secret-env", "db_pass=DB_PASS", "--no-deliver",
-        env={"DB_PASS": "pw from env\n"})
+    cli(
+        "devices",
+        "set-config",
+        "gw-01",
+        "mode=eco",
+        "--secret-env",
+        "db_pass=DB_PASS",
+        "--no-deliver",
+        env={"DB_PASS": "pw from env\n"},
+    )
     shown = {e["key"]: e for e in cli.json("devices", "show", "gw-01")["configuration"]}
     assert {k: (e["desired"], e["secret"]) for k, e in shown.items()} == {
-        "api_token": ("***", True), "db_pass": ("***", True), "mode": ("***", True)}
+        "api_token": ("***", True),
+        "db_pass": ("***", True),
+        "mode": ("***", True),
+    }
     clear = {e["key"]: e["desired"] for e in cli.json("devices", "show", "gw-01", "--show-secrets")["configuration"]}
     assert clear == {"api_token": "tk-stdin 1", "db_pass": "pw from env\n", "mode": "eco"}
 
@@ -203,8 +249,13 @@ def test_set_config_takes_a_secret_from_stdin_or_the_environment_never_the_comma
     # Bytes that are not UTF-8: on stdin, and in a variable (os.environ holds them as lone
     # surrogates), refused as a KEY=VALUE argument holding them is.
     assert "--secret-stdin k: not UTF-8 text (invalid continuation byte at byte 2)" in refused(
-        "--secret-stdin", "k", input=b"ok\xe9t\n")
+        "--secret-stdin", "k", input=b"ok\xe9t\n"
+    )
     assert "--secret-env k=BAD_VAR takes text: text holds a lone surrogate '\\udce9'" in refused(
-        "--secret-env", "k=BAD_VAR", env={"BAD_VAR": "ok\udce9t"})
+        "--secret-env", "k=BAD_VAR", env={"BAD_VAR": "ok\udce9t"}
+    )
     assert [e["desired"] for e in cli.json("devices", "show", "gw-01", "--show-secrets")["configuration"]] == [
-        "tk-stdin 1", "pw from env\n", "eco"]  # nothing changed by the refused ones
+        "tk-stdin 1",
+        "pw from env\n",
+        "eco",
+    ]  # nothing changed by the refused ones

@@ -6,20 +6,47 @@ commands so that ``campaignctl --help`` stays fast.
 
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup
 
 from campaignctl import __version__
 from campaignctl.cli.common import info
 from campaignctl.errors import CampaignctlError
 
 
+class _Argument(TyperArgument):
+    """An argument shown as its placeholder alone: ``NAME`` / ``[NAME]`` in the usage line
+    and the argument list, where Typer writes ``{NAME}`` and ``NAME <str>``."""
+
+    def display_type_rich(self, ctx: typer.Context) -> str | None:  # type: ignore[override]
+        return None if self.metavar else super().display_type_rich(ctx)
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+        return name + ("..." if self.nargs != 1 and not name.endswith("...") else "")
+
+
+def _plain_arguments(command: object) -> None:
+    """Every argument of ``command`` and its sub-commands rendered as ``_Argument``: Typer
+    builds its own parameter objects, so they are adjusted once the tree is built."""
+    for param in getattr(command, "params", ()):
+        if type(param) is TyperArgument:
+            param.__class__ = _Argument
+    for sub in getattr(command, "commands", {}).values():
+        _plain_arguments(sub)
+
+
 class _Group(TyperGroup):
     """Turns domain errors into ``Error: <message>`` on stderr and their exit code."""
 
-    def invoke(self, ctx: typer.Context):  # noqa: ANN201
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        _plain_arguments(self)
+
+    def invoke(self, ctx: typer.Context):  # type: ignore[override]  # typer passes its own Context
         try:
             return super().invoke(ctx)
         except CampaignctlError as exc:
@@ -46,7 +73,7 @@ def _database_error(exc: Exception, ctx: typer.Context) -> str | None:
     obj = ctx.obj if isinstance(ctx.obj, dict) else {}
     engine = obj.get("engine")
     location = db.location_of(engine) if engine is not None else db.locate(obj.get("db") or db.default_path())
-    if unreadable:
+    if isinstance(exc, db.UnreadableData):
         return str(db.unreadable_data(exc, location))
     return str(db.friendly(exc, location))
 
@@ -73,7 +100,8 @@ app = typer.Typer(
     name="campaignctl",
     help="Roll configuration and firmware campaigns out to fleets of IoT devices.",
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion / --show-completion: Typer's completion costs nothing until used.
+    add_completion=True,
     # Plain help: Rich-rendered help costs ~100 ms of imports on every --help.
     rich_markup_mode=None,
     # Tracebacks with local variables would print tokens: keep Python's plain ones.
@@ -92,9 +120,13 @@ def _version(value: bool) -> None:
 def _root(
     ctx: typer.Context,
     db: Optional[str] = typer.Option(
-        None, "--db", envvar="CAMPAIGNCTL_DB", metavar="PATH|URL", show_envvar=False,
+        None,
+        "--db",
+        envvar="CAMPAIGNCTL_DB",
+        metavar="PATH|URL",
+        show_envvar=False,
         help="SQLite file, or postgresql://USER@HOST/DATABASE (password from PGPASSWORD or ~/.pgpass) "
-             "[default: $XDG_DATA_HOME/campaignctl/campaignctl.db].",
+        "[default: $XDG_DATA_HOME/campaignctl/campaignctl.db].",
     ),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
@@ -102,8 +134,19 @@ def _root(
 
 
 def _register() -> None:
-    from campaignctl.cli import (campaigns, database, demo, devices, firmwares, jobs, listen, rollout, safety, serve,
-                                 simulate)
+    from campaignctl.cli import (
+        campaigns,
+        database,
+        demo,
+        devices,
+        firmwares,
+        jobs,
+        listen,
+        rollout,
+        safety,
+        serve,
+        simulate,
+    )
 
     app.add_typer(devices.app, name="devices", help="Import, list and inspect devices; set and report values.")
     app.add_typer(firmwares.app, name="firmwares", help="The firmware registry.")
@@ -124,5 +167,24 @@ def _register() -> None:
 _register()
 
 
+def db_first(args: list[str]) -> list[str]:
+    """``args`` with ``--db VALUE`` / ``--db=VALUE`` given after the command moved to the
+    front, where the root option is parsed: ``campaignctl status NAME --db x.db`` works
+    as ``campaignctl --db x.db status NAME``. What follows ``--`` is never touched."""
+    end = args.index("--") if "--" in args else len(args)
+    moved: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < end:
+        arg = args[i]
+        if arg == "--db" and i + 1 < end:
+            moved += args[i : i + 2]
+            i += 2
+            continue
+        (moved if arg.startswith("--db=") else rest).append(arg)
+        i += 1
+    return moved + rest + args[end:]
+
+
 def main() -> None:
-    app()
+    app(args=db_first(sys.argv[1:]))

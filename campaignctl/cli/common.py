@@ -24,7 +24,11 @@ class Output(str, enum.Enum):
     json = "json"
 
 
-OutputOption = typer.Option(Output.table, "--output", "-o", help="table for people, json for scripts (stdout).")
+OutputOption = typer.Option(
+    Output.table, "--output", "-o", metavar="FORMAT", help="table (for people) or json (for scripts, on stdout)."
+)
+CampaignArgument = typer.Argument(..., metavar="NAME", help="The campaign's name.")
+DeviceArgument = typer.Argument(..., metavar="NAME", help="The device's name.")
 
 
 def engine(ctx: typer.Context) -> "Engine":
@@ -39,15 +43,20 @@ def engine(ctx: typer.Context) -> "Engine":
     return obj["engine"]
 
 
-def duration(text: str, option: str) -> float:
+def duration(text: str, option: str, *, minimum: float = 0.0) -> float:
     """A duration option's seconds (``90s``, ``30m``, ``2h`` or bare seconds); a usage
-    error naming ``option`` otherwise."""
-    from campaignctl.rollout import parse_duration
+    error naming ``option`` otherwise, or when shorter than ``minimum``."""
+    from campaignctl.rollout import format_duration, parse_duration
 
     try:
-        return parse_duration(text)
+        seconds = parse_duration(text)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint=option) from None
+    if seconds < minimum:
+        raise typer.BadParameter(
+            f"{text!r} is shorter than {format_duration(minimum)}, the least it can be", param_hint=option
+        )
+    return seconds
 
 
 def stop_on_sigterm() -> None:
@@ -171,18 +180,26 @@ def plain(value: Any, *, limit: int | None = CELL_LIMIT, style: str = "") -> "Te
     return Text(shown(fmt_value(value), limit), style=style)
 
 
-def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None) -> Any:
+def table(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None, one_line: bool = False
+) -> Any:
     """A Rich table whose cells (and title) are shown as ``plain`` text; a cell that is
-    already a ``Text`` (made with ``plain``, e.g. to give it a style) is kept."""
+    already a ``Text`` (made with ``plain``, e.g. to give it a style) is kept. Long cells
+    wrap, or with ``one_line`` are cut with an ellipsis (one line per row)."""
     from rich.table import Table
     from rich.text import Text
 
-    t = Table(title=None if title is None else plain(title, limit=None), title_justify="left",
-              header_style="bold")
+    t = Table(title=None if title is None else plain(title, limit=None), title_justify="left", header_style="bold")
     for column in columns:
         t.add_column(column, overflow="fold")
     for row in rows:
-        t.add_row(*(v if isinstance(v, Text) else plain(v) for v in row))
+        cells = [v if isinstance(v, Text) else plain(v) for v in row]
+        if one_line:
+            # Columns stay wrappable, so that Rich narrows the widest ones first (names and
+            # statuses keep their width); the cells themselves are cut, not wrapped.
+            for cell in cells:
+                cell.no_wrap, cell.overflow = True, "ellipsis"
+        t.add_row(*cells)
     return t
 
 
@@ -212,25 +229,36 @@ def parse_tags(items: Sequence[str] | None) -> dict[str, str]:
     for item in items or ():
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise InputError(f"expected K=V, got {item!r}", field="--tag")
+            raise InputError(f"expected KEY=VALUE, got {item!r}", field="--tag")
         tags[key] = value
     return tags
+
+
+# When stderr is no terminal (CI, a service's log), a progress line at most this often.
+PROGRESS_LINE_SECONDS = 5.0
 
 
 @contextmanager
 def progress_bar(enabled: bool | None = None) -> Iterator["Progress"]:
     """A ``progress(phase, done, total)`` callback: a Rich bar on stderr when it is a
-    terminal, nothing otherwise (CI logs want the final line only)."""
+    terminal, else a plain line (``deliver 12000/100000``) every few seconds and when a
+    phase ends, so that a log shows a long launch moving."""
     if enabled is None:
         enabled = sys.stderr.isatty()
     if not enabled:
-        yield lambda _p, _d, _t: None
+        yield progress_lines(PROGRESS_LINE_SECONDS)
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     labels = {"write": "writing configurations", "deliver": "delivering"}
-    with Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=stderr_console(), transient=False) as bar:
+    with Progress(
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr_console(),
+        transient=False,
+    ) as bar:
         tasks: dict[str, Any] = {}
 
         def update(phase: str, done: int, total: int) -> None:
@@ -239,3 +267,25 @@ def progress_bar(enabled: bool | None = None) -> Iterator["Progress"]:
             bar.update(tasks[phase], completed=done, total=total)
 
         yield update
+
+
+def progress_lines(every: float) -> "Progress":
+    """A ``progress(phase, done, total)`` callback writing ``phase done/total`` on stderr
+    every ``every`` seconds of a phase, and once when the phase is done."""
+    import time
+
+    last: dict[str, float] = {}
+    finished: set[str] = set()
+
+    def update(phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        complete = done >= total
+        since = last.setdefault(phase, now)  # a phase's first line comes ``every`` after its start
+        if phase in finished or (not complete and now - since < every):
+            return
+        if complete:
+            finished.add(phase)
+        last[phase] = now
+        info(f"{phase} {done}/{total}")
+
+    return update

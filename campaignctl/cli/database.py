@@ -42,7 +42,9 @@ def status(ctx: typer.Context, output: Output = OutputOption) -> None:
     if output is Output.json:
         print_json(data)
     else:
-        typer.echo(f"database: {data['database']}\ncurrent revision: {data['current'] or 'none'}\n"
-                   f"latest revision: {data['latest']}")
+        typer.echo(
+            f"database: {data['database']}\ncurrent revision: {data['current'] or 'none'}\n"
+            f"latest revision: {data['latest']}"
+        )
     if not data["up_to_date"]:
         raise CampaignctlError("the schema is behind: run `campaignctl db upgrade`")

@@ -6,10 +6,21 @@ from typing import List, Optional
 
 import typer
 
-from campaignctl.cli.common import Output, OutputOption, duration, echo, engine, info, print_json, stop_on_sigterm
+from campaignctl.cli.common import (
+    CampaignArgument,
+    Output,
+    OutputOption,
+    duration,
+    echo,
+    engine,
+    info,
+    print_json,
+    stop_on_sigterm,
+)
+from campaignctl.cli.logging_options import LogFormat, LogFormatOption, LogLevel, LogLevelOption, start_logging
 
 
-def pause(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME")) -> None:
+def pause(ctx: typer.Context, name: str = CampaignArgument) -> None:
     """Pause a running campaign: no new deliveries until resume."""
     from campaignctl import control
 
@@ -17,8 +28,7 @@ def pause(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME")) -
     info(f"campaign {name}: paused (a delivery in progress stops within a second)")
 
 
-def resume(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
-           output: Output = OutputOption) -> None:
+def resume(ctx: typer.Context, name: str = CampaignArgument, output: Output = OutputOption) -> None:
     """Resume a paused campaign where it stopped (a batch that tripped the breaker is accepted)."""
     from campaignctl import control
     from campaignctl.cli.campaigns import advance_job
@@ -32,8 +42,7 @@ def resume(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
     advance_job(db, job_id, None, output)
 
 
-def cancel(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
-           output: Output = OutputOption) -> None:
+def cancel(ctx: typer.Context, name: str = CampaignArgument, output: Output = OutputOption) -> None:
     """Cancel a campaign: devices not yet delivered are never touched; delivered ones keep it."""
     from campaignctl import control
 
@@ -45,16 +54,20 @@ def cancel(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
         echo(f"campaign {name}: cancelled before it started")
     else:
         c = job["counts"]
-        echo(f"campaign {name}: cancelled; {c['delivered']} device(s) keep what they received, "
-             f"{c['cancelled']} will never receive it" + (" (the process that runs the job stops at its next "
-                                                         "step)" if job["step"] != "done" else ""))
+        echo(
+            f"campaign {name}: cancelled; {c['delivered']} device(s) keep what they received, "
+            f"{c['cancelled']} will never receive it"
+            + (" (the process that runs the job stops at its next step)" if job["step"] != "done" else "")
+        )
 
 
-def retry(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
-          device: Optional[List[str]] = typer.Option(None, "--device", metavar="NAME",
-                                                     help="Only this device (repeatable)."),
-          timed_out: bool = typer.Option(False, "--timed-out", help="Timed-out devices too."),
-          output: Output = OutputOption) -> None:
+def retry(
+    ctx: typer.Context,
+    name: str = CampaignArgument,
+    device: Optional[List[str]] = typer.Option(None, "--device", metavar="NAME", help="Only this device (repeatable)."),
+    timed_out: bool = typer.Option(False, "--timed-out", help="Timed-out devices too."),
+    output: Output = OutputOption,
+) -> None:
     """Re-deliver to failed (and timed-out) devices only, as a new step of the same job."""
     from campaignctl import control, jobs
     from campaignctl.cli.campaigns import advance_job
@@ -67,32 +80,50 @@ def retry(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME"),
         return
     failed = {e["device"] for e in jobs.show(db, job_id)["errors"]} & set(targets)
     if failed:
-        raise CampaignctlError(f"{len(failed)} of the {len(targets)} retried device(s) could not be delivered "
-                               f"(campaignctl jobs show {job_id})")
+        raise CampaignctlError(
+            f"{len(failed)} of the {len(targets)} retried device(s) could not be delivered "
+            f"(campaignctl jobs show {job_id})"
+        )
 
 
-def run(ctx: typer.Context,
-        interval: str = typer.Option("2s", "--interval", metavar="DURATION", help="Time between two passes."),
-        processes: int = typer.Option(1, "--processes", min=1, max=64, metavar="N",
-                                      help="Worker processes to start on this machine.")) -> None:
+def run(
+    ctx: typer.Context,
+    interval: str = typer.Option(
+        "2s", "--interval", metavar="DURATION", help="Time between two passes: 90s, 30m, 2h or seconds."
+    ),
+    processes: int = typer.Option(
+        1, "--processes", min=1, max=64, metavar="N", help="Worker processes to start on this machine."
+    ),
+    log_level: LogLevel = LogLevelOption,
+    log_format: LogFormat = LogFormatOption,
+) -> None:
     """Run workers until interrupted: deliver shards of any job, start scheduled campaigns,
     promote batches. Any number of workers, on any machines, can share one database."""
     from campaignctl import worker
+    from campaignctl.rollout import format_duration
 
     seconds = duration(interval, "--interval")
+    log = start_logging(log_level, log_format)
     stop_on_sigterm()
     db = engine(ctx)
-    info(f"rollout engine: a pass every {interval}; Ctrl-C stops")
-    try:
+    try:  # a stop may come as soon as the line is out
+        log.info(f"rollout engine: a pass every {format_duration(seconds)}; Ctrl-C stops")
         if processes == 1:
-            worker.run_worker(db, interval=seconds, info=info)
+            worker.run_worker(db, interval=seconds, info=log.info)
         else:
             from campaignctl.db import location_of
 
-            worker.run_workers(location_of(db).target, processes, interval=seconds, info=info)
+            worker.run_workers(
+                location_of(db).target,
+                processes,
+                interval=seconds,
+                info=log.info,
+                log_level=log_level.value,
+                log_format=log_format.value,
+            )
     except KeyboardInterrupt:
         pass  # a stop that came while the workers were already stopping: the same clean end
-    info("stopped")
+    log.info("stopped")
 
 
 def tick(ctx: typer.Context, output: Output = OutputOption) -> None:

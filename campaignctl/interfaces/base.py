@@ -34,8 +34,13 @@ class DeliveryPolicy:
     window: int = 1000  # deliveries in flight at once, per interface
 
     def to_dict(self) -> dict[str, float | int]:
-        return {"attempts": self.attempts, "timeout": self.timeout, "backoff": self.backoff,
-                "max_backoff": self.max_backoff, "window": self.window}
+        return {
+            "attempts": self.attempts,
+            "timeout": self.timeout,
+            "backoff": self.backoff,
+            "max_backoff": self.max_backoff,
+            "window": self.window,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> "DeliveryPolicy":
@@ -59,8 +64,14 @@ class Driver(Protocol):
     #: its document, not when the job runs.
     pushes: bool
 
-    def deliver(self, deliveries: Iterable[Delivery], policy: DeliveryPolicy,
-                on_delivered: OnDelivered, on_failed: OnFailed, refresh: Refresh | None = None) -> None:
+    def deliver(
+        self,
+        deliveries: Iterable[Delivery],
+        policy: DeliveryPolicy,
+        on_delivered: OnDelivered,
+        on_failed: OnFailed,
+        refresh: Refresh | None = None,
+    ) -> None:
         """Deliver what ``deliveries`` yields, retrying as ``policy`` says (each retry
         with the document ``refresh`` gives); every delivery ends in exactly one callback,
         unless ``refresh`` withdraws it. A caller stops a delivery by ending the iterator:
@@ -79,9 +90,15 @@ class _Retry(Exception):
         self.failures = failures
 
 
-def deliver_in_rounds(deliver_round: DeliverRound, deliveries: Iterable[Delivery], policy: DeliveryPolicy,
-                      on_delivered: OnDelivered, on_failed: OnFailed, refresh: Refresh | None = None,
-                      sleep: Callable[[float], None] | None = None) -> None:
+def deliver_in_rounds(
+    deliver_round: DeliverRound,
+    deliveries: Iterable[Delivery],
+    policy: DeliveryPolicy,
+    on_delivered: OnDelivered,
+    on_failed: OnFailed,
+    refresh: Refresh | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> None:
     """Deliver with retries for pipelined transports (MQTT): each round sends what is
     still undelivered, rounds are spaced by exponential backoff with jitter (tenacity),
     and what is left after ``policy.attempts`` rounds, or fails permanently, goes to
@@ -93,7 +110,7 @@ def deliver_in_rounds(deliver_round: DeliverRound, deliveries: Iterable[Delivery
         wait=wait_exponential(multiplier=policy.backoff, max=policy.max_backoff) + wait_random(0, policy.backoff),
         retry=retry_if_exception_type(_Retry),
         reraise=True,
-        **({"sleep": sleep} if sleep else {}),
+        **({"sleep": sleep} if sleep else {}),  # type: ignore[arg-type]
     )
     pending: Iterable[Delivery] = deliveries
     try:

@@ -36,6 +36,12 @@ class Driver:
     def __init__(self, name: str, settings: Settings) -> None:
         self.name, self.settings = name, settings
 
-    def deliver(self, deliveries: Iterable[Delivery], policy: DeliveryPolicy, on_delivered: OnDelivered,
-                on_failed: OnFailed, refresh: Refresh | None = None) -> None:
+    def deliver(
+        self,
+        deliveries: Iterable[Delivery],
+        policy: DeliveryPolicy,
+        on_delivered: OnDelivered,
+        on_failed: OnFailed,
+        refresh: Refresh | None = None,
+    ) -> None:
         raise NotImplementedError("devices on http interfaces fetch their documents themselves")

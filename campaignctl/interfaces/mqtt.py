@@ -18,8 +18,15 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from campaignctl.errors import CampaignctlError
-from campaignctl.interfaces.base import (Delivery, DeliveryPolicy, Failure, OnDelivered, OnFailed, Refresh,
-                                        deliver_in_rounds)
+from campaignctl.interfaces.base import (
+    Delivery,
+    DeliveryPolicy,
+    Failure,
+    OnDelivered,
+    OnFailed,
+    Refresh,
+    deliver_in_rounds,
+)
 from campaignctl.values import shown
 
 
@@ -44,7 +51,7 @@ class Settings(BaseModel):
         if not parts.hostname:
             raise ValueError("url has no host")
         try:
-            parts.port
+            _ = parts.port  # urlsplit checks the port when it is read
         except ValueError:
             raise ValueError("url has an invalid port") from None
         return value
@@ -104,8 +111,9 @@ def new_client(interface: str, settings: Settings, *, purpose: str) -> Any:
         try:
             client.tls_set(ca_certs=settings.ca, certfile=settings.cert, keyfile=settings.key)
         except (OSError, ValueError) as exc:  # a missing file, or not a certificate
-            raise ConnectError(f"interface {interface}: TLS files (ca, cert, key) unusable: {exc}",
-                               permanent=True) from None
+            raise ConnectError(
+                f"interface {interface}: TLS files (ca, cert, key) unusable: {exc}", permanent=True
+            ) from None
     return client
 
 
@@ -209,12 +217,19 @@ class Driver:
     def __init__(self, name: str, settings: Settings) -> None:
         self.name, self.settings = name, settings
 
-    def deliver(self, deliveries: Iterable[Delivery], policy: DeliveryPolicy, on_delivered: OnDelivered,
-                on_failed: OnFailed, refresh: Refresh | None = None) -> None:
+    def deliver(
+        self,
+        deliveries: Iterable[Delivery],
+        policy: DeliveryPolicy,
+        on_delivered: OnDelivered,
+        on_failed: OnFailed,
+        refresh: Refresh | None = None,
+    ) -> None:
         deliver_in_rounds(self.deliver_round, deliveries, policy, on_delivered, on_failed, refresh)
 
-    def deliver_round(self, deliveries: Iterable[Delivery], policy: DeliveryPolicy,
-                      on_delivered: OnDelivered) -> list[Failure]:
+    def deliver_round(
+        self, deliveries: Iterable[Delivery], policy: DeliveryPolicy, on_delivered: OnDelivered
+    ) -> list[Failure]:
         import paho.mqtt.client as mqtt
 
         settings = self.settings
@@ -298,9 +313,15 @@ class StateListener:
     #: how long a turn of the network loop waits at most (and a stop may take)
     TURN = 0.2
 
-    def __init__(self, name: str, settings: Settings,
-                 on_state: Callable[[str, str, bytes], None],
-                 on_event: Callable[[str], None] | None = None, *, share: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        on_state: Callable[[str, str, bytes], None],
+        on_event: Callable[[str], None] | None = None,
+        *,
+        share: str | None = None,
+    ) -> None:
         self.name, self.settings = name, settings
         self.on_state, self.on_event = on_state, on_event or (lambda _m: None)
         # A shared subscription ($share/GROUP/...): the broker hands each state message to
@@ -371,8 +392,9 @@ class StateListener:
                                 delay = first
                 except Exception as exc:  # noqa: BLE001 - a callback or paho failing: the listener goes on
                     # paho's or a callback's text may quote what a broker or device sent
-                    self.on_event(f"{self.name}: listener error ({shown(f'{type(exc).__name__}: {exc}', 300)}); "
-                                  "reconnecting")
+                    self.on_event(
+                        f"{self.name}: listener error ({shown(f'{type(exc).__name__}: {exc}', 300)}); reconnecting"
+                    )
                 if self._stopping.is_set():
                     break
                 self._stopping.wait(delay)

@@ -174,8 +174,18 @@ def _encodings(value: str) -> set[str]:
 
     raw = value.encode()
     encoded = {base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
-    return ({value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1], quote(value),
-             quote(value, safe=""), quote_plus(value)} | encoded | {e.rstrip("=") for e in encoded})
+    return (
+        {
+            value,
+            json.dumps(value)[1:-1],
+            json.dumps(value, ensure_ascii=False)[1:-1],
+            quote(value),
+            quote(value, safe=""),
+            quote_plus(value),
+        }
+        | encoded
+        | {e.rstrip("=") for e in encoded}
+    )
 
 
 def _prefix_spans(text: str, form: str, least: int) -> Iterator[tuple[int, int]]:
@@ -204,8 +214,9 @@ def request_secrets(url: str, headers: dict[str, str], payload: bytes) -> list[s
         values.append(credentials)
         if scheme.lower() == "basic":
             try:
-                values.extend([(decoded := base64.b64decode(credentials, validate=True).decode()),
-                               decoded.partition(":")[2]])
+                values.extend(
+                    [(decoded := base64.b64decode(credentials, validate=True).decode()), decoded.partition(":")[2]]
+                )
             except (binascii.Error, UnicodeDecodeError):
                 pass
     parts = urlsplit(url)
@@ -232,8 +243,14 @@ class Driver:
         self.name, self.settings = name, settings
         self._refresh: Refresh | None = None
 
-    def deliver(self, deliveries: Iterable[Delivery], policy: DeliveryPolicy, on_delivered: OnDelivered,
-                on_failed: OnFailed, refresh: Refresh | None = None) -> None:
+    def deliver(
+        self,
+        deliveries: Iterable[Delivery],
+        policy: DeliveryPolicy,
+        on_delivered: OnDelivered,
+        on_failed: OnFailed,
+        refresh: Refresh | None = None,
+    ) -> None:
         self._refresh = refresh
         asyncio.run(self._deliver(deliveries, policy, on_delivered, on_failed))
 
@@ -245,8 +262,9 @@ class Driver:
             headers[name] = os.environ[env]
         return headers
 
-    async def _deliver(self, deliveries: Iterable[Delivery], policy: DeliveryPolicy, on_delivered: OnDelivered,
-                       on_failed: OnFailed) -> None:
+    async def _deliver(
+        self, deliveries: Iterable[Delivery], policy: DeliveryPolicy, on_delivered: OnDelivered, on_failed: OnFailed
+    ) -> None:
         import aiohttp
 
         headers = self._headers()
@@ -264,12 +282,13 @@ class Driver:
                 await slots.acquire()
                 task = asyncio.create_task(self._one(session, delivery, policy, on_delivered, on_failed))
                 tasks.add(task)
-                task.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
+                task.add_done_callback(lambda t: _finished(tasks, t, slots))
             if tasks:
                 await asyncio.gather(*tasks)
 
-    async def _one(self, session: Any, delivery: Delivery, policy: DeliveryPolicy, on_delivered: OnDelivered,
-                   on_failed: OnFailed) -> None:
+    async def _one(
+        self, session: Any, delivery: Delivery, policy: DeliveryPolicy, on_delivered: OnDelivered, on_failed: OnFailed
+    ) -> None:
         # The first try runs outside tenacity: most requests succeed at once, and its
         # per-call set-up costs ~10% of a 256-way delivery's CPU.
         delivery.attempts = 1
@@ -286,8 +305,15 @@ class Driver:
             return
         on_delivered(delivery)
 
-    async def _retry(self, session: Any, delivery: Delivery, policy: DeliveryPolicy, first: Retryable,
-                     on_delivered: OnDelivered, on_failed: OnFailed) -> None:
+    async def _retry(
+        self,
+        session: Any,
+        delivery: Delivery,
+        policy: DeliveryPolicy,
+        first: Retryable,
+        on_delivered: OnDelivered,
+        on_failed: OnFailed,
+    ) -> None:
         from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
         def delay(retry: int, exc: BaseException | None) -> float:
@@ -300,8 +326,10 @@ class Driver:
         await asyncio.sleep(delay(1, first))
         retrying = AsyncRetrying(
             stop=stop_after_attempt(policy.attempts - 1),
-            wait=lambda state: delay(state.attempt_number + 1, state.outcome.exception()),
-            retry=retry_if_exception_type(Retryable), reraise=True)
+            wait=lambda state: delay(state.attempt_number + 1, state.outcome.exception() if state.outcome else None),
+            retry=retry_if_exception_type(Retryable),
+            reraise=True,
+        )
         try:
             async for attempt in retrying:
                 with attempt:
@@ -351,3 +379,9 @@ async def _drain(response: Any) -> None:
         if not chunk:
             return
         left -= len(chunk)
+
+
+def _finished(tasks: "set[asyncio.Task[None]]", task: "asyncio.Task[None]", slots: asyncio.Semaphore) -> None:
+    """A delivery task ended: forget it and free its slot."""
+    tasks.discard(task)
+    slots.release()

@@ -45,12 +45,15 @@ def ensure_schema(engine: "Engine", *, upgrade: bool) -> str:
             return HEAD  # the common case: one query, no lock
         legacy = conn.dialect.name == "sqlite" and conn.exec_driver_sql("PRAGMA user_version").scalar()
     if revision is not None and not _known(revision):
-        raise CampaignctlError(f"the database is at schema revision {revision}, newer than this campaignctl knows "
-                               f"({HEAD}); upgrade campaignctl")
+        raise CampaignctlError(
+            f"the database is at schema revision {revision}, newer than this campaignctl knows "
+            f"({HEAD}); upgrade campaignctl"
+        )
     if not upgrade:
         where = f"at revision {revision}" if revision else "not initialised"
-        raise CampaignctlError(f"the database schema is {where}; this campaignctl needs revision {HEAD}: "
-                               "run `campaignctl db upgrade`")
+        raise CampaignctlError(
+            f"the database schema is {where}; this campaignctl needs revision {HEAD}: run `campaignctl db upgrade`"
+        )
     return migrate(engine, legacy=bool(legacy) and revision is None)
 
 
@@ -77,8 +80,13 @@ def status(engine: "Engine") -> dict[str, Any]:
 
     with db.read(engine) as conn:
         revision = current_revision(conn)
-    return {"database": db.location_of(engine).shown, "backend": db.location_of(engine).backend,
-            "current": revision, "latest": HEAD, "up_to_date": revision == HEAD}
+    return {
+        "database": db.location_of(engine).shown,
+        "backend": db.location_of(engine).backend,
+        "current": revision,
+        "latest": HEAD,
+        "up_to_date": revision == HEAD,
+    }
 
 
 def _config(conn: "Connection") -> Any:

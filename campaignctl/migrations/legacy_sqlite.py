@@ -6,7 +6,7 @@ revision (``versions/0001``); every later change is an Alembic revision.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from campaignctl.errors import CampaignctlError
 
@@ -195,7 +195,7 @@ MIGRATIONS: list[str] = [
 def migrate_legacy(conn: "Connection") -> None:
     """Bring a campaignctl 0.1 database (at any numbered version) to the last one, in
     the caller's write transaction; the baseline Alembic revision describes the result."""
-    raw = conn.connection.driver_connection
+    raw: Any = conn.connection.driver_connection
     current = raw.execute("PRAGMA user_version").fetchone()[0]
     if current > len(MIGRATIONS):
         raise CampaignctlError(
