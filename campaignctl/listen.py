@@ -202,7 +202,9 @@ def listen(
     if share is not None:
         check_share(share)
     listeners = [
-        StateListener(name, Settings.model_validate(s), lambda i, d, p: inbox.put((i, d, p)), info, share=share)
+        StateListener(
+            name, Settings.model_validate(s), lambda i, d, p: inbox.put((i, d, p)), info, share=share, on_problem=warn
+        )
         for name, s in targets
     ]
     stop = stop or threading.Event()

@@ -4,7 +4,7 @@ competing campaigns, through the CLI against a real broker, on both backends."""
 from __future__ import annotations
 
 import pytest
-from conftest import Subscriber, csv_fleet, db_dump, import_fleet, write
+from conftest import Subscriber, csv_fleet, db_dump, fleet_yaml, import_fleet, write
 
 from campaignctl import versions
 
@@ -515,3 +515,48 @@ def test_two_competing_launches_at_once_the_second_is_refused(cli, db_url, tmp_p
     result = second["result"]
     assert result.exit_code == 1 and "competes with a (running, priority 0)" in result.stderr
     engine.dispose()
+
+
+def test_revert_goes_back_to_each_device_type_s_own_previous_firmware(cli, tmp_path, broker, prefix):
+    fleet = fleet_yaml(broker.url, prefix, devices=2).replace(
+        "device_types:\n",
+        "device_types:\n  sensor-v3:\n    firmware_types:\n      app: {version_key: app_version, url_key: app_url}\n",
+    )
+    fleet += "".join(f"  - {{name: gauge-{i}, type: sensor-v3, interface: broker}}\n" for i in (1, 2))
+    cli("devices", "import", write(tmp_path, "fleet.yaml", fleet))
+    for device_type, versions_ in (("sensor-v2", ("5.0.0", "5.2.0")), ("sensor-v3", ("5.1.0", "5.2.0"))):
+        for version in versions_:
+            cli(
+                "firmwares",
+                "add",
+                "--device-type",
+                device_type,
+                "--firmware-type",
+                "app",
+                "--version",
+                version,
+                "--url",
+                f"https://fw.example.com/{device_type}-{version}.bin",
+            )
+    cli(
+        "create",
+        "-f",
+        write(
+            tmp_path,
+            "up.yaml",
+            """\
+name: up
+devices: {names: [sensor-0001, sensor-0002, gauge-1, gauge-2]}
+firmware: {type: app, version: 5.2.0}
+rollout: {batches: [100%], device_timeout: 1s, error_threshold: 50%, on_error: revert}
+""",
+        ),
+    )
+    cli("launch", "up", "--wait", "--timeout", "60s", code=5)
+    assert "with campaign up-rollback, up-rollback-2" in cli.json("status", "up")["reason"]
+    back = {
+        cli.json("show", n)["firmware"]["version"]: sorted(cli.json("show", n)["devices"]["names"])
+        for n in ("up-rollback", "up-rollback-2")
+    }
+    assert back == {"5.0.0": ["sensor-0001", "sensor-0002"], "5.1.0": ["gauge-1", "gauge-2"]}
+    assert _desired(cli, "gauge-1")["app_version"] == "5.1.0" and _desired(cli, "sensor-0002")["app_version"] == "5.0.0"

@@ -321,9 +321,12 @@ class StateListener:
         on_event: Callable[[str], None] | None = None,
         *,
         share: str | None = None,
+        on_problem: Callable[[str], None] | None = None,
     ) -> None:
         self.name, self.settings = name, settings
         self.on_state, self.on_event = on_state, on_event or (lambda _m: None)
+        # Refusals, disconnections, errors: a warning where the caller logs (else an event).
+        self.on_problem = on_problem or self.on_event
         # A shared subscription ($share/GROUP/...): the broker hands each state message to
         # one listener of the group, so several `serve` split the ingestion between them.
         self.topic = f"$share/{share}/{settings.state_topic()}" if share else settings.state_topic()
@@ -347,7 +350,7 @@ class StateListener:
 
         def on_connect(c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
             if reason.is_failure:
-                self.on_event(f"{self.name}: broker refused the connection: {reason}")
+                self.on_problem(f"{self.name}: broker refused the connection: {reason}")
                 return
             c.subscribe(self.topic, qos=1)
             self._down_since = None
@@ -357,7 +360,7 @@ class StateListener:
             if self._down_since is None:
                 self._down_since = time.monotonic()
             if not self._stopping.is_set():  # not our own stop()
-                self.on_event(f"{self.name}: disconnected ({reason}); reconnecting")
+                self.on_problem(f"{self.name}: disconnected ({reason}); reconnecting")
 
         def on_message(_c: Any, _u: Any, message: Any) -> None:
             # An exception here would end the network thread, and with it the
@@ -365,7 +368,7 @@ class StateListener:
             try:
                 parts = message.topic.split("/")  # paho decodes the topic: it may not be UTF-8
             except UnicodeDecodeError:
-                self.on_event(f"{self.name}: message on a topic that is not UTF-8 text ignored")
+                self.on_problem(f"{self.name}: message on a topic that is not UTF-8 text ignored")
                 return
             if len(parts) == prefix_parts + 2:
                 self.on_state(self.name, parts[prefix_parts], message.payload)
@@ -392,7 +395,7 @@ class StateListener:
                                 delay = first
                 except Exception as exc:  # noqa: BLE001 - a callback or paho failing: the listener goes on
                     # paho's or a callback's text may quote what a broker or device sent
-                    self.on_event(
+                    self.on_problem(
                         f"{self.name}: listener error ({shown(f'{type(exc).__name__}: {exc}', 300)}); reconnecting"
                     )
                 if self._stopping.is_set():
@@ -409,7 +412,7 @@ class StateListener:
             self.client.reconnect()
             return True
         except (OSError, ValueError):  # refused, unreachable, unresolvable, timed out
-            self.on_event(f"{self.name}: cannot connect to {self.settings.host}:{self.settings.port}; retrying")
+            self.on_problem(f"{self.name}: cannot connect to {self.settings.host}:{self.settings.port}; retrying")
             return False
 
     def stop(self) -> None:
