@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from campaignctl import db, dialect, jobs
+from campaignctl import db, dialect, jobs, store
 from campaignctl.errors import ConflictError, InputError
 from campaignctl.rollout import Rollout
 from campaignctl.suggest import not_found
@@ -199,17 +199,7 @@ def retry(
             raise ConflictError(
                 f"campaign {name!r} has no failed{' or timed-out' if timed_out else ''} device to retry"
             )
-        ids: dict[str, int] = {}
-        names = [t["device"] for t in targets]
-        for start in range(0, len(names), 5000):
-            ids.update(
-                db.run(
-                    conn,
-                    "SELECT name, id FROM device WHERE name IN :names",
-                    {"names": names[start : start + 5000]},
-                    "names",
-                ).all()
-            )
+        ids = store.by_name(conn, [t["device"] for t in targets], "id")
         step = db.run(
             conn, "SELECT coalesce(max(number), 0) + 1 FROM job_step WHERE job_id = :job", {"job": job_id}
         ).scalar()

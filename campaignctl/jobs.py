@@ -25,7 +25,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
-from campaignctl import db, dialect
+from campaignctl import counting, db, dialect
 from campaignctl.errors import ConflictError, NotFoundError
 from campaignctl.interfaces.base import DeliveryPolicy
 from campaignctl.rollout import Rollout
@@ -36,7 +36,9 @@ if TYPE_CHECKING:
 LEASE_SECONDS = 30.0
 HEARTBEAT_SECONDS = 5.0
 WRITE_CHUNK = 5000
-ITEM_STATES = ("pending", "syncing", "delivered", "failed", "cancelled", "installed", "skipped", "superseded")
+#: Items of devices a job leaves out (batch 0, never written): see campaignctl.membership.
+LEFT_OUT = ("installed", "skipped", "superseded")
+ITEM_STATES = ("pending", "syncing", "delivered", "failed", "cancelled", *LEFT_OUT)
 
 #: The lock (``dialect.exclusive``) under which campaigns claim devices: launches,
 #: scheduled starts, firmware recalls.
@@ -270,10 +272,7 @@ def try_acquire(engine: "Engine", job_id: int, *, explain: bool = False) -> str 
             {"owner": owner, "now": now, "lease": LEASE_SECONDS, "id": job_id, "seen": job.lease_owner},
         ).rowcount
     if taken == 1 and job.lease_owner is not None:
-        # The lease of a process that died or stopped renewing it: an operator wants to know.
-        from campaignctl.metrics import PROCESS
-
-        PROCESS.lease_takeovers.inc()
+        counting.lease_takeover()  # of a process that died or stopped renewing it
     return owner if taken == 1 else None
 
 

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from campaignctl import db, metrics, store
+from campaignctl import counting, db, store
 from campaignctl.errors import CampaignctlError, InputError
 from campaignctl.names import name_problem
 from campaignctl.values import shown
@@ -87,7 +87,7 @@ class StateIngest:
             self._flush()
         finally:
             recorded, rejected = self.stats.recorded, self.stats.rejected
-            metrics.state_reports("mqtt", recorded - self._counted[0], rejected - self._counted[1])
+            counting.state_reports("mqtt", recorded - self._counted[0], rejected - self._counted[1])
             self._counted = (recorded, rejected)
 
     def _flush(self) -> None:

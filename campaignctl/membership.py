@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
-from campaignctl import db, versions
+from campaignctl import db, jobs, versions
 from campaignctl.rollout import Rollout, batch_sizes, order_devices
 
 if TYPE_CHECKING:
@@ -33,8 +33,6 @@ if TYPE_CHECKING:
 
 #: Campaigns whose keys a launch must not fight over.
 ACTIVE = ("scheduled", "running", "paused")
-#: Item statuses of devices a job leaves out (batch 0).
-LEFT_OUT = ("installed", "skipped", "superseded")
 
 
 @dataclass
@@ -198,9 +196,9 @@ def active_claims(
                 r[0]
                 for r in db.run(
                     conn,
-                    "SELECT device_id FROM job_item WHERE job_id = :job AND status NOT IN "
-                    "('cancelled', 'installed', 'skipped', 'superseded')",
-                    {"job": job.id},
+                    "SELECT device_id FROM job_item WHERE job_id = :job AND status NOT IN :done",
+                    {"job": job.id, "done": ["cancelled", *jobs.LEFT_OUT]},
+                    "done",
                 )
             }
         else:

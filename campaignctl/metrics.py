@@ -3,8 +3,9 @@
 Two kinds, kept apart:
 
 * what this process did (deliveries, state reports, engine passes, lease takeovers):
-  counters and histograms in ``PROCESS``, counted where the work happens, whichever
-  part of the process does it (the engine thread of ``serve``, a launch);
+  counters and histograms in ``PROCESS``, counted where the work happens (the engine
+  thread of ``serve``, its device API and MQTT listeners) once this module is imported
+  (``campaignctl.counting``);
 * what the database holds (campaigns by status, devices per campaign and status): read
   at scrape time by ``DatabaseCollector``, so that every ``serve`` sharing a database
   reports the same figures.
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from campaignctl import counting
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -98,6 +101,8 @@ class ProcessMetrics:
 
 
 PROCESS = ProcessMetrics()
+# This process serves /metrics: what it does is counted from now on.
+counting.PROCESS = PROCESS
 
 
 class DeliveryMeter:
@@ -142,21 +147,6 @@ class DeliveryMeter:
         counter.inc()
         if since is not None:
             self.seconds.observe(time.monotonic() - since)
-
-
-def fetched(interface: str) -> None:
-    """A device of a polling (``http``) interface fetched a document a job waited for:
-    that is its delivery, attempted and succeeded at once (its time is the device's poll
-    interval, not campaignctl's: no latency is recorded)."""
-    PROCESS.deliveries_attempted.labels(interface).inc()
-    PROCESS.deliveries_succeeded.labels(interface).inc()
-
-
-def state_reports(source: str, recorded: int, rejected: int) -> None:
-    if recorded:
-        PROCESS.state_reports.labels(source, "recorded").inc(recorded)
-    if rejected:
-        PROCESS.state_reports.labels(source, "rejected").inc(rejected)
 
 
 class DatabaseCollector(Collector):

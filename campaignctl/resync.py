@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from campaignctl import db, interfaces
+from campaignctl import db, interfaces, store
 from campaignctl.delivery import CHUNK, load_documents, refresher
 from campaignctl.errors import NotFoundError
 from campaignctl.interfaces.base import Delivery, DeliveryPolicy, Failure
@@ -178,16 +178,7 @@ def _id_of(conn: "Connection", table: str, name: str) -> int:
 
 def _device_ids(conn: "Connection", names: Sequence[str]) -> dict[str, int]:
     wanted = sorted(set(names))
-    found: dict[str, int] = {}
-    for start in range(0, len(wanted), 500):
-        found.update(
-            db.run(
-                conn,
-                "SELECT name, id FROM device WHERE name IN :names",
-                {"names": wanted[start : start + 500]},
-                "names",
-            ).all()
-        )
+    found: dict[str, int] = store.by_name(conn, wanted, "id")
     missing = [n for n in wanted if n not in found]
     if missing:
         shown = ", ".join(repr(n) for n in missing[:10])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from campaignctl import db, dialect, versions
+from campaignctl import db, dialect, store, versions
 from campaignctl.errors import CampaignctlError, ConflictError, InputError
 from campaignctl.spec import CampaignSpec
 from campaignctl.suggest import not_found
@@ -161,8 +161,10 @@ def previous_firmwares(
 
 def build_specs(conn: "Connection", name: str, new_name: str, devices: list[str], job_id: int) -> list[CampaignSpec]:
     """The rollback campaign(s): one, unless an OTA campaign's device types go back to
-    different firmwares (one per firmware then, named NEW, NEW-2…)."""
-    _row, source = _source(conn, name)
+    different firmwares (one per firmware then: NEW, then NAME-rollback-2…)."""
+    from campaignctl.campaigns import get_spec
+
+    _row, source = get_spec(conn, name)
 
     def spec(spec_name: str, names: list[str], firmware: dict[str, Any] | None) -> CampaignSpec:
         return CampaignSpec(
@@ -181,16 +183,7 @@ def build_specs(conn: "Connection", name: str, new_name: str, devices: list[str]
     if not source.firmware:
         return [spec(new_name, devices, None)]
     plan = db.loads(db.run(conn, "SELECT plan FROM job WHERE id = :id", {"id": job_id}).scalar_one(), dict)
-    type_of: dict[str, int] = {}
-    for start in range(0, len(devices), 5000):
-        type_of.update(
-            db.run(
-                conn,
-                "SELECT name, device_type_id FROM device WHERE name IN :names",
-                {"names": devices[start : start + 5000]},
-                "names",
-            ).all()
-        )
+    type_of: dict[str, int] = store.by_name(conn, devices, "device_type_id")
     previous = previous_firmwares(conn, plan, source.firmware, set(type_of.values()))
     groups: dict[str, list[str]] = {}
     for device in devices:
@@ -199,15 +192,10 @@ def build_specs(conn: "Connection", name: str, new_name: str, devices: list[str]
     for version, names in sorted(groups.items()):
         # Back down: the devices report the version being rolled back.
         firmware = {"type": source.firmware["type"], "version": version, "allow_downgrade": True}
-        spec_name = new_name if not specs else f"{new_name}-{len(specs) + 1}"
+        # The next ones: NAME-rollback-2… (free in the database, and among these).
+        spec_name = new_name if not specs else default_name(conn, name, {s.name for s in specs})
         specs.append(spec(spec_name, names, firmware))
     return specs
-
-
-def _source(conn: "Connection", name: str) -> tuple[Any, CampaignSpec]:
-    from campaignctl.campaigns import get_spec
-
-    return get_spec(conn, name)
 
 
 def create(
@@ -268,11 +256,7 @@ def revert(conn: "Connection", campaign_id: int, up_to_batch: int, settings: dic
         # In a savepoint: a rollback that cannot be made (no older firmware, a name too
         # long) must not undo the abort around it; the reason says why instead.
         with conn.begin_nested():
-            base = default_name(conn, name)
-            specs = build_specs(conn, name, base, chosen, job_id)
-            for spec in specs:
-                if spec.name != base:
-                    spec.name = default_name(conn, name, {s.name for s in specs if s is not spec} | {base})
+            for spec in build_specs(conn, name, default_name(conn, name), chosen, job_id):
                 insert_validated(conn, spec, fail_stored(spec.name))
                 row, stored = get_spec(conn, spec.name, lock=True)
                 new_job, _owner = jobs.start(conn, row, stored, delivery)

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from campaignctl import __version__, credentials, db, dialect, metrics
+from campaignctl import __version__, counting, credentials, db, dialect, metrics
 from campaignctl.errors import CampaignctlError, InputError
 from campaignctl.interfaces.base import document
 from campaignctl.names import name_problem
@@ -256,7 +256,7 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY, metrics_token: str
         device_id, _, version, configuration, waiting, interface = authenticated(_configuration_query, name, request)
         if waiting is not None and waiting <= version:  # a job waits for the device to fetch this
             await run_in_threadpool(_record_fetch, engine, device_id, version)
-            metrics.fetched(interface)
+            counting.fetched(interface)
         etag = f'"{version}"'
         if _etag_matches(request.headers.get("if-none-match"), version):
             return Response(status_code=304, headers={"ETag": etag})
@@ -301,9 +301,9 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY, metrics_token: str
             now = db.utcnow()
             await run_in_threadpool(write_state, engine, [(device_id, k, v, now) for k, v in values.items()])
         except InputError as exc:
-            metrics.state_reports("http", 0, 1)
+            counting.state_reports("http", 0, 1)
             raise ApiError(400, exc.message) from None
-        metrics.state_reports("http", 1, 0)
+        counting.state_reports("http", 1, 0)
         return Response(status_code=204)
 
     def openapi() -> dict[str, Any]:

@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from campaignctl import db, dialect
+from campaignctl import counting, db, dialect
 from campaignctl.jobs import LEASE_SECONDS, Heartbeat, db_clock, owner_alive
 
 if TYPE_CHECKING:
@@ -252,6 +252,15 @@ def list_shards(conn: "Connection", job_id: int) -> list[dict[str, Any]]:
     ]
 
 
+def _meter(interface: str) -> Any:
+    """Counts and times an interface's deliveries, in a process that serves /metrics."""
+    if counting.PROCESS is None:
+        return None
+    from campaignctl.metrics import DeliveryMeter
+
+    return DeliveryMeter(interface)
+
+
 def deliver(
     engine: "Engine", shard: Shard, worker: str, *, on_progress: Callable[[int, int], None] = lambda _ok, _ko: None
 ) -> bool:
@@ -260,7 +269,6 @@ def deliver(
     after giving the shard back."""
     from campaignctl.delivery import JobRecorder, run_interface
     from campaignctl.interfaces.base import DeliveryPolicy
-    from campaignctl.metrics import DeliveryMeter
 
     with db.read(engine) as conn:
         settings = db.loads(
@@ -305,7 +313,7 @@ def deliver(
                 stop=lambda: bool(state["stop"]),
                 first=shard.first,
                 last=shard.last,
-                meter=DeliveryMeter(interface.name),
+                meter=_meter(interface.name),
             )
         completed = not state["stop"]
     finally:

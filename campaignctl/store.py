@@ -36,6 +36,25 @@ def next_revision(conn: "Connection") -> int:
     return int(db.run(conn, "UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value").scalar_one())
 
 
+#: Device names per ``IN`` list: lists of any length, in statements of a bounded size.
+NAMES_PER_STATEMENT = 5000
+
+
+def by_name(conn: "Connection", names: Sequence[str], column: str) -> dict[str, Any]:
+    """``column`` of each of these devices that exists, by name."""
+    found: dict[str, Any] = {}
+    for start in range(0, len(names), NAMES_PER_STATEMENT):
+        found.update(
+            db.run(
+                conn,
+                f"SELECT name, {column} FROM device WHERE name IN :names",
+                {"names": list(names[start : start + NAMES_PER_STATEMENT])},
+                "names",
+            ).all()
+        )
+    return found
+
+
 def device_row(conn: "Connection", name: str) -> Any:
     row = db.run(
         conn,

@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Collection, Iterator
 
 from campaignctl import db, dialect
-from campaignctl.jobs import ITEM_STATES
+from campaignctl.jobs import ITEM_STATES, LEFT_OUT
 from campaignctl.rollout import Rollout, format_duration
 from campaignctl.values import SECRET_MASK, cut
 
@@ -213,7 +213,7 @@ class _Facts:
             "0",
         )
         # Judged without the other facts:
-        settled = "ji.status IN ('pending', 'cancelled', 'installed', 'skipped', 'superseded')"
+        settled = "ji.status IN (" + ", ".join(f"'{s}'" for s in ("pending", "cancelled", *LEFT_OUT)) + ")"
         self.mismatch = f"CASE WHEN {settled} THEN NULL ELSE {first_mismatch} END"
         self.any_mismatch = f"CASE WHEN {settled} THEN 0 ELSE {any_mismatch} END"
         expecting = sorted(by_type)

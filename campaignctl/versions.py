@@ -12,7 +12,11 @@ import json
 import re
 from typing import Any, NamedTuple
 
+from campaignctl.values import cut
+
 _SEMVER = re.compile(r"^[vV]?(\d{1,18})(?:\.(\d{1,18}))?(?:\.(\d{1,18}))?(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
+#: Characters of a reported version quoted in a reason.
+SHOWN = 64
 _PART = re.compile(r"^(\d{1,18}|[xX*])$")
 
 
@@ -103,15 +107,20 @@ def rule(
     """What an OTA campaign does with a device reporting ``reported``: ("deliver", None),
     ("installed", reason) when it already runs the target, or ("skipped", reason)."""
     if reported is not None and compare(reported, target) == 0:
-        return "installed", f"already installed ({reported})"
+        return "installed", f"already installed ({_shown(reported)})"
     if from_:
         if reported is None:
             return "skipped", f"reports no version; the campaign updates from {', '.join(from_)} only"
         if not any(matches(reported, p) for p in from_):
-            return "skipped", f"reports {reported}, not in from: {', '.join(from_)}"
+            return "skipped", f"reports {_shown(reported)}, not in from: {', '.join(from_)}"
     if reported is not None and not allow_downgrade and compare(reported, target) == 1:
-        return "skipped", f"would be a downgrade ({reported} → {target}); allow_downgrade is not set"
+        return "skipped", f"would be a downgrade ({_shown(reported)} → {target}); allow_downgrade is not set"
     return "deliver", None
+
+
+def _shown(reported: str) -> str:
+    """A version a device reported, for a reason: it may have sent 64 KiB."""
+    return cut(reported, SHOWN)
 
 
 def newest_before(target: str, versions: list[str]) -> str | None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Collection
 from campaignctl import db, jobs
 from campaignctl.control import campaign_row
 from campaignctl.errors import ConflictError
+from campaignctl.supervision import LEFT_OUT_STATES
 from campaignctl.worker import SLICE_SECONDS, tick
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ def outcome(data: dict[str, Any], min_valid: float) -> int | None:
         return None  # some devices are still on their way
     # Devices the campaign left out (version rules, a campaign of higher priority) are
     # not its to make valid.
-    counted = summary["total"] - summary["skipped"] - summary["superseded"]
+    counted = summary["total"] - sum(summary[s] for s in LEFT_OUT_STATES)
     valid = summary["valid"] / counted if counted else 1.0
     return EXIT_OK if valid >= min_valid - 1e-9 else EXIT_BELOW
 

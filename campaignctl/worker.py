@@ -14,10 +14,9 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from campaignctl import db, jobs, shards
+from campaignctl import counting, db, jobs, shards
 from campaignctl.engine import advance
 from campaignctl.errors import ConflictError, InputError
-from campaignctl.metrics import PROCESS
 from campaignctl.rollout import format_duration
 from campaignctl.values import shown
 
@@ -174,7 +173,7 @@ def _advance_safely(
     try:
         return advance(engine, job_id, owner, progress=progress, slice_seconds=slice_seconds)
     except Exception as exc:  # noqa: BLE001
-        PROCESS.engine_errors.inc()
+        counting.engine_error()
         log.warning(
             "job %s: %s; trying again at the next pass", job_id, db.describe(exc, engine), extra={"job": job_id}
         )
@@ -201,14 +200,16 @@ def run_worker(
                 busy = shards.work(engine, worker, stop=stop) > 0
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + interval
-                    with PROCESS.engine_passes.time():
-                        results = tick(engine, info=info, slice_seconds=SLICE_SECONDS)
+                    started = time.monotonic()
+                    results = tick(engine, info=info, slice_seconds=SLICE_SECONDS)
+                    if counting.PROCESS is not None:
+                        counting.PROCESS.engine_passes.observe(time.monotonic() - started)
                     for result in results:
                         if last.get(result["campaign"]) != result["outcome"]:
                             last[result["campaign"]] = result["outcome"]
                             info(f"{result['campaign']}: {result['outcome']}")
             except Exception as exc:  # noqa: BLE001 - a locked, busy or unreachable database: next pass
-                PROCESS.engine_errors.inc()
+                counting.engine_error()
                 log.warning(
                     "rollout engine: %s; trying again in %s", db.describe(exc, engine), format_duration(interval)
                 )

@@ -297,7 +297,7 @@ def advance_job(
         print_json(result)
     elif output is not None:
         state = result["status"] if result["step"] == "done" else outcome
-        left_out = counts["installed"] + counts["skipped"] + counts["superseded"]
+        left_out = sum(counts[s] for s in jobs.LEFT_OUT)
         echo(
             f"job {job_id}: {state} after {time.monotonic() - started:.1f}s: {counts['delivered']} delivered, "
             f"{counts['failed']} failed"
