@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from campaignctl import db, dialect
+from campaignctl import approvals, audit, db, dialect
 from campaignctl.errors import ConflictError, InputError
 from campaignctl.spec import CampaignSpec
 from campaignctl.suggest import not_found, suggestion
@@ -264,10 +264,15 @@ def create(engine: "Engine", spec: CampaignSpec) -> ApplyResult:
     with db.write(engine) as conn:
         if _row(conn, spec.name, required=False) is not None:
             raise _exists(spec.name)
-        _validate(conn, spec, _fail_for(spec))
+        devices = _validate(conn, spec, _fail_for(spec))
         if not _insert(conn, spec, now):
             raise _exists(spec.name)  # created by another process meanwhile
+        _record_created(conn, spec, len(devices))
     return ApplyResult(spec.name, "created", [])
+
+
+def _record_created(conn: "Connection", spec: CampaignSpec, devices: int) -> None:
+    audit.record(conn, "campaign.created", campaign=spec.name, details={"devices": devices})
 
 
 def insert_validated(conn: "Connection", spec: CampaignSpec, fail: Fail) -> None:
@@ -307,11 +312,12 @@ def apply(engine: "Engine", spec: CampaignSpec) -> ApplyResult:
         # Locked: a launch (or another apply) cannot change it before this one commits.
         row = _row(conn, spec.name, required=False, lock=True)
         if row is None:
-            _validate(conn, spec, _fail_for(spec))
+            devices = _validate(conn, spec, _fail_for(spec))
             if not _insert(conn, spec, now):
                 raise ConflictError(
                     f"campaign {spec.name!r} was created by another process meanwhile; apply again to update it"
                 )
+            _record_created(conn, spec, len(devices))
             return ApplyResult(spec.name, "created", [])
         current = CampaignSpec.from_json(row.spec, db.loads(row.secret_keys, list))
         changes = _diff(current, spec)
@@ -338,6 +344,10 @@ def apply(engine: "Engine", spec: CampaignSpec) -> ApplyResult:
                 "id": row.id,
             },
         )
+        # Approvals were given to what the campaign was: a change needs them again.
+        approvals.void(conn, row.id, spec.name)
+        # The names of what changed (never values: secrets are among them).
+        audit.record(conn, "campaign.applied", campaign=spec.name, details={"changes": changes})
     return ApplyResult(spec.name, "updated", changes)
 
 
@@ -364,6 +374,13 @@ def _diff(old: CampaignSpec, new: CampaignSpec) -> list[str]:
         changes.append("priority")
     if old.rollback_of != new.rollback_of:
         changes.append("rollback_of")
+    for part in ("dynamic", "max_devices"):
+        if getattr(old, part) != getattr(new, part):
+            changes.append(f"devices.{part}")
+    if old.end_at != new.end_at:
+        changes.append("end_at")
+    if canonical(old.approval) != canonical(new.approval):
+        changes.append("approval")
     if sorted(old.secret_keys) != sorted(new.secret_keys):
         changes.extend(k for k in sorted(set(old.secret_keys) ^ set(new.secret_keys)) if k not in changes)
     return changes
@@ -396,6 +413,7 @@ def delete(engine: "Engine", name: str) -> None:
         if row.status != "draft":
             raise ConflictError(f"campaign {name!r} was launched ({row.status}); only drafts can be deleted")
         db.run(conn, "DELETE FROM campaign WHERE id = :id", {"id": row.id})
+        audit.record(conn, "campaign.deleted", campaign=name)
 
 
 def list_campaigns(engine: "Engine") -> list[dict[str, Any]]:
@@ -434,12 +452,20 @@ def show(engine: "Engine", name: str, *, show_secrets: bool = False) -> dict[str
             devices = len(resolve_devices(conn, spec, fail_stored(name))) if not jobs else jobs[-1]["total"]
         except InputError:
             devices = 0
+        approval = approvals.state(conn, row.id, spec)
     secret = set(spec.secret_keys)
     return {
         "name": row.name,
         "description": row.description,
         "status": row.status,
-        "devices": {"names": spec.names, "selector": spec.selector, "count": devices},
+        "devices": {
+            "names": spec.names,
+            "selector": spec.selector,
+            "count": devices,
+            "dynamic": spec.dynamic,
+            "max_devices": spec.max_devices,
+        },
+        "end_at": spec.end_at,
         "configurations": {
             k: mask(v, f"configurations.{k}" in secret, show_secrets=show_secrets)
             for k, v in spec.configurations.items()
@@ -458,4 +484,5 @@ def show(engine: "Engine", name: str, *, show_secrets: bool = False) -> dict[str
         "launched_at": row.launched_at,
         "completed_at": row.completed_at,
         "jobs": jobs,
+        "approval": approval,
     }

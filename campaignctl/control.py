@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from campaignctl import db, dialect, jobs, store
+from campaignctl import audit, db, dialect, jobs, store
 from campaignctl.errors import ConflictError, InputError
 from campaignctl.rollout import Rollout
 from campaignctl.suggest import not_found
@@ -51,6 +51,7 @@ def mark_paused(conn: "Connection", name: str, reason: str) -> None:
         {"reason": reason, "now": db.utcnow(), "id": row.id},
     )
     db.run(conn, "UPDATE job SET status = 'paused' WHERE campaign_id = :id AND step != 'done'", {"id": row.id})
+    audit.record(conn, "campaign.paused", campaign=name, details={"reason": reason})
 
 
 def resume(engine: "Engine", name: str) -> int | None:
@@ -70,6 +71,7 @@ def resume(engine: "Engine", name: str) -> int | None:
                 "UPDATE campaign SET status = 'scheduled', reason = NULL, updated_at = :now WHERE id = :id",
                 {"now": stamp, "id": row.id},
             )
+            audit.record(conn, "campaign.resumed", campaign=name, details={"job": None, "status": "scheduled"})
             return None
         _refuse_recalled(conn, name, job_id)
         db.run(
@@ -97,6 +99,8 @@ def resume(engine: "Engine", name: str) -> int | None:
                 {"phase": phase, "job": job_id, "number": tripped[0]},
             )
         db.run(conn, "UPDATE job SET status = 'in_progress' WHERE id = :id", {"id": job_id})
+        accepted = {"accepted_batch": tripped[0]} if tripped is not None else {}
+        audit.record(conn, "campaign.resumed", campaign=name, details={"job": job_id, "status": "running", **accepted})
     return job_id
 
 
@@ -142,6 +146,7 @@ def mark_cancelled(conn: "Connection", name: str, reason: str) -> None:
         "completed_at = :now WHERE id = :id",
         {"reason": reason, "now": stamp, "id": campaign_row(conn, name).id},
     )
+    audit.record(conn, "campaign.cancelled", campaign=name, details={"reason": reason})
 
 
 def finish_cancel(engine: "Engine", name: str, *, wait: float = 10.0) -> dict[str, Any]:
@@ -158,6 +163,22 @@ def finish_cancel(engine: "Engine", name: str, *, wait: float = 10.0) -> dict[st
         time.sleep(0.1)
     with db.read(engine) as conn:
         return {"job": jobs.summary(conn, job_id)}
+
+
+def _refuse_outside_windows(conn: "Connection", name: str, settings: dict[str, Any], device_ids: list[int]) -> None:
+    """A retry sends at once: with maintenance windows, only to devices whose window is
+    open now (the others would get a document outside their window)."""
+    from campaignctl import windows
+
+    closed = windows.outside_windows(conn, Rollout.from_dict(settings.get("rollout")), device_ids)
+    if closed:
+        shown = "; ".join(f"{device}: {reason}" for device, reason in list(closed.items())[:5])
+        more = f" and {len(closed) - 5} more" if len(closed) > 5 else ""
+        raise ConflictError(
+            f"campaign {name!r} delivers only inside its maintenance windows, and {len(closed)} of the devices "
+            f"to retry are outside theirs ({shown}{more}): retry them once their window is open, or name the "
+            "others with --device"
+        )
 
 
 def retry(
@@ -200,6 +221,7 @@ def retry(
                 f"campaign {name!r} has no failed{' or timed-out' if timed_out else ''} device to retry"
             )
         ids = store.by_name(conn, [t["device"] for t in targets], "id")
+        _refuse_outside_windows(conn, name, settings, list(ids.values()))
         step = db.run(
             conn, "SELECT coalesce(max(number), 0) + 1 FROM job_step WHERE job_id = :job", {"job": job_id}
         ).scalar()
@@ -243,4 +265,6 @@ def retry(
                 "UPDATE campaign SET status = 'running', completed_at = NULL, updated_at = :now WHERE id = :id",
                 {"now": stamp, "id": row.id},
             )
+        details = {"job": job_id, "step": step, "devices": len(targets), "timed_out": timed_out}
+        audit.record(conn, "campaign.retried", campaign=name, details=details)
     return job_id, [t["device"] for t in targets]

@@ -34,16 +34,15 @@ def document_object(conn: "Connection", key: str, value: str, where: str) -> str
 
 def tag_equals(conn: "Connection", alias: str, key: str, value: str, n: int) -> tuple[str, dict[str, Any]]:
     """A clause: the device's tag ``key`` equals ``value`` (tags are a JSON object of strings)."""
-    names = {"key": f"tag_key_{n}", "value": f"tag_value_{n}"}
+    tag, params = tag_value(conn, alias, key, f"tag_key_{n}")
+    return f"{tag} = :tag_value_{n}", {**params, f"tag_value_{n}": value}
+
+
+def tag_value(conn: "Connection | Any", alias: str, key: str, name: str) -> tuple[str, dict[str, Any]]:
+    """An expression: the device's tag ``key`` (NULL without it); ``name``: its parameter."""
     if is_postgres(conn):
-        return (
-            f"(CAST({alias}.tags AS jsonb) ->> :{names['key']}) = :{names['value']}",
-            {names["key"]: key, names["value"]: value},
-        )
-    return (
-        f"json_extract({alias}.tags, :{names['key']}) = :{names['value']}",
-        {names["key"]: '$."' + key.replace('"', '\\"') + '"', names["value"]: value},
-    )
+        return f"(CAST({alias}.tags AS jsonb) ->> :{name})", {name: key}
+    return f"json_extract({alias}.tags, :{name})", {name: '$."' + key.replace('"', '\\"') + '"'}
 
 
 def separator(conn: "Connection") -> str:

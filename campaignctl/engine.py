@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from campaignctl import db, jobs, shards, store
+from campaignctl import audit, db, jobs, shards, store, windows
 from campaignctl.interfaces.base import DeliveryPolicy
 from campaignctl.rollout import Rollout
 
@@ -169,9 +169,18 @@ def _advance(ctx: Context) -> str:
             return "paused"
         current = next((b for b in batches if b.status not in ("promoted", "cancelled")), None)
         if current is None:
+            from campaignctl import dynamic
+
+            if dynamic.admit(ctx):
+                continue  # devices that came to match go out as a batch of their own
             _deliver(ctx)  # retried devices of promoted batches
             return _finish(ctx)
         number = current.number
+        if current.status in ("pending", "releasing"):
+            from campaignctl import dynamic
+
+            if dynamic.drop_unmatched(ctx, number):
+                continue  # the batch's size changed: read it again
         if current.status == "pending":
             _start_batch(ctx, number, current.size)
         elif current.status == "releasing":
@@ -227,22 +236,28 @@ def _start_batch(ctx: Context, number: int, size: int) -> None:
             "UPDATE job_batch SET status = 'releasing', started_at = :now WHERE job_id = :job AND number = :number",
             {"now": stamp, "job": ctx.job_id, "number": number},
         )
+        _record(conn, ctx, "batch.started", batch=number, devices=size)
         _set_job(conn, ctx, status="in_progress", step="write")
 
 
 def _release(ctx: Context, number: int, size: int) -> str:
-    """Write and deliver the batch's devices, at the rate limit when there is one.
-    Returns "released", "tripped" (the breaker), or "yield" (a worker's time slice is up)."""
+    """Write and deliver the batch's devices, at the rate limit when there is one, those
+    in their maintenance window only when the rollout has windows. Returns "released",
+    "tripped" (the breaker), or "yield" (a worker's time slice is up, or devices wait for
+    their window: a later pass goes on)."""
+    gate = windows.Gate.for_rollout(ctx.rollout)
+    if gate is not None and windows.still_closed(str(ctx.engine.url), ctx.job_id, number, gate.schedule):
+        return "yield"  # an earlier pass found every waiting device's window closed until later
     rate = ctx.rollout.max_per_minute
     with db.read(ctx.engine) as conn:
         written = size - jobs.counts(conn, ctx.job_id, number)["pending"]
     ctx.progress("write", written, size)
     if rate is None:
-        while count := _write(ctx, number, ctx.chunk_size):
+        while count := _write(ctx, number, ctx.chunk_size, gate):
             written += count
             ctx.progress("write", written, size)
         _deliver(ctx)
-        return "tripped" if _check_breaker(ctx, number) else "released"
+        return "tripped" if _check_breaker(ctx, number) else _released(ctx, number, gate)
     # A token bucket: rate/60 devices a second, at most one second's worth at once.
     per_second = rate / 60.0
     burst = max(1.0, per_second)
@@ -254,10 +269,10 @@ def _release(ctx: Context, number: int, size: int) -> str:
         if tokens < 1:
             ctx.sleep((1 - tokens) / per_second)
             continue
-        count = _write(ctx, number, min(ctx.chunk_size, math.floor(tokens)))
+        count = _write(ctx, number, min(ctx.chunk_size, math.floor(tokens)), gate)
         if not count:
             _deliver(ctx)
-            return "tripped" if _check_breaker(ctx, number) else "released"
+            return "tripped" if _check_breaker(ctx, number) else _released(ctx, number, gate)
         tokens -= count
         written += count
         ctx.progress("write", written, size)
@@ -266,6 +281,33 @@ def _release(ctx: Context, number: int, size: int) -> str:
             return "tripped"
         if ctx.deadline is not None and time.monotonic() > ctx.deadline:
             return "yield"
+
+
+def _released(ctx: Context, number: int, gate: windows.Gate | None) -> str:
+    """Whether every device of the batch is written ("released"), or some wait for their
+    window ("yield"): the batch is not promoted, and bake time and timeouts have not begun.
+    When none of them is in a window, when the first window opens is remembered: the
+    passes before it return at once (``windows.still_closed``)."""
+    if gate is None:
+        return "released"
+    with db.write(ctx.engine) as conn:
+        if not _pending_left(conn, ctx, number):
+            return "released"
+        _set_job(conn, ctx, status="waiting", step="write")
+        opens = gate.next_opening(conn, ctx.job_id, number)
+        windows.remember_closed(str(ctx.engine.url), ctx.job_id, number, gate.schedule, opens)
+    return "yield"
+
+
+def _pending_left(conn: "Connection", ctx: Context, number: int) -> bool:
+    return (
+        db.run(
+            conn,
+            "SELECT 1 FROM job_item WHERE job_id = :job AND batch = :batch AND status = 'pending' LIMIT 1",
+            {"job": ctx.job_id, "batch": number},
+        ).first()
+        is not None
+    )
 
 
 def _check_breaker(ctx: Context, number: int) -> bool:
@@ -289,10 +331,11 @@ def _batch_row(ctx: Context, number: int) -> Any:
         return db.run(conn, _BATCHES + " AND number = :number", {"job": ctx.job_id, "number": number}).one()
 
 
-def _write(ctx: Context, number: int, limit: int) -> int:
-    """Write the desired entries of up to ``limit`` pending devices of a batch, in one
-    transaction with their items' move to ``syncing``: a device is written exactly once,
-    whenever the process dies. What the job overwrites is kept, to put back on cancel."""
+def _write(ctx: Context, number: int, limit: int, gate: windows.Gate | None = None) -> int:
+    """Write the desired entries of up to ``limit`` pending devices of a batch (those the
+    ``gate`` of its windows lets through), in one transaction with their items' move to
+    ``syncing``: a device is written exactly once, whenever the process dies. What the
+    job overwrites is kept, to put back on cancel."""
     from campaignctl.supervision import plan_values
 
     values, params = plan_values("v", ctx.plan, "configurations")
@@ -307,23 +350,25 @@ def _write(ctx: Context, number: int, limit: int) -> int:
             "AND b.device_id = ji.device_id AND b.key = v.key))"
         )
     )
-    items = (
-        "FROM job_item ji JOIN device d ON d.id = ji.device_id JOIN v ON v.type_id = d.device_type_id "
-        "{join} WHERE ji.job_id = :job AND ji.batch = :batch AND ji.status = 'pending' "
-        "AND ji.device_id BETWEEN :lo AND :hi"
-    )
     cte = f"WITH {values} "
     with db.write(ctx.engine) as conn:
         stop_if_not_ours(conn, ctx)
-        lo, hi, count = db.run(
-            conn,
-            "SELECT min(device_id), max(device_id), count(*) FROM (SELECT device_id FROM job_item "
-            "WHERE job_id = :job AND batch = :batch AND status = 'pending' ORDER BY device_id LIMIT :limit) AS chunk",
-            {"job": ctx.job_id, "batch": number, "limit": limit},
-        ).one()
-        if not count:
-            _set_job(conn, ctx, written_at=db.utcnow(), step="deliver")
+        chunk = _chunk(conn, ctx, number, limit, gate)
+        if chunk is None:
+            if gate is None or not _pending_left(conn, ctx, number):
+                _set_job(conn, ctx, written_at=db.utcnow(), step="deliver")  # the write step finished
             return 0
+        lo, hi, ids, count = chunk
+        # With windows, the chunk is the very devices the gate chose: every statement below
+        # names them, rather than judging their tags again (a device re-tagged meanwhile
+        # must not be written by one statement and left pending by the next).
+        chosen = "" if ids is None else " AND ji.device_id IN :ids"
+        listed: tuple[str, ...] = () if ids is None else ("ids",)
+        items = (
+            "FROM job_item ji JOIN device d ON d.id = ji.device_id JOIN v ON v.type_id = d.device_type_id "
+            "{join} WHERE ji.job_id = :job AND ji.batch = :batch AND ji.status = 'pending' "
+            "AND ji.device_id BETWEEN :lo AND :hi" + chosen
+        )
         revision = store.next_revision(conn)
         db.run(
             conn,
@@ -332,6 +377,8 @@ def _write(ctx: Context, number: int, limit: int) -> int:
         )
         stamp = db.utcnow()
         where = {**params, "job": ctx.job_id, "batch": number, "lo": lo, "hi": hi}
+        if ids is not None:
+            where["ids"] = ids
         db.run(
             conn,
             cte + "INSERT INTO job_item_before (job_id, device_id, key, desired, desired_at, desired_by, secret) "
@@ -339,6 +386,7 @@ def _write(ctx: Context, number: int, limit: int) -> int:
             + items.format(join="JOIN device_config c ON c.device_id = ji.device_id AND c.key = v.key")
             + " AND c.desired IS NOT NULL",
             where,
+            *listed,
         )
         db.run(
             conn,
@@ -356,12 +404,15 @@ def _write(ctx: Context, number: int, limit: int) -> int:
                 "by": f"job:{ctx.job_id}",
                 **({} if restore_job is None else {"restore_job": restore_job}),
             },
+            *listed,
         )
-        _supersede(conn, ctx, number, lo, hi, stamp)
+        _supersede(conn, ctx, number, lo, hi, stamp, ids)
+        if gate is not None:
+            gate.passed(hi)
         # A device type the campaign writes nothing to (expected state only) gets revision
         # 0: any document it fetches holds "the job's write".
         valued = sorted({int(t) for t, p in ctx.plan.items() if p["configurations"]})
-        expanding: tuple[str, ...] = ()
+        expanding: tuple[str, ...] = listed
         if len(valued) == len(ctx.plan):  # the common case: every device gets entries
             item_revision = ":revision"
         else:
@@ -369,11 +420,12 @@ def _write(ctx: Context, number: int, limit: int) -> int:
                 "CASE WHEN (SELECT device_type_id FROM device WHERE id = job_item.device_id) "
                 "IN :valued THEN :revision ELSE 0 END"
             )
-            expanding = ("valued",)
+            expanding += ("valued",)
         db.run(
             conn,
             f"UPDATE job_item SET status = 'syncing', updated_at = :now, revision = {item_revision} "
-            "WHERE job_id = :job AND batch = :batch AND status = 'pending' AND device_id BETWEEN :lo AND :hi",
+            "WHERE job_id = :job AND batch = :batch AND status = 'pending' AND device_id BETWEEN :lo AND :hi"
+            + ("" if ids is None else " AND device_id IN :ids"),
             {
                 "now": stamp,
                 "revision": revision,
@@ -382,15 +434,58 @@ def _write(ctx: Context, number: int, limit: int) -> int:
                 "batch": number,
                 "lo": lo,
                 "hi": hi,
+                **({} if ids is None else {"ids": ids}),
             },
             *expanding,
         )
     return int(count)
 
 
-def _supersede(conn: "Connection", ctx: Context, number: int, lo: int, hi: int, stamp: str) -> None:
-    """The devices of this chunk that campaigns of lower priority also set are theirs no
-    more: in the transaction that writes them here."""
+#: The most devices a chunk through the windows' gate names (one SQL parameter each:
+#: well under SQLite's and PostgreSQL's limits).
+GATED_CHUNK = 5000
+
+
+def _chunk(
+    conn: "Connection", ctx: Context, number: int, limit: int, gate: windows.Gate | None
+) -> tuple[int, int, list[int] | None, int] | None:
+    """The next chunk of the batch's pending devices to write: (first id, last id, the ids
+    when a gate chose them, count); None when there is none (none in its window)."""
+    if gate is None:
+        # Without windows every pending device of the range goes: bounds are enough (and
+        # the fastest at 100k devices).
+        lo, hi, count = db.run(
+            conn,
+            "SELECT min(device_id), max(device_id), count(*) FROM (SELECT device_id FROM job_item "
+            "WHERE job_id = :job AND batch = :batch AND status = 'pending' ORDER BY device_id LIMIT :limit) AS chunk",
+            {"job": ctx.job_id, "batch": number, "limit": limit},
+        ).one()
+        return (lo, hi, None, count) if count else None
+    opened = gate.clause(conn, "d")
+    if opened is None:
+        return None  # no device of the batch is in its window now
+    gated, gate_params, expanding = opened
+    gate_params.update(job=ctx.job_id, batch=number, gate_after=gate.after, limit=min(limit, GATED_CHUNK))
+    ids = list(
+        db.run(
+            conn,
+            "SELECT ji.device_id FROM job_item ji JOIN device d ON d.id = ji.device_id "
+            "WHERE ji.job_id = :job AND ji.batch = :batch AND ji.status = 'pending' AND ji.device_id > :gate_after"
+            + gated
+            + " ORDER BY ji.device_id LIMIT :limit",
+            gate_params,
+            *expanding,
+        ).scalars()
+    )
+    return (ids[0], ids[-1], ids, len(ids)) if ids else None
+
+
+def _supersede(
+    conn: "Connection", ctx: Context, number: int, lo: int, hi: int, stamp: str, ids: list[int] | None = None
+) -> None:
+    """The devices of this chunk (``ids`` when the windows' gate chose them) that
+    campaigns of lower priority also set are theirs no more: in the transaction that
+    writes them here."""
     if not ctx.supersedes:
         return
     for job_id, other in ctx.supersedes.items():
@@ -399,7 +494,9 @@ def _supersede(conn: "Connection", ctx: Context, number: int, lo: int, hi: int, 
             "UPDATE job_item SET status = 'superseded', error = :reason, updated_at = :now WHERE job_id = :other "
             "AND status IN ('pending', 'syncing', 'delivered', 'failed') AND device_id IN (SELECT ji.device_id "
             "FROM job_item ji JOIN device d ON d.id = ji.device_id WHERE ji.job_id = :job AND ji.batch = :batch "
-            "AND ji.status = 'pending' AND ji.device_id BETWEEN :lo AND :hi AND d.device_type_id IN :types)",
+            "AND ji.status = 'pending' AND ji.device_id BETWEEN :lo AND :hi AND d.device_type_id IN :types"
+            + ("" if ids is None else " AND ji.device_id IN :ids")
+            + ")",
             {
                 "reason": f"superseded by campaign {ctx.campaign} (priority {ctx.priority}), which also sets "
                 f"{', '.join(other['keys'])}",
@@ -410,8 +507,10 @@ def _supersede(conn: "Connection", ctx: Context, number: int, lo: int, hi: int, 
                 "lo": lo,
                 "hi": hi,
                 "types": other["types"],
+                **({} if ids is None else {"ids": ids}),
             },
             "types",
+            *(() if ids is None else ("ids",)),
         )
 
 
@@ -522,20 +621,18 @@ def _judge(ctx: Context, batch: Any) -> str | None:
     size = _counted(batch, states)
     stamp = db.utcnow()
     if size <= 0 or valid / size >= threshold - 1e-9:  # (every device superseded: nothing to judge)
+        why = (f"{valid} of {size} valid" if judged else "delivered") + (
+            " (accepted by a user)" if batch.accepted else ""
+        )
         with db.write(ctx.engine) as conn:
             stop_if_not_ours(conn, ctx)
             db.run(
                 conn,
                 "UPDATE job_batch SET status = 'promoted', finished_at = :now, reason = :reason "
                 "WHERE job_id = :job AND number = :number",
-                {
-                    "now": stamp,
-                    "reason": (f"{valid} of {size} valid" if judged else "delivered")
-                    + (" (accepted by a user)" if batch.accepted else ""),
-                    "job": ctx.job_id,
-                    "number": batch.number,
-                },
+                {"now": stamp, "reason": why, "job": ctx.job_id, "number": batch.number},
             )
+            _record(conn, ctx, "batch.promoted", batch=batch.number, reason=why)
         return None
     errors = sum(states.get(k, 0) for k in ("failed", "invalid", "timed_out", "cancelled"))
     if (size - errors) / size < threshold - 1e-9:
@@ -565,12 +662,15 @@ def _set_trip(conn: "Connection", ctx: Context, number: int, reason: str, stamp:
         "WHERE job_id = :job AND number = :number",
         {"reason": reason, "now": stamp, "job": ctx.job_id, "number": number},
     )
-    db.run(
+    stopped = db.run(
         conn,
         "UPDATE campaign SET status = :status, reason = :reason, updated_at = :now WHERE id = :id "
         "AND status = 'running'",
         {"status": status, "reason": reason, "now": stamp, "id": ctx.campaign_id},
-    )
+    ).rowcount
+    _record(conn, ctx, "batch.tripped", batch=number, reason=reason, on_error=ctx.rollout.on_error)
+    if stopped:
+        _record(conn, ctx, f"campaign.{status}", reason=reason)  # paused or aborted
 
 
 def _finish(ctx: Context) -> str:
@@ -584,14 +684,25 @@ def _finish(ctx: Context) -> str:
         if syncing or counts["syncing"] > seen:  # or a retry came in meanwhile
             _set_job(conn, ctx, status="waiting", step="deliver")
             return "waiting"
+        from campaignctl import dynamic
+
+        if dynamic.keeps_open(conn, ctx):
+            _set_job(conn, ctx, status="waiting", step="join")
+            return "waiting"  # devices that come to match join at a later pass
         _set_job(conn, ctx, status="failed" if counts["failed"] else "success", step="done", finished_at=stamp)
-        db.run(
+        if db.run(
             conn,
             "UPDATE campaign SET status = 'completed', completed_at = :now, updated_at = :now "
             "WHERE id = :id AND status = 'running'",
             {"now": stamp, "id": ctx.campaign_id},
-        )
+        ).rowcount:
+            _record(conn, ctx, "campaign.completed", counts={k: v for k, v in counts.items() if v})
     return "completed"
+
+
+def _record(conn: "Connection", ctx: Context, action: str, **details: Any) -> None:
+    """An event of the engine's own decision about this job, in the transaction making it."""
+    audit.record(conn, action, campaign=ctx.campaign, details={"job": ctx.job_id, **details}, by=audit.ENGINE)
 
 
 def _settle_shards(ctx: Context) -> None:

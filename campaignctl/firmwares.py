@@ -6,7 +6,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
-from campaignctl import db
+from campaignctl import audit, db
 from campaignctl.errors import ConflictError, InputError, NotFoundError
 from campaignctl.suggest import did_you_mean, not_found
 from campaignctl.values import mask
@@ -25,6 +25,7 @@ def add(
     version: str,
     url: str,
     token_env: str | None = None,
+    token: str | None = None,
     sha256: str | None = None,
     size: int | None = None,
     description: str | None = None,
@@ -37,8 +38,10 @@ def add(
         raise InputError("must be 64 hexadecimal digits", field="--sha256")
     if size is not None and not 0 <= size < 2**63:
         raise InputError("must be between 0 and 2^63-1 bytes", field="--size")
-    token = None
+    # ``token``: the value itself, from the operator API, which never reads the server's environment.
     if token_env is not None:
+        if token is not None:
+            raise InputError("give the token or the variable that holds it, not both", field="--token-env")
         token = os.environ.get(token_env)
         if token is None:
             raise InputError(f"environment variable {token_env} is not set", field="--token-env")
@@ -77,6 +80,9 @@ def add(
         ).rowcount
         if added != 1:
             raise ConflictError(f"{device_type} {firmware_type} firmware {version!r} is already in the registry")
+        # Never the token; the URL neither, which may carry one in its query.
+        details = {**_what(device_type, firmware_type, version), "token": bool(token)}
+        audit.record(conn, "firmware.added", details=details)
     return {"device_type": device_type, "firmware_type": firmware_type, "version": version}
 
 
@@ -150,6 +156,8 @@ def recall(
                 control.mark_cancelled(conn, name, why)
             else:
                 control.mark_paused(conn, name, why)
+        details = {**_what(device_type, firmware_type, version), "reason": reason}
+        audit.record(conn, "firmware.recalled", details={**details, "cancelled" if cancel else "paused": stopped})
     if cancel:
         for name in stopped:
             control.finish_cancel(engine, name)
@@ -171,6 +179,11 @@ def unrecall(engine: "Engine", *, device_type: str, firmware_type: str, version:
             {"id": firmware_id},
         ).rowcount:
             raise ConflictError(f"{device_type} {firmware_type} firmware {version!r} is not recalled")
+        audit.record(conn, "firmware.unrecalled", details=_what(device_type, firmware_type, version))
+
+
+def _what(device_type: str, firmware_type: str, version: str) -> dict[str, str]:
+    return {"device_type": device_type, "firmware_type": firmware_type, "version": version}
 
 
 def recalls(conn: "Connection", spec: Any, type_ids: set[int]) -> list[dict[str, Any]]:

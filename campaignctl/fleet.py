@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from campaignctl import db, dialect, store
+from campaignctl import audit, db, dialect, store
 from campaignctl.errors import InputError
 from campaignctl.suggest import did_you_mean
 from campaignctl.values import MAX_STATE_BYTES, MAX_STATE_DEPTH, TooDeep, canonical, check_key, depth, loads, mask
@@ -56,11 +56,12 @@ def import_fleet(engine: "Engine", path: str) -> ImportResult:
 
 def _import(engine: "Engine", fleet: "Fleet", path: str) -> ImportResult:
     result = ImportResult()
-    now = db.utcnow()
     with db.write(engine) as conn:
         # Imports decide on what they read (new or changed, keys shared by firmware types)
         # about rows that may not exist yet: one import at a time.
         dialect.exclusive(conn, "fleet import")
+        # Stamped under the lock: stamps follow the order imports commit in (dynamic._fleet_mark).
+        now = db.utcnow()
         _upsert_interfaces(conn, fleet, now, result.interfaces)
         _upsert_device_types(conn, fleet, now, result.device_types, path)
         _upsert_devices(conn, fleet, now, result.devices, path)
@@ -82,6 +83,7 @@ def _import(engine: "Engine", fleet: "Fleet", path: str) -> ImportResult:
         if result.devices.created or result.devices.updated:
             # Launches join devices by type right after an import: plan them on its numbers.
             dialect.analyze(conn, "device")
+        audit.record(conn, "fleet.imported", details={"source": path, **result.to_dict()})
     return result
 
 
@@ -242,20 +244,37 @@ def _upsert_devices(conn: "Connection", fleet: "Fleet", now: str, counts: Counts
 
 
 def list_devices(
-    engine: "Engine", *, type: str | None = None, tags: dict[str, str] | None = None, interface: str | None = None
+    engine: "Engine",
+    *,
+    type: str | None = None,
+    tags: dict[str, str] | None = None,
+    interface: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
 ) -> list[dict[str, Any]]:
+    """The devices selected, in name order; ``limit`` and ``offset``: one page of them."""
     with db.read(engine) as conn:
         where, params = device_filter(conn, type=type, tags=tags, interface=interface)
+        page = "" if limit is None else " LIMIT :page_limit OFFSET :page_offset"
         rows = db.run(
             conn,
             "SELECT d.name, t.name, i.name, d.tags, d.updated_at FROM device d "
             "JOIN device_type t ON t.id = d.device_type_id JOIN interface i ON i.id = d.interface_id "
-            f"{where} ORDER BY d.name",
-            params,
+            f"{where} ORDER BY d.name{page}",
+            {**params, "page_limit": limit, "page_offset": offset},
         ).all()
     return [
         {"name": r[0], "type": r[1], "interface": r[2], "tags": db.loads(r[3], dict), "updated_at": r[4]} for r in rows
     ]
+
+
+def count_devices(
+    engine: "Engine", *, type: str | None = None, tags: dict[str, str] | None = None, interface: str | None = None
+) -> int:
+    """How many devices ``list_devices`` selects (without its page)."""
+    with db.read(engine) as conn:
+        where, params = device_filter(conn, type=type, tags=tags, interface=interface)
+        return int(db.run(conn, f"SELECT count(*) FROM device d {where}", params).scalar_one())
 
 
 def device_filter(
@@ -341,6 +360,9 @@ def set_config(
         device = store.device_row(conn, name)
         revision = store.next_revision(conn)
         store.write_desired(conn, [(device.id, k, v, now, revision, "user", secret) for k, v in texts.items()])
+        # The keys, never the values: a key may be secret now, or have been before.
+        details = {"keys": sorted(texts), "secret": secret, "revision": revision}
+        audit.record(conn, "device.config_set", device=name, details=details)
     result = SetConfigResult(device=name, version=revision, delivered=False)
     if deliver:
         outcome = delivery.deliver_devices(engine, [device.id], policy=policy)
@@ -394,3 +416,24 @@ def parse_state_payload(payload: bytes | str) -> dict[str, str]:
         return {k: canonical(v) for k, v in value.items()}
     except ValueError as exc:
         raise InputError(f"state holds a value that is not JSON: {exc}") from None
+
+
+def device_type_names(engine: "Engine") -> list[str]:
+    """Every device type's name, in name order."""
+    with db.read(engine) as conn:
+        return [r[0] for r in db.run(conn, "SELECT name FROM device_type ORDER BY name")]
+
+
+def device_campaigns(conn: "Connection", name: str) -> list[dict[str, Any]]:
+    """The campaigns whose jobs included device ``name``, the latest first, with the
+    device's delivery in each."""
+    return [
+        {"campaign": r[0], "status": r[1], "item": r[2], "updated_at": r[3]}
+        for r in db.run(
+            conn,
+            "SELECT c.name, c.status, ji.status, ji.updated_at FROM job_item ji JOIN job j ON j.id = ji.job_id "
+            "JOIN campaign c ON c.id = j.campaign_id JOIN device d ON d.id = ji.device_id "
+            "WHERE d.name = :name ORDER BY j.id DESC",
+            {"name": name},
+        )
+    ]

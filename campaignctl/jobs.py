@@ -25,7 +25,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
-from campaignctl import counting, db, dialect
+from campaignctl import audit, counting, db, dialect
 from campaignctl.errors import ConflictError, NotFoundError
 from campaignctl.interfaces.base import DeliveryPolicy
 from campaignctl.rollout import Rollout
@@ -122,22 +122,47 @@ def launch(
                 "updated_at = :now, launch_settings = :settings WHERE id = :id",
                 {"start_at": spec.start_at, "now": stamp, "settings": json.dumps(settings), "id": row.id},
             )
+            audit.record(conn, "campaign.launched", campaign=name, details={"scheduled_for": spec.start_at})
             return None, None
-        return start(conn, row, spec, settings, force=force)
+        job_id, owner = start(conn, row, spec, settings, force=force)
+        record_start(conn, "campaign.launched", name, job_id, force=force)
+        return job_id, owner
+
+
+def launch_detached(engine: "Engine", name: str, **options: Any) -> int | None:
+    """``launch --detach``: the job is created and left to whichever engine runs (``serve``,
+    ``run``, ``tick``); returns its id, or None when the campaign is only scheduled."""
+    job_id, owner = launch(engine, name, **options)
+    if job_id is not None and owner is not None:
+        release(engine, job_id, owner)
+    return job_id
+
+
+def record_start(
+    conn: "Connection", action: str, name: str, job_id: int, *, by: str | None = None, **more: Any
+) -> None:
+    """The event of a campaign whose job ``start`` just created (a launch, a scheduled start)."""
+    total = db.run(conn, "SELECT total FROM job WHERE id = :id", {"id": job_id}).scalar_one()
+    audit.record(conn, action, campaign=name, details={"job": job_id, "devices": total, **more}, by=by)
 
 
 def start(conn: "Connection", row: Any, spec: Any, settings: dict[str, Any], *, force: bool = True) -> tuple[int, str]:
     """Create the job of a campaign that starts now, in the caller's write transaction.
     Unless ``force``, refused when another campaign of the same or a higher priority sets
     one of its keys on one of its devices."""
-    from campaignctl import membership
+    from campaignctl import approvals, membership
     from campaignctl.campaigns import fail_stored
 
+    # Launches and scheduled starts both come here: neither starts an unapproved campaign.
+    approvals.require(conn, row, spec)
     # Of two launches at once, the second decides on the first's campaign as launched
     # (and a firmware recall waits for both): the claims on devices are read and made
     # one transaction at a time.
     dialect.exclusive(conn, CLAIMS)
     found = membership.resolve(conn, row.name, spec, fail_stored(row.name))
+    from campaignctl import dynamic
+
+    dynamic.check_launch(row.name, spec, len(found.devices))
     if not force:
         refuse_conflicts(row.name, spec, found.conflicts)
     rollout = Rollout.from_dict(spec.rollout)
@@ -246,7 +271,9 @@ def acquire(engine: "Engine", job_id: int) -> str:
 
 def try_acquire(engine: "Engine", job_id: int, *, explain: bool = False) -> str | None:
     """The lease, or None (``explain``: a ConflictError saying why) when the job is
-    finished or another live process runs it."""
+    finished or another live process runs it. Taking over from a dead or silent owner is
+    recorded (``job.resumed``, by the engine); so is every ``explain`` take, which is a
+    user's ``jobs resume``."""
     owner = new_owner()
     with db.write(engine) as conn:
         job = lock_job(conn, job_id)
@@ -271,9 +298,20 @@ def try_acquire(engine: "Engine", job_id: int, *, explain: bool = False) -> str 
             "AND lease_owner IS NOT DISTINCT FROM :seen",
             {"owner": owner, "now": now, "lease": LEASE_SECONDS, "id": job_id, "seen": job.lease_owner},
         ).rowcount
+        if taken == 1 and (explain or job.lease_owner is not None):
+            _record_resumed(conn, job_id, job.lease_owner, by=None if explain else audit.ENGINE)
     if taken == 1 and job.lease_owner is not None:
         counting.lease_takeover()  # of a process that died or stopped renewing it
     return owner if taken == 1 else None
+
+
+def _record_resumed(conn: "Connection", job_id: int, previous: str | None, *, by: str | None) -> None:
+    """A job taken over from a process that died or stopped renewing its lease (a crash),
+    or resumed by a user (``jobs resume``): who had it, and who goes on with it."""
+    campaign = db.run(
+        conn, "SELECT c.name FROM job j JOIN campaign c ON c.id = j.campaign_id WHERE j.id = :id", {"id": job_id}
+    ).scalar_one()
+    audit.record(conn, "job.resumed", campaign=campaign, details={"job": job_id, "previous_owner": previous}, by=by)
 
 
 def lock_job(conn: "Connection", job_id: int) -> Any:
@@ -373,8 +411,26 @@ def counts(conn: "Connection", job_id: int, batch: int | None = None) -> dict[st
     return out
 
 
-def summary(conn: "Connection", job_id: int) -> dict[str, Any]:
-    job = job_row(conn, job_id)
+def item_counts(conn: "Connection", job_ids: list[int]) -> dict[int, dict[str, int]]:
+    """``counts`` of several jobs in one grouped query (lists of jobs and campaigns)."""
+    out = {job_id: dict.fromkeys(ITEM_STATES, 0) for job_id in job_ids}
+    for chunk in range(0, len(job_ids), 500):  # bound the IN list's parameters
+        ids = {f"j{n}": job_id for n, job_id in enumerate(job_ids[chunk : chunk + 500])}
+        sql = f"SELECT job_id, status, count(*) FROM job_item WHERE job_id IN ({', '.join(':' + k for k in ids)}) "
+        for job_id, status, number in db.run(conn, sql + "GROUP BY job_id, status", ids):
+            out[job_id][status] = number
+    return out
+
+
+def summary(
+    conn: "Connection",
+    job_id: int,
+    job: Any = None,
+    item_counts: dict[str, int] | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """A job's summary; ``job``, ``item_counts`` and ``now``: already read (a list)."""
+    job = job_row(conn, job_id) if job is None else job
     settings = db.loads(job.settings, dict)
     return {
         "id": job.id,
@@ -382,9 +438,9 @@ def summary(conn: "Connection", job_id: int) -> dict[str, Any]:
         "status": job.status,
         "step": job.step,
         "total": job.total,
-        "counts": counts(conn, job_id),
+        "counts": counts(conn, job_id) if item_counts is None else item_counts,
         "settings": {k: v for k, v in settings.items() if k not in ("rollout", "supersedes")},
-        "running": _lease_held(job, db_clock(conn)),
+        "running": _lease_held(job, db_clock(conn) if now is None else now),
         "created_at": job.created_at,
         "started_at": job.started_at,
         "written_at": job.written_at,
@@ -431,7 +487,19 @@ def show(engine: "Engine", job_id: int) -> dict[str, Any]:
     return data
 
 
-def list_jobs(engine: "Engine") -> list[dict[str, Any]]:
+def count_jobs(engine: "Engine") -> int:
     with db.read(engine) as conn:
-        ids = [r[0] for r in db.run(conn, "SELECT id FROM job ORDER BY id")]
-        return [summary(conn, i) for i in ids]
+        return int(db.run(conn, "SELECT count(*) FROM job").scalar_one())
+
+
+def list_jobs(engine: "Engine", *, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+    """Jobs in id order (``limit``/``offset``: one page of them), in three queries."""
+    with db.read(engine) as conn:
+        page = "" if limit is None else " LIMIT :limit OFFSET :offset"
+        rows = db.run(
+            conn,
+            "SELECT j.*, c.name AS campaign FROM job j JOIN campaign c ON c.id = j.campaign_id ORDER BY j.id" + page,
+            {"limit": limit, "offset": offset},
+        ).all()
+        counted, now = item_counts(conn, [r.id for r in rows]), db_clock(conn)
+        return [summary(conn, r.id, r, counted[r.id], now) for r in rows]

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -31,6 +32,7 @@ from campaignctl.spec import CampaignSpec
 from campaignctl.suggest import did_you_mean
 from campaignctl.values import MissingVariable, canonical, expand_env, key_problem
 from campaignctl.versions import check_pattern
+from campaignctl.windows import DAYS, check_zone, parse_clock, parse_day
 from campaignctl.yamlfile import YamlDocument, format_path, read_text
 
 
@@ -165,6 +167,12 @@ class Selector(_Strict):
 class DeviceSelection(_Strict):
     names: list[Name] = Field(default_factory=list)
     selector: Optional[Selector] = None
+    dynamic: bool = Field(False, strict=True)  # devices that come to match later join while it runs
+    max_devices: Optional[int] = Field(None, ge=1, le=MAX_COUNT, strict=True)
+
+
+class ApprovalManifest(_Strict):
+    required: int = Field(strict=True, ge=1, le=100)
 
 
 class FirmwareRef(BaseModel):
@@ -208,6 +216,34 @@ def _percent(value: Any) -> Any:
     return None if value is None else parse_percent(value)
 
 
+def _days(value: Any) -> Any:
+    if isinstance(value, list) and not value:
+        raise ValueError("give at least one day (or leave days out: every day)")
+    return value
+
+
+class WindowManifest(_Strict):
+    """A maintenance window (``campaignctl.windows``): days of the week, from start to end."""
+
+    days: Annotated[list[Annotated[Any, AfterValidator(parse_day)]], BeforeValidator(_days)] = Field(
+        default_factory=lambda: list(DAYS)
+    )
+    start: Annotated[Any, AfterValidator(parse_clock)]
+    end: Annotated[Any, AfterValidator(lambda v: parse_clock(v, end=True))]
+
+    @field_validator("end")
+    @classmethod
+    def _not_empty(cls, value: str, info: ValidationInfo) -> str:
+        if value == info.data.get("start"):
+            raise ValueError(
+                f"end equals start ({value}): a window needs a length (an end before the start crosses midnight)"
+            )
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"days": list(dict.fromkeys(self.days)), "start": self.start, "end": self.end}
+
+
 class RolloutManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -220,6 +256,23 @@ class RolloutManifest(BaseModel):
     on_error: Literal["pause", "abort", "revert"] = "pause"
     max_per_minute: Optional[int] = Field(None, ge=1, le=MAX_COUNT, strict=True)
     device_timeout: Annotated[Optional[float], BeforeValidator(_duration)] = None
+    windows: Optional[list[WindowManifest]] = None
+    timezone: Optional[Annotated[str, AfterValidator(check_zone)]] = None
+    timezone_tag: Optional[Key] = None
+
+    @field_validator("windows")
+    @classmethod
+    def _some_windows(cls, value: Optional[list[WindowManifest]]) -> Optional[list[WindowManifest]]:
+        if value is not None and not value:
+            raise ValueError("give at least one window (or leave windows out: deliveries at any time)")
+        return value
+
+    @field_validator("timezone", "timezone_tag")
+    @classmethod
+    def _with_windows(cls, value: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if value is not None and not info.data.get("windows"):
+            raise ValueError(f"{info.field_name} is the time zone of maintenance windows: give windows too")
+        return value
 
     @field_validator("batches")
     @classmethod
@@ -263,6 +316,9 @@ class RolloutManifest(BaseModel):
             max_per_minute=self.max_per_minute,
             device_timeout=self.device_timeout,
             explicit=True,
+            windows=[w.to_dict() for w in self.windows] if self.windows else None,
+            timezone=self.timezone,
+            timezone_tag=self.timezone_tag,
         )
 
 
@@ -277,6 +333,8 @@ class CampaignManifest(_Strict):
     rollout: Optional[RolloutManifest] = None
     priority: int = Field(0, strict=True, ge=-1_000_000, le=1_000_000)
     rollback_of: Optional[Name] = None
+    end_at: Annotated[Optional[str], BeforeValidator(lambda v: None if v is None else parse_time(v))] = None
+    approval: Optional[ApprovalManifest] = None
 
 
 def _validate(model: type[BaseModel], data: Any, doc: YamlDocument, prefix: tuple = ()) -> Any:
@@ -504,12 +562,35 @@ def _csv_error(exc: ValidationError, source: str, line: int) -> InputError:
     return InputError(msg, source=source, field=format_path(err["loc"]), line=line)
 
 
+def _check_dynamic(manifest: CampaignManifest, doc: YamlDocument) -> None:
+    """``dynamic``, ``max_devices`` and ``end_at`` make sense only together, and only
+    with a selector: devices named one by one never come to match later."""
+    devices = manifest.devices
+    if devices.dynamic and devices.selector is None:
+        raise doc.error("dynamic: true needs a selector (devices that come to match it join)", ("devices", "dynamic"))
+    if devices.dynamic and manifest.rollback_of:
+        raise doc.error("a rollback cannot be dynamic: it puts back what one job wrote", ("devices", "dynamic"))
+    if devices.max_devices is not None and not devices.dynamic:
+        raise doc.error("max_devices caps a dynamic campaign: it needs dynamic: true", ("devices", "max_devices"))
+    if manifest.end_at is not None and not devices.dynamic:
+        raise doc.error("end_at ends the admissions of a dynamic campaign: it needs devices.dynamic: true", ("end_at",))
+    if manifest.end_at is not None and manifest.start_at is not None and manifest.end_at <= manifest.start_at:
+        raise doc.error(f"end_at must come after start_at ({manifest.start_at})", ("end_at",))
+
+
 def load_campaign(path: str, environ: dict[str, str] | None = None) -> CampaignSpec:
-    text = read_text(path)
+    return parse_campaign(read_text(path), path, environ)
+
+
+def parse_campaign(text: str, source: str, environ: dict[str, str] | None = None) -> CampaignSpec:
+    """A campaign manifest given as text (YAML, or JSON, which YAML reads as well), from
+    a file, the operator API or the web front-end: errors name ``source``."""
+    path = source
     doc = YamlDocument(text, path)
     manifest: CampaignManifest = _validate(CampaignManifest, doc.data, doc)
     if not manifest.devices.names and manifest.devices.selector is None:
         raise doc.error("select devices with names and/or a selector", ("devices",))
+    _check_dynamic(manifest, doc)
     if not (manifest.configurations or manifest.expected_state or manifest.firmware or manifest.rollback_of):
         raise doc.error("a campaign needs configurations, expected_state, a firmware or rollback_of", ())
     secret_keys: list[str] = []
@@ -542,6 +623,10 @@ def load_campaign(path: str, environ: dict[str, str] | None = None) -> CampaignS
         rollout=manifest.rollout.to_rollout().to_dict() if manifest.rollout else None,
         priority=manifest.priority,
         rollback_of=manifest.rollback_of,
+        dynamic=manifest.devices.dynamic,
+        max_devices=manifest.devices.max_devices,
+        end_at=manifest.end_at,
+        approval=manifest.approval.model_dump() if manifest.approval else None,
         source=path,
         text=text,
     )

@@ -86,6 +86,32 @@ def resolve(
     devices = resolve_devices(conn, spec, fail)
     problems: dict[int, str] = {}
     plan = build_plan(conn, spec, {t for _, t in devices}, fail, problems=problems, dry_run=dry_run)
+    left_out, conflicts = leave_out(conn, name, spec, devices, plan, problems, conflict_statuses)
+    ids = [d for d, _ in devices]
+    picked = canaries(conn, spec, set(ids), fail)
+    delivered = [d for d in ids if d not in left_out]
+    rollout = Rollout.from_dict(spec.rollout)
+    order = delivered
+    if rollout.explicit and delivered:
+        names = dict(db.run(conn, "SELECT id, name FROM device").all())
+        order = order_devices(name, [(d, names[d], d in picked) for d in delivered])
+    sizes = batch_sizes(rollout, len(order)) if order else []
+    return Membership(devices, plan, left_out, order, sizes, conflicts)
+
+
+def leave_out(
+    conn: "Connection",
+    name: str,
+    spec: "CampaignSpec",
+    devices: list[tuple[int, int]],
+    plan: dict[str, Any],
+    problems: dict[int, str],
+    conflict_statuses: tuple[str, ...] = ACTIVE,
+) -> tuple[dict[int, tuple[str, str]], list[Conflict]]:
+    """Which of ``devices`` (device id, device type id) the job leaves out, and why, and
+    the other campaigns' claims on the rest: at launch, and for each device that joins a
+    dynamic campaign later (``campaignctl.dynamic``). ``problems``: the device types
+    ``build_plan`` left out, with the reason."""
     left_out: dict[int, tuple[str, str]] = {d: ("skipped", problems[t]) for d, t in devices if t in problems}
     if spec.rollback_of:
         from campaignctl import rollback
@@ -105,16 +131,7 @@ def resolve(
                 "superseded",
                 f"superseded by campaign {other.campaign} (priority {other.priority}), which also sets {conflict.key}",
             )
-    ids = [d for d, _ in devices]
-    picked = canaries(conn, spec, set(ids), fail)
-    delivered = [d for d in ids if d not in left_out]
-    rollout = Rollout.from_dict(spec.rollout)
-    order = delivered
-    if rollout.explicit and delivered:
-        names = dict(db.run(conn, "SELECT id, name FROM device").all())
-        order = order_devices(name, [(d, names[d], d in picked) for d in delivered])
-    sizes = batch_sizes(rollout, len(order)) if order else []
-    return Membership(devices, plan, left_out, order, sizes, conflicts)
+    return left_out, conflicts
 
 
 def _version_rules(

@@ -25,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from campaignctl import counting
+from campaignctl.summaries import Summaries
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -38,8 +39,6 @@ disable_created_metrics()
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 CAMPAIGN_STATUSES = ("draft", "scheduled", "running", "paused", "completed", "aborted", "cancelled")
-#: Campaigns whose devices are counted: the others' counts no longer move.
-ACTIVE_STATUSES = ("running", "paused", "scheduled")
 
 # Deliveries take from milliseconds (a local broker) to minutes (retries with back-off).
 _DELIVERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -152,13 +151,14 @@ class DeliveryMeter:
 class DatabaseCollector(Collector):
     """Campaigns by status and devices per active campaign and status, read from the
     database when scraped. The per-device counts are one aggregate per active campaign:
-    cached for ``ttl`` seconds, so that scrapes from several Prometheus servers (or a
-    short scrape interval) at 100k devices do not keep the database busy."""
+    cached for ``ttl`` seconds (``campaignctl.summaries``), so that scrapes from several
+    Prometheus servers (or a short scrape interval) at 100k devices do not keep the
+    database busy."""
 
     def __init__(self, engine: "Engine", ttl: float = 5.0) -> None:
         self.engine, self.ttl = engine, ttl
-        self._devices: tuple[float, dict[str, dict[str, int]]] | None = None
-        self._lock = threading.Lock()
+        # Active campaigns only: a finished one's ``ttl`` is never used.
+        self._summaries = Summaries(ttl=ttl)
 
     def collect(self) -> Iterator[Metric]:
         from campaignctl import db
@@ -183,33 +183,7 @@ class DatabaseCollector(Collector):
         return []  # no query at registration: the families are known at scrape time
 
     def _device_counts(self) -> dict[str, dict[str, int]]:
-        with self._lock:  # concurrent scrapes share one query
-            if self._devices is None or time.monotonic() - self._devices[0] > self.ttl:
-                self._devices = (time.monotonic(), active_device_counts(self.engine))
-            return self._devices[1]
-
-
-def active_device_counts(engine: "Engine") -> dict[str, dict[str, int]]:
-    """Campaign name → device status → count, for the campaigns that are running, paused
-    or scheduled and have a job (a campaign scheduled for the first time has none yet)."""
-    from campaignctl import db
-    from campaignctl.rollout import Rollout
-    from campaignctl.supervision import status_counts, totals
-
-    out: dict[str, dict[str, int]] = {}
-    with db.read(engine) as conn:
-        rows = db.run(
-            conn,
-            "SELECT c.name, j.id, j.plan, j.settings FROM campaign c "
-            "JOIN job j ON j.id = (SELECT max(id) FROM job WHERE campaign_id = c.id) "
-            "WHERE c.status IN :active ORDER BY c.name",
-            {"active": list(ACTIVE_STATUSES)},
-            "active",
-        ).all()
-        for name, job_id, plan, settings in rows:
-            rollout = Rollout.from_dict(db.loads(settings, dict).get("rollout"))
-            out[name] = totals(status_counts(conn, job_id, db.loads(plan, dict), rollout))
-    return out
+        return self._summaries.active(self.engine)
 
 
 class AppMetrics:

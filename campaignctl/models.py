@@ -225,6 +225,7 @@ class JobItem(SQLModel, table=True):
     updated_at: Optional[str] = text()
     batch: int = integer(nullable=False, default=1, server_default="1")
     delivered_at: Optional[str] = text()
+    joined_at: Optional[str] = text()  # a dynamic campaign's device that came to match after launch
 
 
 class JobBatch(SQLModel, table=True):
@@ -302,6 +303,49 @@ class JobShard(SQLModel, table=True):
     failed: int = integer(nullable=False, default=0, server_default="0")
     started_at: Optional[str] = text()
     finished_at: Optional[str] = text()
+
+
+class Approval(SQLModel, table=True):
+    """One person's verdict on a campaign: approve or reject. ``apply`` voids them."""
+
+    __tablename__ = "approval"
+    __table_args__ = (NO_ROWID,)
+    campaign_id: int = ref("campaign.id", cascade=True, primary_key=True)
+    actor: str = text(primary_key=True)
+    verdict: str = text(nullable=False)  # approve | reject
+    comment: Optional[str] = text()
+    at: str = text(nullable=False)
+
+
+class Event(SQLModel, table=True):
+    """The audit trail: one row per change, written in the change's own transaction.
+    Append-only: names, not ids, so that events outlive what they speak of."""
+
+    __tablename__ = "event"
+    __table_args__ = (
+        Index("ix_event_campaign", "campaign", "id"),
+        Index("ix_event_device", "device", "id"),
+        Index("ix_event_at", "at"),
+    )
+    id: Optional[int] = serial()
+    at: str = text(nullable=False)
+    actor: str = text(nullable=False)  # a person, an operator, or "engine"
+    action: str = text(nullable=False)  # campaign.launched, batch.tripped, …
+    campaign: Optional[str] = text()
+    device: Optional[str] = text()
+    details: str = text(nullable=False, default="{}", server_default="{}")  # JSON object
+
+
+class Operator(SQLModel, table=True):
+    """A person or script allowed into the operator API and the web front-end."""
+
+    __tablename__ = "operator"
+    id: Optional[int] = serial()
+    name: str = text(nullable=False, unique=True)
+    token_hash: str = text(nullable=False, unique=True)  # SHA-256 of the token: the token is shown once
+    created_at: str = text(nullable=False)
+    revoked_at: Optional[str] = text()
+    last_used_at: Optional[str] = text()
 
 
 class Meta(SQLModel, table=True):

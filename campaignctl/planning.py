@@ -8,7 +8,7 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from campaignctl import db, membership
+from campaignctl import db, membership, windows
 from campaignctl.errors import ConflictError
 from campaignctl.rollout import Rollout
 from campaignctl.spec import CampaignSpec
@@ -83,7 +83,16 @@ def plan(engine: "Engine", *, name: str | None = None, spec: CampaignSpec | None
         "start_at": start,
         "estimate_seconds": seconds,
         "rollout": rollout.describe(),
+        "window": windows.summary_of(rollout, at=_window_from(spec)),
     }
+
+
+def _window_from(spec: CampaignSpec) -> datetime:
+    """When the plan's next window is looked for: now, or the campaign's later start."""
+    at = windows.now()
+    if spec.start_at:
+        at = max(at, datetime.fromisoformat(spec.start_at.replace("Z", "+00:00")))
+    return at
 
 
 def _changes(conn: "Connection", found: membership.Membership) -> dict[str, dict[str, Any]]:

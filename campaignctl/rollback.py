@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from campaignctl import db, dialect, store, versions
+from campaignctl import audit, db, dialect, store, versions
 from campaignctl.errors import CampaignctlError, ConflictError, InputError
 from campaignctl.spec import CampaignSpec
 from campaignctl.suggest import not_found
@@ -230,6 +230,7 @@ def create(
             )
         spec = specs[0]
         insert_validated(conn, spec, fail_stored(new_name))
+        _record_created(conn, new_name, name, len(chosen), len(left_alone))
     return {
         "campaign": new_name,
         "rollback_of": name,
@@ -258,8 +259,10 @@ def revert(conn: "Connection", campaign_id: int, up_to_batch: int, settings: dic
         with conn.begin_nested():
             for spec in build_specs(conn, name, default_name(conn, name), chosen, job_id):
                 insert_validated(conn, spec, fail_stored(spec.name))
+                _record_created(conn, spec.name, name, len(spec.names), len(left_alone), by=audit.ENGINE)
                 row, stored = get_spec(conn, spec.name, lock=True)
                 new_job, _owner = jobs.start(conn, row, stored, delivery)
+                jobs.record_start(conn, "campaign.launched", spec.name, new_job, by=audit.ENGINE)
                 # Free for any engine at once (this process drives it next, or another does).
                 db.run(
                     conn, "UPDATE job SET lease_owner = NULL, lease_expires_at = NULL WHERE id = :id", {"id": new_job}
@@ -268,6 +271,13 @@ def revert(conn: "Connection", campaign_id: int, up_to_batch: int, settings: dic
     except CampaignctlError as exc:
         return {"campaigns": [], "error": exc.message, "devices": len(chosen), "left_alone": left_alone}
     return {"campaigns": started, "devices": len(chosen), "left_alone": left_alone}
+
+
+def _record_created(
+    conn: "Connection", name: str, source: str, devices: int, left_alone: int, *, by: str | None = None
+) -> None:
+    details = {"rollback_of": source, "devices": devices, "left_alone": left_alone}
+    audit.record(conn, "rollback.created", campaign=name, details=details, by=by)
 
 
 def describe(result: dict[str, Any]) -> str:

@@ -108,9 +108,21 @@ class Rollout:
     max_per_minute: int | None = None
     device_timeout: float | None = None
     explicit: bool = field(default=False)  # the manifest had a rollout section
+    # Maintenance windows (campaignctl.windows): [{"days": ["mon", ...], "start": "02:00",
+    # "end": "05:00"}], read in ``timezone`` (default UTC) or in the zone a device's tag
+    # ``timezone_tag`` names.
+    windows: list[dict[str, Any]] | None = None
+    timezone: str | None = None
+    timezone_tag: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        # Written only when set, so that a rollout stored before windows existed compares
+        # equal to the same manifest applied again.
+        for key in ("windows", "timezone", "timezone_tag"):
+            if data[key] is None:
+                del data[key]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "Rollout":
@@ -134,6 +146,12 @@ class Rollout:
             parts.append(f"{self.max_per_minute}/min")
         if self.device_timeout:
             parts.append(f"device timeout {format_duration(self.device_timeout)}")
+        if self.windows:
+            from campaignctl.windows import Schedule
+
+            schedule = Schedule.of(self)
+            assert schedule is not None
+            parts.append(f"windows {schedule.describe()}")
         return ", ".join(parts) or "one batch"
 
 

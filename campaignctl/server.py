@@ -97,13 +97,13 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def _token(authorization: str | None) -> str:
-    """The bearer token of an Authorization header."""
+def bearer_token(authorization: str | None, what: str = "device secret") -> str:
+    """The bearer token of an Authorization header (``what``: the token expected, for the error)."""
     if not authorization:
         raise ApiError(401, "missing bearer token")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "expected Authorization: Bearer <device secret>")
+        raise ApiError(401, f"expected Authorization: Bearer <{what}>")
     return token.strip()
 
 
@@ -163,14 +163,18 @@ def read_metrics_token(variable: str) -> str:
     return token
 
 
-def create_app(engine: "Engine", *, max_body: int = MAX_BODY, metrics_token: str | None = None) -> FastAPI:
-    """The device API; ``metrics_token``: GET /metrics then wants it as a bearer token."""
+def create_app(
+    engine: "Engine", *, max_body: int = MAX_BODY, metrics_token: str | None = None, public_url: str | None = None
+) -> FastAPI:
+    """The device API; ``metrics_token``: GET /metrics then wants it as a bearer token;
+    ``public_url``: where browsers reach the web front-end (behind a TLS proxy)."""
     app = FastAPI(
         title="campaignctl device API",
         version=__version__,
         description="Devices on http interfaces fetch their desired configuration and report their state. "
         "Every /v1 call takes `Authorization: Bearer <device secret>` "
-        "(`campaignctl devices credentials NAME`).",
+        "(`campaignctl devices credentials NAME`). "
+        "The operator API (/api/v1/) takes `Authorization: Bearer <operator token>` (`campaignctl operators add NAME`).",
     )
 
     @app.exception_handler(ApiError)
@@ -198,7 +202,7 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY, metrics_token: str
     def authenticated(statement: Any, name: str, request: Request) -> Any:
         """The row of ``statement`` (id, secret hash, ...) for the device the request's
         bearer token is the secret of."""
-        token = _token(request.headers.get("authorization"))
+        token = bearer_token(request.headers.get("authorization"))
         # A name no device can have (a NUL byte, which PostgreSQL text cannot hold) is
         # not worth a query: it is an unknown device.
         row = None if name_problem(name) else reader.one(statement, {"name": name})
@@ -284,18 +288,15 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY, metrics_token: str
         responses={204: {"description": "Recorded"}, 400: _ERROR, 401: _ERROR, 413: _ERROR},
     )
     async def put_state(name: str, request: Request) -> Response:
+        from campaignctl.api import TooLarge, bounded_body
         from campaignctl.fleet import parse_state_payload
         from campaignctl.listen import write_state
 
         device_id = authenticated(_AUTHENTICATE, name, request)[0]
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body:
-            raise ApiError(413, f"body larger than {max_body} bytes")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body:
-                raise ApiError(413, f"body larger than {max_body} bytes")
+        try:
+            body = await bounded_body(request, max_body)
+        except TooLarge as exc:
+            raise ApiError(413, str(exc)) from None
         try:
             values = parse_state_payload(bytes(body))
             now = db.utcnow()
@@ -305,6 +306,15 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY, metrics_token: str
             raise ApiError(400, exc.message) from None
         counting.state_reports("http", 1, 0)
         return Response(status_code=204)
+
+    from campaignctl import api
+
+    touch = api.Touches(engine)  # operators' last use: one record for the API and the web front-end
+    api.install(app, engine, touch)  # the operator API, /api/v1/
+
+    from campaignctl.web import mount as mount_ui
+
+    mount_ui(app, engine, touch, public_url)  # the web front-end, under /ui (left out of the OpenAPI description)
 
     def openapi() -> dict[str, Any]:
         """FastAPI's description, told the truth: bearer authentication on /v1, and no
@@ -329,6 +339,7 @@ def create_app(engine: "Engine", *, max_body: int = MAX_BODY, metrics_token: str
                     operation["responses"].pop("422", None)
                     if path.startswith("/v1/"):
                         operation["security"] = [{"deviceSecret": []}]
+            api.describe(spec)
             app.openapi_schema = spec
         return app.openapi_schema
 
@@ -446,6 +457,7 @@ class Server:
         header_timeout: float = 10.0,
         keep_alive: float = 5.0,
         metrics_token: str | None = None,
+        public_url: str | None = None,
     ) -> None:
         import uvicorn
 
@@ -463,7 +475,7 @@ class Server:
         )
         self.backlog = connections.accept_backlog(file_limit)
         connections.quiet_repeated_logs()
-        self.app = create_app(engine, metrics_token=metrics_token)
+        self.app = create_app(engine, metrics_token=metrics_token, public_url=public_url)
         self.host, self.requested_port = host, port
         # uvicorn configures no logging of its own: its records go to the handler of
         # campaignctl.logs, in the format and at the level chosen for the whole command.
@@ -546,7 +558,10 @@ class Server:
 
     def description(self) -> str:
         """What serves, for the log line that says it started."""
-        return f"serving the device API on http://{self.host}:{self.port} (OpenAPI: /docs, /openapi.json); Ctrl-C stops"
+        return (
+            f"serving the device API on http://{self.host}:{self.port} (OpenAPI: /docs, /openapi.json), "
+            "the web front-end on /ui/ and the operator API on /api/v1/; Ctrl-C stops"
+        )
 
     def _run_http(self) -> None:
         try:

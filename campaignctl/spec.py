@@ -26,15 +26,32 @@ class CampaignSpec:
     rollout: dict[str, Any] | None = None  # campaignctl.rollout.Rollout, as a dict
     priority: int = 0  # of two campaigns setting a key on a device, the higher one wins
     rollback_of: str | None = None  # puts back the values this campaign's job overwrote
+    # Devices that come to match the selector while the campaign runs join it, up to
+    # max_devices in all, until end_at (UTC ISO 8601).
+    dynamic: bool = False
+    max_devices: int | None = None
+    end_at: str | None = None
+    approval: dict[str, Any] | None = None  # {"required": N}: approvals needed before launch
     source: str = "<manifest>"
     text: str | None = field(default=None, repr=False)  # the manifest, for errors found later
 
     def to_json(self) -> str:
+        # Fields added since the first release are written only when set, so that a
+        # campaign stored before them compares equal to the same manifest applied again.
+        devices: dict[str, Any] = {"names": self.names, "selector": self.selector}
+        if self.dynamic:
+            devices["dynamic"] = True
+        if self.max_devices is not None:
+            devices["max_devices"] = self.max_devices
+        later = {
+            key: value for key, value in (("end_at", self.end_at), ("approval", self.approval)) if value is not None
+        }
         return canonical(
             {
+                **later,
                 "name": self.name,
                 "description": self.description,
-                "devices": {"names": self.names, "selector": self.selector},
+                "devices": devices,
                 "configurations": self.configurations,
                 "expected_state": self.expected_state,
                 "firmware": self.firmware,
@@ -68,4 +85,8 @@ class CampaignSpec:
             rollout=data.get("rollout"),
             priority=data.get("priority", 0),
             rollback_of=data.get("rollback_of"),
+            dynamic=data["devices"].get("dynamic", False),
+            max_devices=data["devices"].get("max_devices"),
+            end_at=data.get("end_at"),
+            approval=data.get("approval"),
         )

@@ -32,10 +32,10 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Collection, Iterator
 
-from campaignctl import db, dialect
+from campaignctl import db, dialect, windows
 from campaignctl.jobs import ITEM_STATES, LEFT_OUT
 from campaignctl.rollout import Rollout, format_duration
-from campaignctl.values import SECRET_MASK, cut
+from campaignctl.values import SECRET_MASK, canonical, cut
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -173,16 +173,20 @@ class _Facts:
             else ""
         )
         self.params.update({f"ek{i}": key for i, key in enumerate(keys)})
-        by_type: dict[int, list[tuple[int, str]]] = {}
+        # The reported value of each expected key, and its entry's secret flag, where the
+        # joins give them.
+        self.reported = {key: f"e{i}.reported" for i, key in enumerate(keys)} if joined else {}
+        self.secret = {key: f"e{i}.secret" for i, key in enumerate(keys)} if joined else {}
+        self.params["secret_mask"] = SECRET_MASK
+        by_type: dict[int, list[tuple[int, str, str]]] = {}
         for n, (type_id, key, value, _secret) in enumerate(state_rows):
             self.params[f"ev{n}"] = value
             i = keys.index(key)
-            reported = (
-                f"e{i}.reported"
-                if joined
-                else f"(SELECT c.reported FROM device_config c WHERE c.device_id = ji.device_id AND c.key = :ek{i})"
+            entry = "(SELECT c.{} FROM device_config c WHERE c.device_id = ji.device_id AND c.key = :ek%d)" % i
+            reported, secret = (
+                (f"e{i}.reported", f"e{i}.secret") if joined else (entry.format("reported"), entry.format("secret"))
             )
-            by_type.setdefault(type_id, []).append((n, reported))
+            by_type.setdefault(type_id, []).append((n, reported, secret))
 
         def per_type(expression: Any, default: str) -> str:
             arms = {t: expression(keys) for t, keys in by_type.items()}
@@ -198,17 +202,21 @@ class _Facts:
 
         # The first expected key whose reported value differs, with what is reported
         # ('' for nothing), as one text whose order is the keys' order; NULL for none.
+        # What is reported is read through ``masked``: once secret, always secret.
         first_mismatch = per_type(
             lambda keys: (
                 "CASE "
-                + " ".join(f"WHEN {r} IS DISTINCT FROM :ev{n} THEN '{_N + n}' || coalesce({r}, '')" for n, r in keys)
+                + " ".join(
+                    f"WHEN {r} IS DISTINCT FROM :ev{n} THEN '{_N + n}' || coalesce({masked(r, s, ':secret_mask')}, '')"
+                    for n, r, s in keys
+                )
                 + " END"
             ),
             "NULL",
         )
         any_mismatch = per_type(
             lambda keys: (
-                "CASE WHEN " + " OR ".join(f"{r} IS DISTINCT FROM :ev{n}" for n, r in keys) + " THEN 1 ELSE 0 END"
+                "CASE WHEN " + " OR ".join(f"{r} IS DISTINCT FROM :ev{n}" for n, r, _s in keys) + " THEN 1 ELSE 0 END"
             ),
             "0",
         )
@@ -345,9 +353,16 @@ def device_statuses(
     only: Collection[str] | None = None,
     limit: int | None = None,
     facts: "_Facts | None" = None,
+    reported: tuple[str, ...] = (),
+    offset: int = 0,
+    name_contains: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The devices of a job (or of one of its batches) in name order, with their status
-    and its reason; ``only``: those with one of these statuses; ``limit``: the first ones.
+    and its reason; ``only``: those with one of these statuses; ``name_contains``: those
+    whose name holds this text (any case); ``limit``: the first ones after the ``offset``
+    first (a page);
+    ``reported`` (an export): also ``delivered_at`` and the reported values (canonical JSON
+    texts, None when not reported) of these keys, as ``reported``.
     Streamed from the database (a million devices are never all in memory)."""
     if limit is not None and limit <= 0:
         return
@@ -377,6 +392,7 @@ def device_statuses(
         )
     }
     timeout = rollout.device_timeout
+    waiting = windows.Waiting.of(rollout)  # devices of started batches waiting for their window
     reasons: dict[str, str] = {}  # a fleet's devices mostly report the same few things
     writers: dict[str, str] = {}
 
@@ -393,7 +409,8 @@ def device_statuses(
     # judged as they stream. A job of most of the fleet is read in the order of the
     # devices' names (CROSS JOIN: SQLite keeps that join order), so that nothing is
     # sorted and the first rows come at once; a job of a few devices is read, then sorted.
-    cut = f"LIMIT {int(limit)}" if limit is not None and only is None else ""
+    cut = f"LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None and only is None else ""
+    skip = 0 if cut else offset  # else skipped as they are judged
     total, fleet = db.run(
         conn, "SELECT (SELECT total FROM job WHERE id = :job_id), (SELECT count(*) FROM device)", {"job_id": job_id}
     ).one()
@@ -402,31 +419,42 @@ def device_statuses(
         if 2 * (total or 0) >= fleet
         else "job_item ji JOIN device d ON d.id = ji.device_id"
     )
+    exported, exported_joins = _exported(facts, reported)
+    zone, zone_params = ("", {}) if waiting is None else waiting.column(conn, "d")  # the last column
+    named, named_params = _name_filter(name_contains)
     result = conn.execute(
         db.sql(f"""
         {facts.cte}
         SELECT d.name, ji.status, ji.error, ji.attempts, ji.updated_at, ji.batch, ji.device_id,
-               {facts.mismatch}, {facts.timed_out}, {facts.expecting}
-        FROM {source}{facts.joins}
-        {where} AND ji.device_id = d.id
+               {facts.mismatch}, {facts.timed_out}, {facts.expecting}, ji.joined_at{exported}{zone}
+        FROM {source}{facts.joins}{exported_joins}
+        {where} AND ji.device_id = d.id{named}
         ORDER BY d.name {cut}
     """).execution_options(stream_results=True),
-        facts.params,
+        {**facts.params, **zone_params, **named_params},
     )
     shown = 0
     try:
         # Through the result, not its DB-API cursor: a server-side cursor's first rows
         # are already in the result's buffer.
         for rows in result.partitions(2000):
-            for name, item, error, attempts, updated_at, number, device_id, mismatch, timed_out, expecting in rows:
+            for row in rows:
+                name, item, error, attempts, updated_at, number, device_id = row[:7]
+                mismatch, timed_out, expecting, joined = row[7:11]  # an export's columns follow
                 status = judge(
                     item, changed.get(device_id) is not None, mismatch is not None, bool(timed_out), bool(expecting)
                 )
                 if only is not None and status not in only:
                     continue
+                if skip:
+                    skip -= 1
+                    continue
                 reason = None
                 if status == "pending":
-                    reason = None if number in started else f"batch {number} has not started"
+                    if number not in started:
+                        reason = f"batch {number} has not started"
+                    elif waiting is not None:
+                        reason = waiting.reason(row[-1])
                 elif status in ("cancelled", "failed", "skipped", "superseded") or item == "installed":
                     reason = error
                 elif status == "invalid":
@@ -441,19 +469,77 @@ def device_statuses(
                         reason += f" ({mismatch_reason(mismatch)})"
                 elif status == "waiting":
                     reason = mismatch_reason(mismatch)
-                yield {
+                device = {
                     "device": name,
                     "status": status,
                     "reason": reason,
                     "batch": number,
                     "attempts": attempts,
                     "updated_at": updated_at,
+                    "joined_at": joined,  # a dynamic campaign's device that came to match after launch
                 }
+                if reported:
+                    device["delivered_at"], device["reported"] = row[11], dict(zip(reported, row[12:]))
+                yield device
                 shown += 1
                 if limit is not None and shown >= limit:
                     return
     finally:
         result.close()
+
+
+def campaign_keys(plan: dict[str, Any]) -> list[tuple[str, bool]]:
+    """A job plan's keys, configured or expected, sorted, each with whether it is secret
+    for any device type: the reported values an export gives."""
+    secret: dict[str, bool] = {}
+    for part in plan.values():
+        for key in (*part["configurations"], *part["expected_state"]):
+            secret[key] = secret.get(key, False) or key in part["secret"]
+    return sorted(secret.items())
+
+
+def spec_plan(spec: Any) -> dict[str, Any]:
+    """The part of a plan a manifest gives by itself, for ``campaign_keys``."""
+    return {
+        "configurations": spec.configurations,
+        "expected_state": spec.expected_state,
+        "secret": [k.split(".", 1)[1] for k in spec.secret_keys],
+    }
+
+
+def masked(reported: str, secret: str, mask: str) -> str:
+    """SQL for a reported value as it may be shown: ``mask`` (SQL) when its entry is
+    marked secret. The entry's flag stays set once a secret value was written to it
+    (``store.UPSERT_DESIRED``), whatever the current campaign says: the device may still
+    report that value. Nothing reported stays NULL."""
+    return f"CASE WHEN {reported} IS NOT NULL AND {secret} THEN {mask} ELSE {reported} END"
+
+
+def _exported(facts: _Facts, keys: tuple[str, ...]) -> tuple[str, str]:
+    """The columns an export adds (the delivery's time, each key's reported value,
+    masked when its entry is secret) and the joins they read: an expected key's entry is
+    joined already; each other key's is joined by primary key (a join, not a subquery
+    per row: PostgreSQL can then read them in one pass)."""
+    if not keys:
+        return "", ""
+    columns, joins = [", ji.delivered_at"], []
+    facts.params["secret_json"] = canonical(SECRET_MASK)  # reported values are JSON texts
+    for i, key in enumerate(keys):
+        if key not in facts.reported:
+            facts.params[f"rk{i}"] = key
+            joins.append(f" LEFT JOIN device_config r{i} ON r{i}.device_id = ji.device_id AND r{i}.key = :rk{i}")
+        reported, secret = facts.reported.get(key, f"r{i}.reported"), facts.secret.get(key, f"r{i}.secret")
+        columns.append(", " + masked(reported, secret, ":secret_json"))
+    return "".join(columns), "".join(joins)
+
+
+def _name_filter(text: str | None) -> tuple[str, dict[str, Any]]:
+    """The condition (and its parameter) for device names that hold ``text``, any case:
+    LIKE, with its wildcards in the text escaped."""
+    if not text:
+        return "", {}
+    escaped = text.lower().replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    return " AND lower(d.name) LIKE :name_pattern ESCAPE '!'", {"name_pattern": f"%{escaped}%"}
 
 
 def writer_name(conn: "Connection", by: str, cache: dict[str, str]) -> str:
@@ -472,6 +558,7 @@ def writer_name(conn: "Connection", by: str, cache: dict[str, str]) -> str:
 
 
 def _mismatch(expected: list[tuple[str, bool]], mismatch: str) -> str:
+    # A secret entry's value comes as the mask already (``masked``): JSON text never is.
     key, secret = expected[int(mismatch[:10]) - _N]
     reported = mismatch[10:]
     if not reported:
@@ -481,22 +568,31 @@ def _mismatch(expected: list[tuple[str, bool]], mismatch: str) -> str:
 
 
 def campaign_status(
-    engine: "Engine", name: str, *, only: Collection[str] | None = None, limit: int | None = None
+    engine: "Engine", name: str, *, only: Collection[str] | None = None, limit: int | None = None, offset: int = 0
 ) -> dict[str, Any]:
-    """The supervision of a campaign, as documented for ``status -o json``; ``only`` and
-    ``limit`` choose the devices listed (the summary counts them all)."""
-    with open_status(engine, name, only=only, limit=limit) as data:
+    """The supervision of a campaign, as documented for ``status -o json``; ``only``,
+    ``limit`` and ``offset`` choose the devices listed (the summary counts them all)."""
+    with open_status(engine, name, only=only, limit=limit, offset=offset) as data:
         data["devices"] = list(data["devices"])
     return data
 
 
 @contextmanager
 def open_status(
-    engine: "Engine", name: str, *, only: Collection[str] | None = None, limit: int | None = None
+    engine: "Engine",
+    name: str,
+    *,
+    only: Collection[str] | None = None,
+    limit: int | None = None,
+    export: bool = False,
+    offset: int = 0,
+    name_contains: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """``campaign_status`` whose ``devices`` is an iterator, read while the ``with``
-    block lasts (from one snapshot of the database)."""
-    from campaignctl import jobs
+    block lasts (from one snapshot of the database). ``export``: with ``keys``, the
+    campaign's keys as (key, secret) pairs, and per device its delivery's time and the
+    values it reports for them (``campaignctl.export``); its summary counts nothing."""
+    from campaignctl import approvals, jobs
     from campaignctl.campaigns import fail_stored, get_spec
     from campaignctl.errors import InputError
 
@@ -512,6 +608,8 @@ def open_status(
         ]
         batches: list[dict[str, Any]] = []
         devices: Iterator[dict[str, Any]]
+        # Before a launch, the manifest's keys (the firmware's come with the job's plan).
+        keys = campaign_keys({"": spec_plan(spec)}) if export else []
         if job_id is None:
             from campaignctl.campaigns import resolve_devices
 
@@ -520,11 +618,23 @@ def open_status(
             except InputError:
                 ids = []
             why = "the campaign is not launched" if row.status == "draft" else f"the campaign is {row.status}"
-            summary = {"total": len(ids), **dict.fromkeys(DEVICE_STATES, 0), "pending": len(ids)}
-            listed = [] if limit == 0 or (only is not None and "pending" not in only) else _names(conn, ids, limit)
+            summary = {"total": len(ids), **dict.fromkeys(DEVICE_STATES, 0), "pending": len(ids), "joined": 0}
+            listed = (
+                []
+                if limit == 0 or (only is not None and "pending" not in only)
+                else _names(conn, ids, None if limit is None else offset + limit, name_contains)[offset:]
+            )
             devices = iter(
                 [
-                    {"device": n, "status": "pending", "reason": why, "batch": None, "attempts": 0, "updated_at": None}
+                    {
+                        "device": n,
+                        "status": "pending",
+                        "reason": why,
+                        "batch": None,
+                        "attempts": 0,
+                        "updated_at": None,
+                        "joined_at": None,
+                    }
                     for n in listed
                 ]
             )
@@ -535,17 +645,38 @@ def open_status(
             plan = db.loads(stored[0], dict)
             rollout = Rollout.from_dict(db.loads(stored[1], dict).get("rollout"))
             facts = _Facts(conn, job_id, plan, rollout, time.time())  # one instant for the counts and the rows
-            per_batch = status_counts(conn, job_id, plan, rollout, facts=facts)
+            # An export lists the devices, not the counts: their aggregate (one more pass
+            # over every device) is not made, and its summary and batches count nothing.
+            per_batch = {} if export else status_counts(conn, job_id, plan, rollout, facts=facts)
             counts = totals(per_batch)
-            summary = {"total": sum(counts.values()), **counts}
+            summary = {"total": sum(counts.values()), **counts, "joined": _joined(conn, job_id)}
             batches = _batches(conn, job_id, per_batch)
-            devices = device_statuses(conn, job_id, plan, rollout, only=only, limit=limit, facts=facts)
+            keys = campaign_keys(plan) if export else []
+            devices = device_statuses(
+                conn,
+                job_id,
+                plan,
+                rollout,
+                only=only,
+                limit=limit,
+                offset=offset,
+                name_contains=name_contains,
+                facts=facts,
+                reported=tuple(k for k, _ in keys),
+            )
+        approval = approvals.state(conn, row.id, spec)
+        # A campaign that has not started says what its start waits for.
+        waiting = approvals.blocker(approval) if row.status in approvals.UNSTARTED else None
         try:
             yield {
                 "campaign": row.name,
                 "status": row.status,
-                "reason": extra[0] if row.status in ("paused", "aborted", "cancelled") else None,
+                "reason": extra[0]
+                if row.status in ("paused", "aborted", "cancelled")
+                else waiting and f"cannot start until approved: {waiting}",
+                "approval": approval,
                 "start_at": extra[1],
+                "window": windows.summary_of(Rollout.from_dict(spec.rollout)),  # None without windows
                 "priority": spec.priority,
                 "rollback_of": spec.rollback_of,
                 "rollbacks": rollbacks,
@@ -553,11 +684,21 @@ def open_status(
                 "summary": summary,
                 "batches": batches,
                 "devices": devices,
+                **({"keys": keys} if export else {}),
             }
         finally:
             close = getattr(devices, "close", None)
             if close is not None:
                 close()  # a listing left unfinished lets go of its cursor before the snapshot ends
+
+
+def _joined(conn: Any, job_id: int) -> int:
+    """The devices that joined the job after its launch (a dynamic campaign)."""
+    return int(
+        db.run(
+            conn, "SELECT count(*) FROM job_item WHERE job_id = :job_id AND joined_at IS NOT NULL", {"job_id": job_id}
+        ).scalar_one()
+    )
 
 
 def _batches(conn: Any, job_id: int, per: dict[int, dict[str, int]]) -> list[dict[str, Any]]:
@@ -581,8 +722,9 @@ def _batches(conn: Any, job_id: int, per: dict[int, dict[str, int]]) -> list[dic
     ]
 
 
-def _names(conn: Any, ids: list[int], limit: int | None) -> list[str]:
-    """The first ``limit`` (or all) names of these devices, in name order."""
+def _names(conn: Any, ids: list[int], limit: int | None, contains: str | None = None) -> list[str]:
+    """The first ``limit`` (or all) names of these devices, in name order; ``contains``:
+    only those that hold this text (any case)."""
     import heapq
 
     names: list[str] = []
@@ -591,5 +733,7 @@ def _names(conn: Any, ids: list[int], limit: int | None) -> list[str]:
             r[0]
             for r in db.run(conn, "SELECT name FROM device WHERE id IN :ids", {"ids": ids[start : start + 5000]}, "ids")
         ]
+    if contains:
+        names = [n for n in names if contains.lower() in n.lower()]
     # str order: UTF-8 byte order, as d.name sorts in SQL
     return sorted(names) if limit is None else heapq.nsmallest(limit, names)

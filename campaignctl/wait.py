@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Collection
 from campaignctl import db, jobs
 from campaignctl.control import campaign_row
 from campaignctl.errors import ConflictError
-from campaignctl.supervision import LEFT_OUT_STATES
+from campaignctl.supervision import DEVICE_STATES, LEFT_OUT_STATES
 from campaignctl.worker import SLICE_SECONDS, tick
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def outcome(data: dict[str, Any], min_valid: float) -> int | None:
     if status != "completed":
         return None
     summary = data["summary"]
-    if any(summary[s] for s in summary if s not in ("total", *FINAL_DEVICE_STATES)):
+    if any(summary[s] for s in DEVICE_STATES if s not in FINAL_DEVICE_STATES):
         return None  # some devices are still on their way
     # Devices the campaign left out (version rules, a campaign of higher priority) are
     # not its to make valid.

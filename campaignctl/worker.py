@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from campaignctl import counting, db, jobs, shards
+from campaignctl import audit, counting, db, jobs, shards
 from campaignctl.engine import advance
 from campaignctl.errors import ConflictError, InputError
 from campaignctl.rollout import format_duration
@@ -126,6 +126,7 @@ def _start_scheduled(engine: "Engine", name: str, info: Callable[[str], None]) -
         settings = db.run(conn, "SELECT launch_settings FROM campaign WHERE id = :id", {"id": row.id}).scalar()
         try:
             job_id, owner = jobs.start(conn, row, spec, db.loads(settings or "{}", dict))
+            jobs.record_start(conn, "campaign.scheduled_start", name, job_id, by=audit.ENGINE, start_at=spec.start_at)
         except ConflictError:
             return None
         except InputError as exc:
@@ -134,6 +135,8 @@ def _start_scheduled(engine: "Engine", name: str, info: Callable[[str], None]) -
                 "UPDATE campaign SET status = 'aborted', reason = :reason, updated_at = :now WHERE id = :id",
                 {"reason": f"could not start: {exc.message}", "now": db.utcnow(), "id": row.id},
             )
+            details = {"reason": f"could not start: {exc.message}"}
+            audit.record(conn, "campaign.aborted", campaign=name, details=details, by=audit.ENGINE)
             return {"campaign": name, "outcome": "aborted", "reason": exc.message}
     info(f"{name}: started (it was scheduled for {spec.start_at})")
     return {"job": job_id, "owner": owner}

@@ -216,7 +216,9 @@ def test_status_table_and_json_contract(cli, fleet, tmp_path):
         "campaign",
         "status",
         "reason",
+        "approval",  # None: the campaign asks for no approval
         "start_at",
+        "window",  # None: the rollout has no maintenance windows
         "priority",
         "rollback_of",
         "rollbacks",
@@ -237,6 +239,7 @@ def test_status_table_and_json_contract(cli, fleet, tmp_path):
         "cancelled",
         "skipped",
         "superseded",
+        "joined",  # devices that joined a dynamic campaign after launch
     }
     assert [b["number"] for b in data["batches"]] == [1] and data["batches"][0]["status"] == "promoted"
     assert {"id", "status"} <= set(data["job"])
@@ -248,6 +251,9 @@ def test_status_table_and_json_contract(cli, fleet, tmp_path):
 
 
 def test_status_watch_refreshes_until_interrupted(cli, fleet, tmp_path, db_url):
+    import os
+    import pty
+    import select
     import signal
     import subprocess
     import time
@@ -256,20 +262,45 @@ def test_status_watch_refreshes_until_interrupted(cli, fleet, tmp_path, db_url):
 
     cli("create", "-f", write(tmp_path, "c.yaml", CAMPAIGN))
     cli("launch", "interval")
+    # A terminal, so that the live view draws each refresh as it happens: the test reads
+    # them until it sees the one it waits for, whatever the machine's load.
+    master, slave = pty.openpty()
     proc = subprocess.Popen(
         campaignctl_cmd("--db", str(db_url), "status", "interval", "--watch", "--interval", "0.2"),
-        env=subprocess_env(COLUMNS="120"),
-        stdout=subprocess.PIPE,
+        env=subprocess_env(COLUMNS="120", LINES="40", TERM="xterm"),
+        stdin=slave,
+        stdout=slave,
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2.0)
-    cli("devices", "report", "sensor-0001", "report_interval:=30")  # shows up at the next refresh
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=20)
+    os.close(slave)
+    seen = ""
+
+    def read_until(text: str) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 60
+        while text not in seen:
+            assert time.monotonic() < deadline, f"{text!r} never shown; got {seen[-500:]!r}"
+            if select.select([master], [], [], 0.5)[0]:
+                seen += os.read(master, 65536).decode(errors="replace")
+
+    try:
+        read_until("interval")  # the first view is up
+        cli("devices", "report", "sensor-0001", "report_interval:=30")  # shows up at the next refresh
+        read_until("1 valid")
+        proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:  # drained: a full terminal would block it
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(master, 65536).decode(errors="replace")
+                except OSError:  # the terminal closed with the process
+                    break
+        _out, err = proc.communicate(timeout=20)
+    finally:
+        os.close(master)
     assert proc.returncode == 0, err
-    assert "interval  [completed]" in out and "1 valid" in out
+    assert "[completed]" in seen
 
 
 def test_concurrent_creates_of_one_campaign_make_one(cli, fleet, tmp_path, db_url):

@@ -101,6 +101,7 @@ def test_reported_state_over_mqtt_makes_devices_valid(cli, fleet, broker, prefix
         "cancelled": 0,
         "skipped": 0,
         "superseded": 0,
+        "joined": 0,
     }
     assert outcome["stats"].rejected == 2 and outcome["stats"].recorded == 2
     shown = cli.json("devices", "show", "sensor-0001")

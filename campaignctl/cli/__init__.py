@@ -128,13 +128,25 @@ def _root(
         help="SQLite file, or postgresql://USER@HOST/DATABASE (password from PGPASSWORD or ~/.pgpass) "
         "[default: $XDG_DATA_HOME/campaignctl/campaignctl.db].",
     ),
+    as_: Optional[str] = typer.Option(
+        None,
+        "--as",
+        metavar="NAME",
+        help="Who you are, for approvals and the audit trail [default: $CAMPAIGNCTL_USER, else the login name].",
+    ),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     ctx.obj = {"db": db}
+    from campaignctl import audit
+
+    # Set even when absent: an earlier command run in the same process (tests) must not
+    # lend its --as to this one.
+    audit.set_actor(as_)
 
 
 def _register() -> None:
     from campaignctl.cli import (
+        approvals,
         campaigns,
         database,
         demo,
@@ -152,8 +164,16 @@ def _register() -> None:
     app.add_typer(firmwares.app, name="firmwares", help="The firmware registry.")
     app.add_typer(jobs.app, name="jobs", help="Launch jobs: list, inspect, resume after a crash.")
     app.add_typer(database.app, name="db", help="The database's schema: upgrade, status.")
+    from campaignctl.cli import operators
+
+    app.add_typer(operators.app, name="operators", help="Who may use the operator API and the web front-end.")
+    from campaignctl.cli import events
+
+    app.add_typer(events.app, name="events", help="The audit trail: who changed what, and when; prune old events.")
     for command in campaigns.COMMANDS:
         app.command(command.__name__.rstrip("_").replace("_", "-"))(command)
+    app.command("approve")(approvals.approve)
+    app.command("reject")(approvals.reject)
     app.command("plan")(safety.plan)
     app.command("rollback")(safety.rollback)
     for command in (rollout.pause, rollout.resume, rollout.cancel, rollout.retry, rollout.run, rollout.tick):
@@ -167,9 +187,13 @@ def _register() -> None:
 _register()
 
 
+#: Root options that may also be given after the command.
+ROOT_OPTIONS = ("--db", "--as")
+
+
 def db_first(args: list[str]) -> list[str]:
-    """``args`` with ``--db VALUE`` / ``--db=VALUE`` given after the command moved to the
-    front, where the root option is parsed: ``campaignctl status NAME --db x.db`` works
+    """``args`` with ``--db VALUE`` / ``--as=VALUE`` given after the command moved to the
+    front, where the root options are parsed: ``campaignctl status NAME --db x.db`` works
     as ``campaignctl --db x.db status NAME``. What follows ``--`` is never touched."""
     end = args.index("--") if "--" in args else len(args)
     moved: list[str] = []
@@ -177,11 +201,11 @@ def db_first(args: list[str]) -> list[str]:
     i = 0
     while i < end:
         arg = args[i]
-        if arg == "--db" and i + 1 < end:
+        if arg in ROOT_OPTIONS and i + 1 < end:
             moved += args[i : i + 2]
             i += 2
             continue
-        (moved if arg.startswith("--db=") else rest).append(arg)
+        (moved if arg.startswith(tuple(f"{o}=" for o in ROOT_OPTIONS)) else rest).append(arg)
         i += 1
     return moved + rest + args[end:]
 

@@ -9,6 +9,7 @@ import typer
 
 from campaignctl.cli.common import (
     CampaignArgument,
+    ExportOutputOption,
     Output,
     OutputOption,
     duration,
@@ -17,6 +18,7 @@ from campaignctl.cli.common import (
     fmt_value,
     info,
     plain,
+    print_export,
     print_json,
     print_json_stream,
     progress_bar,
@@ -88,6 +90,11 @@ def show(
     sel = data["devices"]
     echo(f"{data['name']}  [{data['status']}]  {data['description'] or ''}".rstrip())
     echo(f"devices: {sel['count']} ({', '.join(filter(None, [_names(sel['names']), _selector(sel['selector'])]))})")
+    if sel.get("dynamic"):
+        limits = ([f"up to {sel['max_devices']} devices"] if sel.get("max_devices") else []) + (
+            [f"until {short_time(data['end_at'])} UTC"] if data.get("end_at") else ["until cancelled"]
+        )
+        echo(f"dynamic: devices that come to match join ({', '.join(limits)})")
     if data["firmware"]:
         firmware = data["firmware"]
         rules = ([f"from {', '.join(firmware['from'])}"] if firmware.get("from") else []) + (
@@ -112,6 +119,11 @@ def show(
         )
     if data["jobs"]:
         echo("jobs: " + ", ".join(f"{j['id']} ({j['status']})" for j in data["jobs"]))
+    if data.get("approval"):
+        from campaignctl.cli.approvals import approval_parts
+
+        for part in approval_parts(data["approval"]):
+            stdout_console().print(part)
 
 
 def _names(names: list[str]) -> str:
@@ -200,6 +212,8 @@ def launch(
             param_hint="--timeout" if timeout is not None else "--min-valid",
         )
     limits = _wait_limits(timeout, min_valid) if wait else None
+    if wait:
+        _refuse_endless_wait(engine(ctx), name)  # before anything is launched
     policy = DeliveryPolicy(
         attempts=attempts,
         timeout=duration(ack_timeout, "--ack-timeout", minimum=0.1),
@@ -214,11 +228,14 @@ def launch(
     if job_id is None:
         from campaignctl.supervision import campaign_status
 
-        start_at = campaign_status(db, name, limit=0)["start_at"]
+        scheduled = campaign_status(db, name, limit=0)
+        start_at = scheduled["start_at"]
         info(
             f"campaign {name}: scheduled for {start_at} "
             "(it starts then in any running `campaignctl serve` or `run`, or the next `tick`)"
         )
+        if scheduled["reason"]:  # approvals still missing: the start waits for them
+            info(f"campaign {name}: {scheduled['reason']}")
         if limits:
             _wait(db, name, output, *limits)
         elif output is Output.json:
@@ -251,6 +268,15 @@ def launch(
         )
     if limits:
         _wait(db, name, output, *limits)
+
+
+def _refuse_endless_wait(db: Any, name: str) -> None:
+    """--wait on a campaign that never ends by itself (dynamic, without end_at) is a usage error."""
+    from campaignctl import dynamic
+
+    why = dynamic.wait_refusal(db, name)
+    if why:
+        raise typer.BadParameter(why, param_hint="--wait")
 
 
 def _wait_limits(timeout: Optional[str], min_valid: str) -> tuple[Optional[float], float]:
@@ -305,14 +331,25 @@ def advance_job(
                 f", {counts[k]} {label}"
                 for k, label in (
                     ("syncing", "waiting for their devices to fetch"),
-                    ("pending", "in later batches"),
+                    # A job waiting in its write step: devices wait for their maintenance window.
+                    (
+                        "pending",
+                        "pending (waiting for their window, or in later batches)"
+                        if (result["status"], result["step"]) == ("waiting", "write")
+                        else "in later batches",
+                    ),
                     ("cancelled", "cancelled"),
                 )
                 if counts[k]
             )
             + (f", {left_out} left out (already installed, skipped or superseded: see status)" if left_out else "")
         )
-        if outcome == "waiting" and counts["pending"]:
+        if outcome == "waiting" and result["step"] == "join":
+            info(
+                "dynamic campaign: devices that come to match its selector join at each pass of "
+                "`campaignctl serve`, `run` or `tick` (campaignctl status shows when they joined)"
+            )
+        elif outcome == "waiting" and counts["pending"]:
             info(
                 "the next batches start as the rollout allows: keep `campaignctl serve` or `campaignctl run` "
                 "running, run `campaignctl tick` from cron, or wait with `campaignctl status NAME --wait`"
@@ -463,7 +500,7 @@ def status(
     min_valid: str = typer.Option(
         "100%", "--min-valid", metavar="PERCENT", help="With --wait: share of devices valid for exit code 0."
     ),
-    output: Output = OutputOption,
+    output: Output = ExportOutputOption,
 ) -> None:
     """The supervision: how the campaign's devices converge.
 
@@ -474,11 +511,21 @@ def status(
 
     if only is not None and only not in DEVICE_STATES:
         raise typer.BadParameter(f"must be one of {', '.join(DEVICE_STATES)}", param_hint="--status")
+    if output in (Output.csv, Output.ndjson) and (watch or wait):
+        raise typer.BadParameter(
+            f"{output.value} is a listing: not with --watch or --wait (wait first, then list)", param_hint="--output"
+        )
     period = duration(interval, "--interval", minimum=0.1)
     db = engine(ctx)
     statuses = None if only is None else {only}
     if wait:
-        _wait(db, name, output, *_wait_limits(timeout, min_valid), only=only, limit=limit)
+        limits = _wait_limits(timeout, min_valid)  # usage errors first, before the database
+        _refuse_endless_wait(db, name)
+        _wait(db, name, output, *limits, only=only, limit=limit)
+    if output in (Output.csv, Output.ndjson):
+        with open_status(db, name, only=statuses, export=True) as data:
+            print_export(data, output)
+        return
     if output is Output.json:
         with open_status(db, name, only=statuses) as data:
             print_json_stream(data, "devices")
@@ -531,6 +578,8 @@ def status_view(
     parts: list[Any] = [
         OneLine(_header(data, "  ", "devices: "), _header(data, " ", "devices: "), _header(data, " ", ": "))
     ]
+    if data.get("window") and data["status"] in ("draft", "scheduled", "running", "paused"):
+        parts.append(plain(f"maintenance windows: {data['window']['text']}", limit=None, style="dim"))
     if data.get("rollback_of"):
         parts.append(plain(f"rolls back campaign {data['rollback_of']}", limit=None, style="dim"))
     for rollback in data.get("rollbacks") or ():
@@ -539,6 +588,10 @@ def status_view(
         )
     if data.get("reason"):
         parts.append(plain(data["reason"], limit=None, style="bold red" if data["status"] != "cancelled" else "dim"))
+    if data.get("approval"):
+        from campaignctl.cli.approvals import approval_parts
+
+        parts.extend(approval_parts(data["approval"]))
     if len(data.get("batches") or ()) > 1:
         parts.append(
             table(
@@ -551,9 +604,10 @@ def status_view(
     tail = [Text(footer, style="dim", no_wrap=True, overflow="ellipsis")] if footer else []
     if console is not None:
         shown = shown[: _rows_that_fit(console, parts + tail)]
+    joined = any(d.get("joined_at") for d in shown)  # a dynamic campaign's devices that came later
     parts.append(
         table(
-            ["device", "batch", "status", "reason", "attempts"],
+            ["device", "batch", "status", "reason", "attempts"] + (["joined"] if joined else []),
             [
                 (
                     d["device"],
@@ -562,6 +616,7 @@ def status_view(
                     d["reason"],
                     d["attempts"] or "",
                 )
+                + ((short_time(d["joined_at"]),) if joined else ())
                 for d in shown
             ],
             one_line=console is not None,
@@ -615,7 +670,7 @@ def _header(data: dict[str, Any], gap: str, devices: str) -> Any:
             "superseded",
         )
         if s[state] or state in ("valid", "waiting")
-    ]
+    ] + ([(f"({s['joined']} joined)", "cyan")] if s.get("joined") else [])
     return Text.assemble(
         plain(data["campaign"], limit=None, style="bold"),
         f"{gap}[{data['status']}]",

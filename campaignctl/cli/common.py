@@ -13,6 +13,8 @@ import typer
 from campaignctl.values import LONE_SURROGATE, shown
 
 if TYPE_CHECKING:
+    import threading
+
     from rich.text import Text
     from sqlalchemy.engine import Engine
 
@@ -22,10 +24,32 @@ if TYPE_CHECKING:
 class Output(str, enum.Enum):
     table = "table"
     json = "json"
+    # One line per row, streamed: only where a command takes ExportOutputOption.
+    csv = "csv"
+    ndjson = "ndjson"
+
+
+def _table_or_json(value: Output) -> Output:
+    # Most commands print a document: csv and ndjson are for the listings that take them.
+    if value not in (Output.table, Output.json):
+        raise typer.BadParameter(f"{value.value} is not available here: table or json")
+    return value
 
 
 OutputOption = typer.Option(
-    Output.table, "--output", "-o", metavar="FORMAT", help="table (for people) or json (for scripts, on stdout)."
+    Output.table,
+    "--output",
+    "-o",
+    metavar="FORMAT",
+    callback=_table_or_json,
+    help="table (for people) or json (for scripts, on stdout).",
+)
+ExportOutputOption = typer.Option(
+    Output.table,
+    "--output",
+    "-o",
+    metavar="FORMAT",
+    help="table (for people), json (for scripts), or csv / ndjson (a line per row, streamed), on stdout.",
 )
 CampaignArgument = typer.Argument(..., metavar="NAME", help="The campaign's name.")
 DeviceArgument = typer.Argument(..., metavar="NAME", help="The device's name.")
@@ -57,6 +81,25 @@ def duration(text: str, option: str, *, minimum: float = 0.0) -> float:
             f"{text!r} is shorter than {format_duration(minimum)}, the least it can be", param_hint=option
         )
     return seconds
+
+
+def stop_gracefully() -> "threading.Event":
+    """The first Ctrl-C or SIGTERM sets the event that is returned: a worker ends after
+    the unit of work in hand, rather than being interrupted at an arbitrary point of it
+    (a transaction, a delivery's flush, a lease's release). A second one interrupts."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
 
 
 def stop_on_sigterm() -> None:
@@ -100,6 +143,15 @@ def print_json_stream(data: dict[str, Any], key: str, chunk: int = 2000) -> None
         first = False
     out.write(b"]}\n")
     out.flush()
+
+
+def print_export(data: dict[str, Any], output: Output) -> None:
+    """``campaignctl.export``'s CSV or NDJSON of ``data`` on stdout, as it is read."""
+    from campaignctl import export
+
+    sys.stdout.flush()
+    (export.write_ndjson if output is Output.ndjson else export.write_csv)(data, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
 
 
 def _encode(data: Any, option: int) -> bytes:

@@ -15,6 +15,7 @@ from campaignctl.cli.common import (
     engine,
     info,
     print_json,
+    stop_gracefully,
     stop_on_sigterm,
 )
 from campaignctl.cli.logging_options import LogFormat, LogFormatOption, LogLevel, LogLevelOption, start_logging
@@ -104,12 +105,15 @@ def run(
 
     seconds = duration(interval, "--interval")
     log = start_logging(log_level, log_format)
-    stop_on_sigterm()
+    # One process ends after the pass in hand; several are stopped by their parent.
+    stop = stop_gracefully() if processes == 1 else None
+    if stop is None:
+        stop_on_sigterm()
     db = engine(ctx)
     try:  # a stop may come as soon as the line is out
         log.info(f"rollout engine: a pass every {format_duration(seconds)}; Ctrl-C stops")
-        if processes == 1:
-            worker.run_worker(db, interval=seconds, info=log.info)
+        if stop is not None:
+            worker.run_worker(db, interval=seconds, stop=stop, info=log.info)
         else:
             from campaignctl.db import location_of
 

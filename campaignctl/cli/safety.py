@@ -115,6 +115,8 @@ def _render(data: dict[str, Any]) -> None:
             ["campaign", "status", "priority", "device", "key"],
             [(c["campaign"], c["status"], c["priority"], c["device"], c["key"]) for c in data["conflicts"]],
         )
+    if data.get("window"):
+        echo(f"maintenance windows: {data['window']['text']} (deliveries only inside the windows)")
     seconds = data["estimate_seconds"]
     echo(
         f"estimate: starts {data['start_at']}, at least {format_duration(seconds) if seconds else '0s'} "

@@ -50,6 +50,13 @@ def serve(
         help="GET /metrics wants Authorization: Bearer with the token in this environment variable "
         "[default: /metrics is open].",
     ),
+    public_url: Optional[str] = typer.Option(
+        None,
+        "--public-url",
+        metavar="URL",
+        help="Where browsers reach the web front-end, e.g. https://campaigns.example.com behind a TLS proxy: "
+        "form posts must come from this origin, and with https the session cookie is Secure.",
+    ),
     log_level: LogLevel = LogLevelOption,
     log_format: LogFormat = LogFormatOption,
     openapi: bool = typer.Option(False, "--openapi", help="Print the OpenAPI description and exit."),
@@ -60,6 +67,10 @@ def serve(
         from campaignctl.listen import check_share
 
         check_share(share)
+    if public_url is not None:
+        from campaignctl.web.sessions import public_origin
+
+        public_origin(public_url)  # refused before anything starts
     db = engine(ctx)
     if openapi:
         import json
@@ -90,6 +101,7 @@ def serve(
         share=share,
         max_connections=max_connections,
         metrics_token=token,
+        public_url=public_url,
         **timeouts,
     ).start()
     log.info(server.description())
