@@ -415,9 +415,12 @@ def item_counts(conn: "Connection", job_ids: list[int]) -> dict[int, dict[str, i
     """``counts`` of several jobs in one grouped query (lists of jobs and campaigns)."""
     out = {job_id: dict.fromkeys(ITEM_STATES, 0) for job_id in job_ids}
     for chunk in range(0, len(job_ids), 500):  # bound the IN list's parameters
-        ids = {f"j{n}": job_id for n, job_id in enumerate(job_ids[chunk : chunk + 500])}
-        sql = f"SELECT job_id, status, count(*) FROM job_item WHERE job_id IN ({', '.join(':' + k for k in ids)}) "
-        for job_id, status, number in db.run(conn, sql + "GROUP BY job_id, status", ids):
+        for job_id, status, number in db.run(
+            conn,
+            "SELECT job_id, status, count(*) FROM job_item WHERE job_id IN :ids GROUP BY job_id, status",
+            {"ids": job_ids[chunk : chunk + 500]},
+            "ids",
+        ):
             out[job_id][status] = number
     return out
 

@@ -113,7 +113,7 @@ def written(db_url: str) -> list[str]:
         timeout=60,
     )
     rows, keep = [], False
-    for line in db_dump(db_url):
+    for line in db_dump(db_url):  # without operator.last_used_at, stamped in the background
         if line.startswith("table "):
             keep = line.split()[1] in WRITTEN
         if keep:
