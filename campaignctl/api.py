@@ -76,6 +76,7 @@ FIELD_OF_OPTION = {
     "--sha256": "sha256",
     "--size": "size",
     "--token-env": "token",
+    "--comment": "comment",
 }
 
 
@@ -432,7 +433,7 @@ def install(app: FastAPI, engine: "Engine", touch: Touches) -> None:
 
 
 def router(engine: "Engine", touch: Touches) -> APIRouter:
-    from campaignctl import campaigns, control, firmwares, fleet, jobs
+    from campaignctl import approvals, campaigns, control, firmwares, fleet, jobs
     from campaignctl.server import ApiError, bearer_token
     from campaignctl.supervision import campaign_status
 
@@ -576,6 +577,30 @@ def router(engine: "Engine", touch: Touches) -> APIRouter:
 
         job_id, targets = await run_in_threadpool(call, engine, who, go)
         return reply({"campaign": name, "job": job_id, "devices": targets})
+
+    def verdict_route(verdict: str) -> Callable[..., Any]:
+        async def route(name: str, request: Request, who: str = Operator) -> Response:
+            raw = await read_body(request)
+
+            def go() -> Any:
+                given = options(raw, {"comment": (str, None)})
+                return {"campaign": name, **approvals.give(engine, name, verdict, given["comment"])}
+
+            return reply(await run_in_threadpool(call, engine, who, go))
+
+        return route
+
+    for verb, verdict, summary in (
+        ("approve", "approve", "Approve a campaign before it starts, as the operator (approve -o json)"),
+        ("reject", "reject", "Reject a campaign before it starts, as the operator (reject -o json); comment required"),
+    ):
+        api.post(
+            f"/campaigns/{{name}}/{verb}",
+            name=verb,
+            summary=summary,
+            responses=_ok("The campaign's approvals: required, approved, missing, rejected, verdicts"),
+            openapi_extra=_json_body({"comment": {"type": "string", "description": "Why, for the others to read"}}),
+        )(verdict_route(verdict))
 
     @api.get(
         "/campaigns/{name}/status",

@@ -404,7 +404,7 @@ def test_openapi_describes_the_operator_api(api):
     spec = api("GET", "/openapi.json", token=None)[2]
     assert spec["components"]["securitySchemes"]["operatorToken"]["scheme"] == "bearer"
     operations = [(p, o) for p, ops in spec["paths"].items() if p.startswith("/api/v1/") for o in ops.values()]
-    assert len(operations) == 17
+    assert len(operations) == 19
     assert all(o["security"] == [{"operatorToken": []}] and "422" not in o["responses"] for _, o in operations)
 
 
@@ -478,3 +478,25 @@ def test_any_body_is_options_or_a_400(raw):
         assert exc.source == "request body"
     else:
         assert isinstance(text, str) and all(isinstance(v, str) for v in variables.values())
+
+
+def test_approvals_through_the_api_are_the_operators(api):
+    assert api("POST", "/api/v1/campaigns", manifest("approved-1", approval={"required": 2}))[0] == 201
+    status, _, body = api("POST", "/api/v1/campaigns/approved-1/launch")
+    assert status == 409 and "approval" in body["error"]
+    status, _, body = api("POST", "/api/v1/campaigns/approved-1/reject", {}, token="bob")
+    assert status == 400 and body["field"] == "comment" and "reason" in body["error"]
+    status, _, body = api("POST", "/api/v1/campaigns/approved-1/approve", {"comment": "looks good"})
+    assert status == 200 and body["approved"] == 1 and body["missing"] == 1
+    status, _, body = api("POST", "/api/v1/campaigns/approved-1/approve", None, token="bob")
+    assert status == 200 and body["approved"] == 2 and body["missing"] == 0
+    assert [v["actor"] for v in body["verdicts"]] == ["alice", "bob"]
+    status, _, body = api("POST", "/api/v1/campaigns/approved-1/launch")
+    assert status == 200 and body["campaign"] == "approved-1"
+    events = api.cli.json("events", "--campaign", "approved-1", "--action", "campaign")["events"]
+    assert [(e["actor"], e["action"]) for e in events][:4] == [
+        ("alice", "campaign.created"),
+        ("alice", "campaign.approved"),
+        ("bob", "campaign.approved"),
+        ("alice", "campaign.launched"),
+    ]
