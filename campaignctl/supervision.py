@@ -652,6 +652,8 @@ def open_status(
             summary = {"total": sum(counts.values()), **counts, "joined": _joined(conn, job_id)}
             batches = _batches(conn, job_id, per_batch)
             keys = campaign_keys(plan) if export else []
+            if limit is None:
+                dialect.reading_all_rows(conn)  # every device is listed: not a first page
             devices = device_statuses(
                 conn,
                 job_id,
