@@ -234,6 +234,32 @@ def fleet(tmp_path: Path, broker: Broker, prefix: str, cli: Cli) -> Path:
     return path
 
 
+def add_firmware(
+    cli: Any,
+    version: str,
+    url: str,
+    *options: str,
+    device_type: str = "sensor-v2",
+    firmware_type: str = "app",
+    **kw: Any,
+) -> Any:
+    """``campaignctl firmwares add`` of ``version`` at ``url`` (more options after them)."""
+    return cli(
+        "firmwares",
+        "add",
+        "--device-type",
+        device_type,
+        "--firmware-type",
+        firmware_type,
+        "--version",
+        version,
+        "--url",
+        url,
+        *options,
+        **kw,
+    )
+
+
 def write(tmp_path: Path, name: str, text: str) -> str:
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))

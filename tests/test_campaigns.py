@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import Subscriber, in_threads, write
+from conftest import Subscriber, add_firmware, in_threads, write
 
 CAMPAIGN = """\
     name: interval
@@ -101,16 +101,9 @@ def test_env_values_are_secret_everywhere(cli, fleet, tmp_path, broker, prefix):
 
 
 def test_ota_campaign_takes_values_from_the_registry(cli, fleet, tmp_path, broker, prefix):
-    cli(
-        "firmwares",
-        "add",
-        "--device-type",
-        "sensor-v2",
-        "--firmware-type",
-        "app",
-        "--version",
+    add_firmware(
+        cli,
         "5.1.9_beta01",
-        "--url",
         "https://assets.example.com/app/5.1.9_beta01.bin",
         "--token-env",
         "FW_TOKEN",
@@ -122,19 +115,7 @@ def test_ota_campaign_takes_values_from_the_registry(cli, fleet, tmp_path, broke
         "beta",
         env={"FW_TOKEN": "fw-5ecret"},
     )
-    dup = cli(
-        "firmwares",
-        "add",
-        "--device-type",
-        "sensor-v2",
-        "--firmware-type",
-        "app",
-        "--version",
-        "5.1.9_beta01",
-        "--url",
-        "https://x/y",
-        code=1,
-    )
+    dup = add_firmware(cli, "5.1.9_beta01", "https://x/y", code=1)
     assert "already in the registry" in dup.stderr
     [fw] = cli.json("firmwares", "list")
     assert fw["token"] == "***" and fw["sha256"] == "a" * 64 and fw["size"] == 1048576
@@ -182,18 +163,7 @@ def test_ota_campaign_takes_values_from_the_registry(cli, fleet, tmp_path, broke
 
 
 def test_firmware_and_explicit_value_for_the_same_key_is_an_error(cli, fleet, tmp_path):
-    cli(
-        "firmwares",
-        "add",
-        "--device-type",
-        "sensor-v2",
-        "--firmware-type",
-        "app",
-        "--version",
-        "2",
-        "--url",
-        "https://x/app-2.bin",
-    )
+    add_firmware(cli, "2", "https://x/app-2.bin")
     path = write(
         tmp_path,
         "ota.yaml",

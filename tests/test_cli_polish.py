@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import typer
-from conftest import Cli, csv_fleet, fleet_yaml, write
+from conftest import Cli, add_firmware, csv_fleet, fleet_yaml, write
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pgserver import free_port
@@ -147,33 +147,9 @@ def test_mistyped_interfaces_device_types_and_firmware_types_get_a_suggestion(cl
     )
     error = cli("devices", "import", write(tmp_path, "bad.yaml", bad.replace("devices: []\n", "")), code=1).stderr
     assert "unknown device type 'sensor-v3'; did you mean 'sensor-v2'?" in error
-    error = cli(
-        "firmwares",
-        "add",
-        "--device-type",
-        "sensor-v2",
-        "--firmware-type",
-        "ap",
-        "--version",
-        "1",
-        "--url",
-        "https://x/y",
-        code=1,
-    ).stderr
+    error = add_firmware(cli, "1", "https://x/y", code=1, firmware_type="ap").stderr
     assert "no firmware type 'ap'; did you mean 'app'?" in error
-    error = cli(
-        "firmwares",
-        "add",
-        "--device-type",
-        "sensr-v2",
-        "--firmware-type",
-        "app",
-        "--version",
-        "1",
-        "--url",
-        "https://x/y",
-        code=1,
-    ).stderr
+    error = add_firmware(cli, "1", "https://x/y", code=1, device_type="sensr-v2").stderr
     assert "no device type named 'sensr-v2'; did you mean 'sensor-v2'?" in error
     error = cli("devices", "resync", "--interface", "brokr", code=1).stderr
     assert "no interface named 'brokr'; did you mean 'broker'?" in error

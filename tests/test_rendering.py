@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 import pytest
-from conftest import query, write
+from conftest import add_firmware, query, write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -191,19 +191,13 @@ def test_hostile_fleet_renders_plainly_everywhere(cli, tmp_path, db_url):
     from campaignctl import db, fleet
 
     cli("devices", "import", write(tmp_path, "fleet.yaml", FLEET))
-    cli(
-        "firmwares",
-        "add",
-        "--device-type",
-        "cam",
-        "--firmware-type",
-        "app",
-        "--version",
+    add_firmware(
+        cli,
         "1[/]",
-        "--url",
         "https://x.example/[bold]\x1b[5m.bin",
         "--description",
         ":fire: [link=x]\x1b]0;t\x07",
+        device_type="cam",
     )
     cli("create", "-f", write(tmp_path, "c.yaml", CAMPAIGN))
     cli("launch", "hostile")

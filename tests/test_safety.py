@@ -4,7 +4,7 @@ competing campaigns, through the CLI against a real broker, on both backends."""
 from __future__ import annotations
 
 import pytest
-from conftest import Subscriber, csv_fleet, db_dump, fleet_yaml, import_fleet, write
+from conftest import Subscriber, add_firmware, csv_fleet, db_dump, fleet_yaml, import_fleet, write
 
 from campaignctl import versions
 
@@ -28,18 +28,7 @@ def _statuses(cli, name: str) -> dict[str, dict]:
 
 
 def _firmware(cli, version: str) -> None:
-    cli(
-        "firmwares",
-        "add",
-        "--device-type",
-        "sensor-v2",
-        "--firmware-type",
-        "app",
-        "--version",
-        version,
-        "--url",
-        f"https://fw.example.com/app-{version}.bin",
-    )
+    add_firmware(cli, version, f"https://fw.example.com/app-{version}.bin")
 
 
 def test_plan_matches_the_launch_that_follows_and_writes_nothing(cli, db_url, tmp_path, broker, prefix):
@@ -530,18 +519,7 @@ def test_revert_goes_back_to_each_device_type_s_own_previous_firmware(cli, tmp_p
     cli("devices", "import", write(tmp_path, "fleet.yaml", fleet))
     for device_type, versions_ in (("sensor-v2", ("5.0.0", "5.2.0")), ("sensor-v3", ("5.1.0", "5.2.0"))):
         for version in versions_:
-            cli(
-                "firmwares",
-                "add",
-                "--device-type",
-                device_type,
-                "--firmware-type",
-                "app",
-                "--version",
-                version,
-                "--url",
-                f"https://fw.example.com/{device_type}-{version}.bin",
-            )
+            add_firmware(cli, version, f"https://fw.example.com/{device_type}-{version}.bin", device_type=device_type)
     cli(
         "create",
         "-f",

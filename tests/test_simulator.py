@@ -7,7 +7,7 @@ import signal
 import subprocess
 
 import pytest
-from conftest import campaignctl_cmd, fleet_yaml, free_port, subprocess_env, wait_until, write
+from conftest import add_firmware, campaignctl_cmd, fleet_yaml, free_port, subprocess_env, wait_until, write
 
 
 def _start(db_url, *args: str) -> subprocess.Popen:
@@ -28,20 +28,8 @@ def _stop(proc: subprocess.Popen) -> tuple[str, str]:
 
 
 def _ota(cli, tmp_path, selector: str) -> None:
-    cli(
-        "firmwares",
-        "add",
-        "--device-type",
-        "sensor-v2",
-        "--firmware-type",
-        "app",
-        "--version",
-        "2.0",
-        "--url",
-        "https://assets.example.com/app-2.0.bin",
-        "--token-env",
-        "APP_TOKEN",
-        env={"APP_TOKEN": "t0k"},
+    add_firmware(
+        cli, "2.0", "https://assets.example.com/app-2.0.bin", "--token-env", "APP_TOKEN", env={"APP_TOKEN": "t0k"}
     )
     cli(
         "create",

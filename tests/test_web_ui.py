@@ -20,6 +20,7 @@ import pytest
 from conftest import (
     Broker,
     Cli,
+    add_firmware,
     campaignctl_cmd,
     db_dump,
     fleet_yaml,
@@ -48,20 +49,8 @@ def _fleet(cli: Cli, tmp_path: Path, url: str, prefix: str) -> None:
     path = tmp_path / "fleet.yaml"
     path.write_text(fleet_yaml(url, prefix, devices=DEVICES))
     cli("devices", "import", str(path))
-    cli(
-        "firmwares",
-        "add",
-        "--device-type",
-        "sensor-v2",
-        "--firmware-type",
-        "app",
-        "--version",
-        "2.0",
-        "--url",
-        "https://assets.example.com/app-2.0.bin",
-        "--token-env",
-        "APP_TOKEN",
-        env={"APP_TOKEN": TOKEN_VALUE},
+    add_firmware(
+        cli, "2.0", "https://assets.example.com/app-2.0.bin", "--token-env", "APP_TOKEN", env={"APP_TOKEN": TOKEN_VALUE}
     )
 
 

@@ -649,26 +649,21 @@ def _rows_that_fit(console: Any, above: list[Any]) -> int:
     return max(1, console.height - used - _TABLE_FRAME)
 
 
+#: The header's counts: where a rollout stands first, then the other statuses as listed.
+_FIRST = ("valid", "waiting", "syncing", "pending")
+
+
 def _header(data: dict[str, Any], gap: str, devices: str) -> Any:
     """``roll  [running]  job 3 running  120 devices: 80 valid  40 waiting``, with ``gap``
     between its parts and ``devices`` after the device count."""
     from rich.text import Text
 
+    from campaignctl.supervision import DEVICE_STATES
+
     s, job = data["summary"], data["job"]
     counts = [
         (f"{s[state]} {state}", STATUS_STYLE[state])
-        for state in (
-            "valid",
-            "waiting",
-            "syncing",
-            "pending",
-            "invalid",
-            "failed",
-            "timed_out",
-            "cancelled",
-            "skipped",
-            "superseded",
-        )
+        for state in (*_FIRST, *(state for state in DEVICE_STATES if state not in _FIRST))
         if s[state] or state in ("valid", "waiting")
     ] + ([(f"({s['joined']} joined)", "cyan")] if s.get("joined") else [])
     return Text.assemble(
