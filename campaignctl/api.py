@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -221,7 +221,7 @@ _TYPE_NAMES = {
 }
 
 
-def options(raw: bytes, known: dict[str, tuple[type, Any]]) -> dict[str, Any]:
+def options(raw: bytes, known: Mapping[str, tuple[type, Any]]) -> dict[str, Any]:
     """A JSON object of options (an empty body: the defaults); ``known``: name → (type,
     default). Unknown names are refused, as the CLI refuses unknown flags."""
     values = {name: default for name, (_kind, default) in known.items()}
@@ -460,6 +460,13 @@ def router(engine: "Engine", touch: Touches) -> APIRouter:
     def run(who: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return call(engine, who, function, engine, *args, **kwargs)
 
+    async def with_options(
+        request: Request, who: str, known: Mapping[str, tuple[type, Any]], act: Callable[[dict[str, Any]], T]
+    ) -> T:
+        """``act`` on the body's JSON options (``options``), as the operator, off the event loop."""
+        raw = await read_body(request)
+        return await run_in_threadpool(call, engine, who, lambda: act(options(raw, known)))
+
     # Campaigns
 
     @api.get(
@@ -523,13 +530,8 @@ def router(engine: "Engine", touch: Touches) -> APIRouter:
         ),
     )
     async def launch(name: str, request: Request, who: str = Operator) -> Response:
-        raw = await read_body(request)
-
-        def go() -> Any:
-            given = options(raw, {"now": (bool, False), "force": (bool, False)})
-            return launch_detached(engine, name, **given)
-
-        return reply(await run_in_threadpool(call, engine, who, go))
+        known = {"now": (bool, False), "force": (bool, False)}
+        return reply(await with_options(request, who, known, lambda given: launch_detached(engine, name, **given)))
 
     def then_status(change: Callable[..., Any]) -> Callable[..., Response]:
         def route(name: str, who: str = Operator) -> Response:
@@ -569,24 +571,23 @@ def router(engine: "Engine", touch: Touches) -> APIRouter:
         ),
     )
     async def retry(name: str, request: Request, who: str = Operator) -> Response:
-        raw = await read_body(request)
-
-        def go() -> Any:
-            given = options(raw, {"devices": (list, None), "timed_out": (bool, False)})
-            return retry_failed(engine, name, given["devices"], given["timed_out"])
-
-        job_id, targets = await run_in_threadpool(call, engine, who, go)
+        job_id, targets = await with_options(
+            request,
+            who,
+            {"devices": (list, None), "timed_out": (bool, False)},
+            lambda given: retry_failed(engine, name, given["devices"], given["timed_out"]),
+        )
         return reply({"campaign": name, "job": job_id, "devices": targets})
 
     def verdict_route(verdict: str) -> Callable[..., Any]:
         async def route(name: str, request: Request, who: str = Operator) -> Response:
-            raw = await read_body(request)
-
-            def go() -> Any:
-                given = options(raw, {"comment": (str, None)})
-                return {"campaign": name, **approvals.give(engine, name, verdict, given["comment"])}
-
-            return reply(await run_in_threadpool(call, engine, who, go))
+            found = await with_options(
+                request,
+                who,
+                {"comment": (str, None)},
+                lambda given: approvals.give(engine, name, verdict, given["comment"]),
+            )
+            return reply({"campaign": name, **found})
 
         return route
 
@@ -655,17 +656,15 @@ def router(engine: "Engine", touch: Touches) -> APIRouter:
         ),
     )
     async def set_config(name: str, request: Request, who: str = Operator) -> Response:
-        raw = await read_body(request)
-
-        def go() -> Any:
-            given = options(raw, {"values": (dict, None), "secret": (bool, False), "deliver": (bool, True)})
+        def go(given: dict[str, Any]) -> Any:
             if not given["values"]:
                 raise InputError("give at least one value", source=BODY, field="values")
             # Values nest no deeper than a device may report a state: the whole body
             # was held to the state's depth (json_value).
             return fleet.set_config(engine, name, given["values"], secret=given["secret"], deliver=given["deliver"])
 
-        result = await run_in_threadpool(call, engine, who, go)
+        known = {"values": (dict, None), "secret": (bool, False), "deliver": (bool, True)}
+        result = await with_options(request, who, known, go)
         return reply(
             {"device": result.device, "version": result.version, "delivered": result.delivered, "error": result.error}
         )
@@ -708,16 +707,13 @@ def router(engine: "Engine", touch: Touches) -> APIRouter:
         ),
     )
     async def add_firmware(request: Request, who: str = Operator) -> Response:
-        raw = await read_body(request)
-
-        def go() -> Any:
-            given = options(raw, _firmware)
+        def go(given: dict[str, Any]) -> Any:
             for name in ("device_type", "firmware_type", "version", "url"):
                 if given[name] is None:
                     raise InputError("is required", source=BODY, field=name)
             return firmwares.add(engine, **given)
 
-        return reply(await run_in_threadpool(call, engine, who, go), 201)
+        return reply(await with_options(request, who, _firmware, go), 201)
 
     # Jobs
 
